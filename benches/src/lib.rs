@@ -1,0 +1,1 @@
+//! Shared helpers for the criterion benches (kept empty until a second bench needs one).

@@ -1,0 +1,53 @@
+//! hybrid-chaos: a resilience harness for the Redis "storage is the truth, Pub/Sub is only a
+//! wake-up hint, polling is the fallback" notification pattern.
+//!
+//! Everything the project runs (the `hybrid-chaos` binary, scenario suites, property tests and
+//! benches) imports this one library; none of them re-implements infrastructure or faults.
+//!
+//! # Layout
+//!
+//! - [`infra`]: the real things under test's feet. A `redis-server` process the harness owns
+//!   (start, graceful restart, crash, freeze/thaw on the same address and data dir) or a Redis
+//!   it was only lent by URL (read and written under a per-run key prefix, never disturbed).
+//!   Both sit behind the [`infra::RedisNode`] provider trait so a container provider can be
+//!   added without touching callers.
+//! - [`toxiproxy`]: network faults. [`toxiproxy::server`] is an embedded server speaking the
+//!   Toxiproxy 2.x REST API (runs in-process or as `hybrid-chaos toxiproxy`);
+//!   [`toxiproxy::client`] is the only path the harness uses to inject faults, so pointing
+//!   `TOXIPROXY_URL` at a real Toxiproxy switches every fault over unchanged.
+//!   [`toxiproxy::model`] holds the JSON shapes and typed toxics both sides share.
+//! - [`smoke`]: a short end-to-end exercise of the above, what `./ci/chaos` runs until the
+//!   scenario suites exist.
+//!
+//! Workload, fault and checker stay apart: this crate will grow `reference/` (the
+//! implementation under test, knowing nothing of faults), `workload/`, `nemesis/` and
+//! `checker/` (pure functions of a recorded history) as separate trees.
+
+pub mod infra;
+pub mod smoke;
+pub mod toxiproxy;
+
+/// Bounded polling of a condition: the one readiness-loop shape used across the harness.
+///
+/// Calls `probe` every `interval` until it returns `Some`, or gives up after `deadline`.
+/// Never an unbounded loop: every wait in the harness has a named limit.
+pub async fn poll_until<T, F, Fut>(
+    deadline: std::time::Duration,
+    interval: std::time::Duration,
+    mut probe: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

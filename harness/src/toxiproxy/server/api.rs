@@ -1,0 +1,191 @@
+//! The Toxiproxy 2.x REST API over the proxy registry.
+//!
+//! Status codes as Toxiproxy answers: 201 for a created proxy and for populate, 200 for a
+//! created toxic, 204 for deletes and reset, 400/404/409 with `{"error": ..., "status": N}`.
+//! Bodies are parsed by hand from bytes rather than through axum's `Json` extractor so a
+//! malformed body gets Toxiproxy's error shape instead of axum's plain-text rejection.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiResult, ProxyConfig, Registry, TOXIPROXY_COMPAT_VERSION};
+use crate::toxiproxy::model::{ErrorJson, ModelError, Toxic, ToxicJson};
+
+type Reg = State<Arc<Registry>>;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorJson { error: self.message, status: self.status.as_u16() };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+    }
+}
+
+pub(crate) fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/reset", post(reset))
+        .route("/populate", post(populate))
+        .route("/proxies", get(proxy_index).post(proxy_create))
+        .route("/proxies/{proxy}", get(proxy_show).post(proxy_update).patch(proxy_update).delete(proxy_delete))
+        .route("/proxies/{proxy}/toxics", get(toxic_index).post(toxic_create))
+        .route(
+            "/proxies/{proxy}/toxics/{toxic}",
+            get(toxic_show).post(toxic_update).patch(toxic_update).delete(toxic_delete),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn(stop_browsers))
+        .with_state(registry)
+}
+
+/// Toxiproxy refuses browser user agents so that no web page can drive the proxy through a
+/// cross-site request.
+async fn stop_browsers(req: Request, next: Next) -> Response {
+    let browser = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("Mozilla/"));
+    if browser {
+        return ApiError::new(StatusCode::FORBIDDEN, "User agent not allowed").into_response();
+    }
+    next.run(req).await
+}
+
+fn parse_body(body: &Bytes) -> ApiResult<Value> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+fn bad_field(msg: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {msg}"))
+}
+
+fn opt_string(obj: &serde_json::Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(bad_field(&format!("{key} must be a string"))),
+    }
+}
+
+fn opt_bool(obj: &serde_json::Map<String, Value>, key: &str) -> ApiResult<Option<bool>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(bad_field(&format!("{key} must be a boolean"))),
+    }
+}
+
+/// Reads a proxy definition (create or populate). `listen` defaults to a free loopback port.
+fn proxy_config(v: &Value) -> ApiResult<ProxyConfig> {
+    let obj = v.as_object().ok_or_else(|| bad_field("expected a JSON object"))?;
+    let missing = |f: &str| ApiError::new(StatusCode::BAD_REQUEST, format!("missing required field: {f}"));
+    let name = opt_string(obj, "name")?.filter(|s| !s.is_empty()).ok_or_else(|| missing("name"))?;
+    let upstream = opt_string(obj, "upstream")?.filter(|s| !s.is_empty()).ok_or_else(|| missing("upstream"))?;
+    let listen = opt_string(obj, "listen")?.filter(|s| !s.is_empty()).unwrap_or_else(|| "127.0.0.1:0".into());
+    let enabled = opt_bool(obj, "enabled")?.unwrap_or(true);
+    Ok(ProxyConfig { name, listen, upstream, enabled })
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({ "version": TOXIPROXY_COMPAT_VERSION, "hybrid_chaos": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn reset(State(reg): Reg) -> ApiResult<StatusCode> {
+    reg.reset().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn populate(State(reg): Reg, body: Bytes) -> Response {
+    let configs = parse_body(&body).and_then(|v| match v {
+        Value::Array(items) => items.iter().map(proxy_config).collect::<ApiResult<Vec<_>>>(),
+        _ => Err(bad_field("expected a JSON array of proxies")),
+    });
+    let configs = match configs {
+        Ok(c) => c,
+        Err(e) => return with_proxies(e, Vec::new()),
+    };
+    match reg.populate(configs).await {
+        (proxies, None) => (StatusCode::CREATED, Json(json!({ "proxies": proxies }))).into_response(),
+        (proxies, Some(e)) => with_proxies(e, proxies),
+    }
+}
+
+/// Populate's error shape: the error fields plus the proxies created before it.
+fn with_proxies(e: ApiError, proxies: Vec<crate::toxiproxy::model::ProxyJson>) -> Response {
+    let body = json!({ "error": e.message, "status": e.status.as_u16(), "proxies": proxies });
+    (e.status, Json(body)).into_response()
+}
+
+async fn proxy_index(State(reg): Reg) -> Response {
+    Json(reg.list().await).into_response()
+}
+
+async fn proxy_create(State(reg): Reg, body: Bytes) -> ApiResult<Response> {
+    let config = proxy_config(&parse_body(&body)?)?;
+    let proxy = reg.add(config).await?;
+    Ok((StatusCode::CREATED, Json(proxy)).into_response())
+}
+
+async fn proxy_show(State(reg): Reg, Path(proxy): Path<String>) -> ApiResult<Response> {
+    Ok(Json(reg.get(&proxy).await?).into_response())
+}
+
+async fn proxy_update(State(reg): Reg, Path(proxy): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let v = parse_body(&body)?;
+    let obj = v.as_object().ok_or_else(|| bad_field("expected a JSON object"))?;
+    let listen = opt_string(obj, "listen")?;
+    let upstream = opt_string(obj, "upstream")?;
+    let enabled = opt_bool(obj, "enabled")?;
+    Ok(Json(reg.update(&proxy, listen, upstream, enabled).await?).into_response())
+}
+
+async fn proxy_delete(State(reg): Reg, Path(proxy): Path<String>) -> ApiResult<StatusCode> {
+    reg.remove(&proxy).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn toxic_index(State(reg): Reg, Path(proxy): Path<String>) -> ApiResult<Json<Vec<ToxicJson>>> {
+    Ok(Json(reg.toxics(&proxy).await?.iter().map(Toxic::to_json).collect()))
+}
+
+async fn toxic_create(State(reg): Reg, Path(proxy): Path<String>, body: Bytes) -> ApiResult<Json<ToxicJson>> {
+    // Toxiproxy answers 404 for an unknown proxy before it looks at the body.
+    reg.get(&proxy).await?;
+    let toxic = Toxic::from_request(&parse_body(&body)?)?;
+    Ok(Json(reg.add_toxic(&proxy, toxic).await?.to_json()))
+}
+
+async fn toxic_show(State(reg): Reg, Path((proxy, toxic)): Path<(String, String)>) -> ApiResult<Json<ToxicJson>> {
+    let toxics = reg.toxics(&proxy).await?;
+    let found = toxics.iter().find(|t| t.name == toxic).ok_or_else(ApiError::toxic_not_found)?;
+    Ok(Json(found.to_json()))
+}
+
+async fn toxic_update(
+    State(reg): Reg,
+    Path((proxy, toxic)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<ToxicJson>> {
+    let v = parse_body(&body)?;
+    let updated = reg.update_toxic(&proxy, &toxic, |current| Ok(current.updated(&v)?)).await?;
+    Ok(Json(updated.to_json()))
+}
+
+async fn toxic_delete(State(reg): Reg, Path((proxy, toxic)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    reg.remove_toxic(&proxy, &toxic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
