@@ -12,7 +12,11 @@ use harness::toxiproxy::server::{EmbeddedToxiproxy, ServerOptions};
 use harness::toxiproxy::ToxiproxyClient;
 
 #[derive(Parser)]
-#[command(name = "hybrid-chaos", version, about = "Chaos harness for the Redis storage + Pub/Sub hybrid notification pattern")]
+#[command(
+    name = "hybrid-chaos",
+    version,
+    about = "Chaos harness for the Redis storage + Pub/Sub hybrid notification pattern"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,7 +74,8 @@ impl From<PersistenceArg> for Persistence {
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn interrupted() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -79,15 +84,25 @@ async fn interrupted() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Toxiproxy { listen, config, seed, allow_remote_upstream } => {
-            let options = ServerOptions { allow_remote_upstream, seed };
+        Command::Toxiproxy {
+            listen,
+            config,
+            seed,
+            allow_remote_upstream,
+        } => {
+            let options = ServerOptions {
+                allow_remote_upstream,
+                seed,
+            };
             let server = EmbeddedToxiproxy::start(listen, options)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
             if let Some(path) = config {
-                let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                let proxies: Vec<serde_json::Value> =
-                    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a JSON array of proxies: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                let proxies: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("{} is not a JSON array of proxies: {e}", path.display())
+                })?;
                 let client = ToxiproxyClient::new(&server.url())?;
                 let packs = proxies
                     .iter()
@@ -95,7 +110,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         let field = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
                         match (field("name"), field("listen"), field("upstream")) {
                             (Some(n), Some(l), Some(u)) => Ok((n, l, u)),
-                            _ => Err(anyhow::anyhow!("{}: every proxy needs name, listen and upstream", path.display())),
+                            _ => Err(anyhow::anyhow!(
+                                "{}: every proxy needs name, listen and upstream",
+                                path.display()
+                            )),
                         }
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
@@ -105,13 +123,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server.run_until(interrupted()).await;
             Ok(())
         }
-        Command::Redis { port, persistence, print_pid } => {
-            let spec = RedisSpec { port, persistence: persistence.into(), ..RedisSpec::default() };
+        Command::Redis {
+            port,
+            persistence,
+            print_pid,
+        } => {
+            let spec = RedisSpec {
+                port,
+                persistence: persistence.into(),
+                ..RedisSpec::default()
+            };
             let redis = ProcessRedis::start(spec).await?;
             if print_pid {
                 println!("pid={} port={}", redis.pid().unwrap_or(0), redis.port());
             } else {
-                eprintln!("redis-server ready at {} (data in {})", redis.url(), redis.data_dir().display());
+                eprintln!(
+                    "redis-server ready at {} (data in {})",
+                    redis.url(),
+                    redis.data_dir().display()
+                );
             }
             interrupted().await;
             drop(redis);
@@ -128,15 +158,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HYBRID_CHAOS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HYBRID_CHAOS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("build the tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the causes joined, so CI logs and terminals show the whole reason.
-            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
             eprintln!("hybrid-chaos: error: {}", msg.replace('\n', " | "));
             ExitCode::from(2)
         }

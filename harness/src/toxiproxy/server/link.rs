@@ -1,14 +1,16 @@
 //! One proxied TCP connection: two pumps (upstream, downstream) applying the live toxic list.
 //!
-//! Each pump is a reader that timestamps chunks and a writer that shapes and writes them. The
-//! writer computes absolute deadlines from a chunk's arrival time, so a latency toxic delays
-//! each chunk by the latency from when it arrived, as Toxiproxy does, instead of adding up
-//! delays of chunks queued behind each other. Toxics are watched, so adding, updating or
-//! removing one changes connections that are already open (Toxiproxy re-links its chains the
-//! same way). A bounded queue between reader and writer gives real TCP backpressure when a
-//! bandwidth toxic or a slow peer holds the writer.
+//! Each pump reads chunks, shapes them through the toxics of its stream into segments with
+//! absolute due times computed from the chunk's arrival, and writes segments as they fall due
+//! while it keeps reading. So a latency toxic delays each chunk by the latency from when it
+//! arrived, as Toxiproxy does, instead of adding up the delays of chunks queued behind each
+//! other. Toxics are watched, so adding, updating or removing one changes connections that
+//! are already open (Toxiproxy re-links its chains the same way). The queue of due segments is
+//! bounded: past it the pump stops reading and TCP backpressure reaches the sender. With no
+//! toxic on a stream the pump is a plain copy loop (no queue, no timers), which is what keeps
+//! the proxy's own overhead small.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +27,9 @@ use crate::toxiproxy::model::{Stream, Toxic, ToxicKind};
 
 /// Read buffer per pump, in bytes.
 const READ_CHUNK_BYTES: usize = 32 * 1024;
-/// Chunks read but not yet written, per pump. Past this the reader stops reading and TCP
+/// Segments shaped but not yet written, per pump. Past this the pump stops reading and TCP
 /// backpressure reaches the sender.
-const CHUNKS_IN_FLIGHT_MAX: usize = 64;
+const SEGMENTS_QUEUED_MAX: usize = 4096;
 /// Largest piece a bandwidth toxic writes at once: 100 ms worth of data at its rate, as
 /// Toxiproxy paces it.
 const BANDWIDTH_SLICE_MS: u64 = 100;
@@ -98,7 +100,9 @@ async fn connect_upstream(ctx: &LinkCtx) -> std::io::Result<TcpStream> {
     let addrs: Vec<_> = tokio::net::lookup_host(&ctx.upstream).await?.collect();
     // Checked again per connection because a name can resolve elsewhere later.
     if !ctx.allow_remote_upstream && addrs.iter().any(|a| !a.ip().is_loopback()) {
-        return Err(std::io::Error::other("upstream resolves to a non-loopback address"));
+        return Err(std::io::Error::other(
+            "upstream resolves to a non-loopback address",
+        ));
     }
     TcpStream::connect(&addrs[..]).await
 }
@@ -108,44 +112,126 @@ struct Chunk {
     at: Instant,
 }
 
-async fn pump<R, W>(mut src: R, mut dst: W, stream: Stream, toxics: watch::Receiver<ToxicList>, rng: StdRng) -> End
+async fn pump<R, W>(
+    mut src: R,
+    mut dst: W,
+    stream: Stream,
+    mut toxics: watch::Receiver<ToxicList>,
+    rng: StdRng,
+) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (tx, rx) = mpsc::channel::<Chunk>(CHUNKS_IN_FLIGHT_MAX);
-    let reader = async move {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-        loop {
-            buf.reserve(READ_CHUNK_BYTES);
-            match src.read_buf(&mut buf).await {
-                Ok(0) => return End::Eof,
-                Ok(_) => {
-                    let chunk = Chunk { data: buf.split().freeze(), at: Instant::now() };
-                    if tx.send(chunk).await.is_err() {
-                        return End::Closed;
+    let mut shaper = Shaper {
+        stream,
+        states: HashMap::new(),
+        bandwidth_next: Instant::now(),
+        rng,
+    };
+    let mut active = shaper.refresh(&toxics.borrow_and_update());
+    let mut blackhole = is_blackhole(&active);
+    let mut deadline = shaper.next_deadline(&active);
+    // Segments shaped but not yet due; reading goes on meanwhile, so delays are pipelined.
+    let mut queue: VecDeque<Segment> = VecDeque::new();
+    let mut src_done = false;
+    let mut close_when_drained = false;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        if queue.is_empty() && (src_done || close_when_drained) {
+            if close_when_drained {
+                return End::Closed;
+            }
+            if let Some(ms) = slow_close_ms(&active) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            return End::Eof;
+        }
+        let next_write = queue.front().map(|s| s.not_before);
+        let can_read = !src_done && !close_when_drained && queue.len() < SEGMENTS_QUEUED_MAX;
+        tokio::select! {
+            biased;
+            _ = sleep_until(deadline.map_or_else(Instant::now, |d| d.0)), if deadline.is_some() => {
+                return deadline.map_or(End::Closed, |d| d.1);
+            }
+            changed = toxics.changed() => {
+                if changed.is_err() {
+                    return End::Closed;
+                }
+                active = shaper.refresh(&toxics.borrow_and_update());
+                let now_blackhole = is_blackhole(&active);
+                if blackhole && !now_blackhole {
+                    // Data was dropped while the timeout toxic held the connection: the byte
+                    // stream is broken, so the connection closes when the toxic goes.
+                    return End::Closed;
+                }
+                blackhole = now_blackhole;
+                deadline = shaper.next_deadline(&active);
+            }
+            _ = sleep_until(next_write.unwrap_or_else(Instant::now)), if next_write.is_some() => {
+                if write_due(&mut queue, &mut dst).await.is_err() {
+                    return End::Closed;
+                }
+            }
+            read = src.read_buf(&mut buf), if can_read => {
+                match read {
+                    Ok(0) => src_done = true,
+                    Err(_) => return End::Closed,
+                    Ok(_) => {
+                        let data = buf.split().freeze();
+                        buf.reserve(READ_CHUNK_BYTES);
+                        if blackhole {
+                            continue;
+                        }
+                        if active.is_empty() && queue.is_empty() {
+                            // No toxic on this stream: plain copy, no queueing or timers.
+                            if dst.write_all(&data).await.is_err() {
+                                return End::Closed;
+                            }
+                            continue;
+                        }
+                        let (segs, close_after) = shaper.shape(Chunk { data, at: Instant::now() }, &active);
+                        queue.extend(segs);
+                        close_when_drained |= close_after;
+                        if write_due(&mut queue, &mut dst).await.is_err() {
+                            return End::Closed;
+                        }
                     }
                 }
-                Err(_) => return End::Closed,
             }
-        }
-    };
-    let writer = write_loop(rx, &mut dst, stream, toxics, rng);
-    tokio::pin!(reader, writer);
-    let mut reader_done = false;
-    loop {
-        tokio::select! {
-            e = &mut reader, if !reader_done => {
-                // On EOF the writer still drains what was read (and honours slow_close); it
-                // finishes when the queue closes. Anything else ends the connection now.
-                if e != End::Eof {
-                    return e;
-                }
-                reader_done = true;
-            }
-            e = &mut writer => return e,
         }
     }
+}
+
+/// Writes every queued segment that is due now, in order.
+async fn write_due<W: AsyncWrite + Unpin>(
+    queue: &mut VecDeque<Segment>,
+    dst: &mut W,
+) -> std::io::Result<()> {
+    while queue
+        .front()
+        .is_some_and(|s| s.not_before <= Instant::now())
+    {
+        let seg = queue.pop_front().expect("front checked");
+        dst.write_all(&seg.data).await?;
+    }
+    Ok(())
+}
+
+fn is_blackhole(active: &[ActiveToxic]) -> bool {
+    active
+        .iter()
+        .any(|t| matches!(t.toxic.kind, ToxicKind::Timeout { .. }))
+}
+
+fn slow_close_ms(active: &[ActiveToxic]) -> Option<u64> {
+    active
+        .iter()
+        .filter_map(|t| match t.toxic.kind {
+            ToxicKind::SlowClose { delay_ms } => Some(delay_ms),
+            _ => None,
+        })
+        .max()
 }
 
 /// Per connection-direction state of one toxic.
@@ -175,7 +261,8 @@ impl Shaper {
     /// installation order.
     fn refresh(&mut self, list: &[ActiveToxic]) -> Vec<ActiveToxic> {
         let now = Instant::now();
-        self.states.retain(|uid, _| list.iter().any(|t| t.uid == *uid));
+        self.states
+            .retain(|uid, _| list.iter().any(|t| t.uid == *uid));
         let mut active = Vec::new();
         for t in list.iter().filter(|t| t.toxic.stream == self.stream) {
             let rng = &mut self.rng;
@@ -194,12 +281,23 @@ impl Shaper {
     /// Splits and schedules one chunk through the data-shaping toxics. Returns the segments
     /// and whether the connection must close after writing them (limit_data reached).
     fn shape(&mut self, chunk: Chunk, active: &[ActiveToxic]) -> (Vec<Segment>, bool) {
-        let mut segs = vec![Segment { data: chunk.data, not_before: chunk.at }];
+        let mut segs = vec![Segment {
+            data: chunk.data,
+            not_before: chunk.at,
+        }];
         let mut close_after = false;
         for t in active {
             match t.toxic.kind {
-                ToxicKind::Latency { latency_ms, jitter_ms } => {
-                    let jitter = if jitter_ms > 0 { self.rng.random_range(-(jitter_ms as i64)..=jitter_ms as i64) } else { 0 };
+                ToxicKind::Latency {
+                    latency_ms,
+                    jitter_ms,
+                } => {
+                    let jitter = if jitter_ms > 0 {
+                        self.rng
+                            .random_range(-(jitter_ms as i64)..=jitter_ms as i64)
+                    } else {
+                        0
+                    };
                     let delay_ms = (latency_ms as i64 + jitter).max(0) as u64;
                     let due = chunk.at + Duration::from_millis(delay_ms);
                     for s in &mut segs {
@@ -213,30 +311,45 @@ impl Shaper {
                     for s in segs {
                         for piece in split_every(s.data, slice) {
                             let start = self.bandwidth_next.max(s.not_before);
-                            let cost = Duration::from_nanos(piece.len() as u64 * 1_000_000 / rate_kb_s);
+                            let cost =
+                                Duration::from_nanos(piece.len() as u64 * 1_000_000 / rate_kb_s);
                             self.bandwidth_next = start + cost;
-                            out.push(Segment { data: piece, not_before: self.bandwidth_next });
+                            out.push(Segment {
+                                data: piece,
+                                not_before: self.bandwidth_next,
+                            });
                         }
                     }
                     segs = out;
                 }
-                ToxicKind::Slicer { average_size, size_variation, delay_us } if average_size > 0 => {
+                ToxicKind::Slicer {
+                    average_size,
+                    size_variation,
+                    delay_us,
+                } if average_size > 0 => {
                     let mut out = Vec::new();
                     for s in segs {
                         let mut rest = s.data;
                         let mut at = s.not_before;
                         while !rest.is_empty() {
                             let var = size_variation.min(average_size - 1) as i64;
-                            let size = (average_size as i64 + self.rng.random_range(-var..=var)).max(1) as usize;
+                            let size = (average_size as i64 + self.rng.random_range(-var..=var))
+                                .max(1) as usize;
                             let piece = rest.split_to(size.min(rest.len()));
-                            out.push(Segment { data: piece, not_before: at });
+                            out.push(Segment {
+                                data: piece,
+                                not_before: at,
+                            });
                             at += Duration::from_micros(delay_us);
                         }
                     }
                     segs = out;
                 }
                 ToxicKind::LimitData { bytes } => {
-                    let st = self.states.get_mut(&t.uid).expect("refresh made state for every active toxic");
+                    let st = self
+                        .states
+                        .get_mut(&t.uid)
+                        .expect("refresh made state for every active toxic");
                     let mut kept = Vec::new();
                     for mut s in segs {
                         let room = bytes.saturating_sub(st.passed_bytes) as usize;
@@ -267,7 +380,9 @@ impl Shaper {
             .filter_map(|t| {
                 let armed = self.states.get(&t.uid)?.armed_at;
                 match t.toxic.kind {
-                    ToxicKind::ResetPeer { timeout_ms } => Some((armed + Duration::from_millis(timeout_ms), End::Reset)),
+                    ToxicKind::ResetPeer { timeout_ms } => {
+                        Some((armed + Duration::from_millis(timeout_ms), End::Reset))
+                    }
                     ToxicKind::Timeout { timeout_ms } if timeout_ms > 0 => {
                         Some((armed + Duration::from_millis(timeout_ms), End::Closed))
                     }
@@ -287,64 +402,4 @@ fn split_every(mut data: Bytes, size: usize) -> Vec<Bytes> {
         out.push(data);
     }
     out
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Chunk>,
-    dst: &mut W,
-    stream: Stream,
-    mut toxics: watch::Receiver<ToxicList>,
-    rng: StdRng,
-) -> End {
-    let mut shaper = Shaper { stream, states: HashMap::new(), bandwidth_next: Instant::now(), rng };
-    let mut blackholed = false;
-    loop {
-        let list = toxics.borrow_and_update().clone();
-        let active = shaper.refresh(&list);
-        let blackhole = active.iter().any(|t| matches!(t.toxic.kind, ToxicKind::Timeout { .. }));
-        if blackholed && !blackhole {
-            // Data was dropped while the timeout toxic held the connection: the byte stream
-            // is broken, so the connection closes when the toxic goes.
-            return End::Closed;
-        }
-        blackholed = blackhole;
-        let deadline = shaper.next_deadline(&active);
-        let wake_at = deadline.map(|(at, _)| at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            biased;
-            _ = sleep_until(wake_at), if deadline.is_some() => {
-                return deadline.map(|(_, e)| e).unwrap_or(End::Closed);
-            }
-            changed = toxics.changed() => {
-                if changed.is_err() {
-                    return End::Closed;
-                }
-            }
-            chunk = rx.recv() => match chunk {
-                None => {
-                    let delay_ms = active.iter().filter_map(|t| match t.toxic.kind {
-                        ToxicKind::SlowClose { delay_ms } => Some(delay_ms),
-                        _ => None,
-                    }).max();
-                    if let Some(ms) = delay_ms {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                    }
-                    return End::Eof;
-                }
-                Some(_) if blackhole => {}
-                Some(chunk) => {
-                    let (segs, close_after) = shaper.shape(chunk, &active);
-                    for seg in segs {
-                        sleep_until(seg.not_before).await;
-                        if dst.write_all(&seg.data).await.is_err() {
-                            return End::Closed;
-                        }
-                    }
-                    if close_after {
-                        return End::Closed;
-                    }
-                }
-            }
-        }
-    }
 }

@@ -1,0 +1,140 @@
+//! Shared helpers for the harness's integration tests: a real `redis-server`, a fault proxy in
+//! front of it (embedded, or a real Toxiproxy when `TOXIPROXY_URL` is set), bounded clients
+//! and a minimal raw HTTP client for exercising the REST API byte for byte.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::time::Duration;
+
+use harness::infra::{ProcessRedis, RedisNode, RedisSpec};
+use harness::toxiproxy::model::ProxyJson;
+use harness::toxiproxy::server::ServerOptions;
+use harness::toxiproxy::{FaultProxy, ToxiproxyClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A Redis with a fault proxy in front of it.
+pub struct Rig {
+    pub redis: ProcessRedis,
+    pub faults: FaultProxy,
+    pub proxy: ProxyJson,
+}
+
+impl Rig {
+    pub async fn new() -> Rig {
+        Rig::with_spec(RedisSpec::default()).await
+    }
+
+    pub async fn with_spec(spec: RedisSpec) -> Rig {
+        let redis = ProcessRedis::start(spec).await.expect("start redis-server");
+        let faults = FaultProxy::from_env(ServerOptions {
+            seed: Some(7),
+            ..Default::default()
+        })
+        .await
+        .expect("fault proxy");
+        let name = format!("redis-{}", redis.port());
+        let proxy = faults
+            .client()
+            .create_proxy(&name, "127.0.0.1:0", &redis.addr())
+            .await
+            .expect("create proxy");
+        Rig {
+            redis,
+            faults,
+            proxy,
+        }
+    }
+
+    pub fn tp(&self) -> &ToxiproxyClient {
+        self.faults.client()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.proxy.name
+    }
+
+    pub fn proxied_addr(&self) -> &str {
+        &self.proxy.listen
+    }
+
+    /// Direct (unproxied) URL of the server.
+    pub fn redis_url(&self) -> String {
+        self.redis.url()
+    }
+
+    pub fn proxied_url(&self) -> String {
+        format!("redis://{}/", self.proxy.listen)
+    }
+}
+
+/// A multiplexed connection with a bounded connect time and the given response limit
+/// (`None`: wait forever, for tests that prove something hangs).
+pub async fn conn(
+    url: &str,
+    response_timeout_ms: Option<u64>,
+) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(response_timeout_ms.map(Duration::from_millis));
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect")
+}
+
+pub async fn ping(c: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<String> {
+    redis::cmd("PING").query_async(c).await
+}
+
+/// Reads from `s` until EOF or an error, at most `limit` long. Returns the bytes and how the
+/// stream ended (`None` for a clean EOF).
+pub async fn read_to_end(
+    s: &mut TcpStream,
+    limit: Duration,
+) -> (Vec<u8>, Option<std::io::ErrorKind>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return Some(e.kind()),
+            }
+        }
+    };
+    let end = tokio::time::timeout(limit, read_all)
+        .await
+        .expect("stream did not end within the limit");
+    (out, end)
+}
+
+/// One HTTP/1.1 request over a fresh connection; returns (status, body).
+pub async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    user_agent: &str,
+) -> (u16, String) {
+    let hostport = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(hostport).await.expect("connect to API");
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nUser-Agent: {user_agent}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let (raw, _) = read_to_end(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .expect("HTTP response has a head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, rest.to_string())
+}
