@@ -287,3 +287,35 @@ async fn toxicity_zero_never_applies() {
         "a toxic with toxicity 0 was applied"
     );
 }
+
+#[tokio::test]
+async fn toxicity_is_rolled_once_per_connection() {
+    let rig = Rig::new().await;
+    // limit_data 0 closes a connection at its first reply, where the roll says it applies.
+    let cut = Toxic::new(ToxicKind::LimitData { bytes: 0 }, Stream::Downstream).with_toxicity(0.5);
+    rig.tp().add_toxic(rig.name(), &cut).await.unwrap();
+    let mut cut_connections = 0;
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
+        s.write_all(b"PING\r\n").await.unwrap();
+        let mut reply = [0u8; 7];
+        if tokio::io::AsyncReadExt::read_exact(&mut s, &mut reply)
+            .await
+            .is_err()
+        {
+            cut_connections += 1;
+            continue;
+        }
+        // Spared once, spared for good: the roll is not repeated per chunk.
+        for _ in 0..10 {
+            s.write_all(b"PING\r\n").await.unwrap();
+            tokio::io::AsyncReadExt::read_exact(&mut s, &mut reply)
+                .await
+                .expect("a spared connection was cut later");
+        }
+    }
+    assert!(
+        (5..=35).contains(&cut_connections),
+        "toxicity 0.5 cut {cut_connections} of 40 connections"
+    );
+}
