@@ -16,14 +16,18 @@
 //!   [`toxiproxy::client`] is the only path the harness uses to inject faults, so pointing
 //!   `TOXIPROXY_URL` at a real Toxiproxy switches every fault over unchanged.
 //!   [`toxiproxy::model`] holds the JSON shapes and typed toxics both sides share.
+//! - [`reference`]: the implementation under test. The hybrid pattern (feedback with resume,
+//!   chunk streaming, fan-out, robust subscriber and publisher) and the pub/sub-only and
+//!   polling-only baselines behind one [`reference::FeedbackStrategy`] interface. It knows
+//!   nothing of faults or checkers, so an engineer can swap in another implementation.
 //! - [`smoke`]: a short end-to-end exercise of the above, what `./ci/chaos` runs until the
 //!   scenario suites exist.
 //!
-//! Workload, fault and checker stay apart: this crate will grow `reference/` (the
-//! implementation under test, knowing nothing of faults), `workload/`, `nemesis/` and
-//! `checker/` (pure functions of a recorded history) as separate trees.
+//! Workload, fault and checker stay apart: this crate will grow `workload/`, `nemesis/` and
+//! `checker/` (pure functions of a recorded history) as separate trees beside `reference/`.
 
 pub mod infra;
+pub mod reference;
 pub mod smoke;
 pub mod toxiproxy;
 

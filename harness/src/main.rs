@@ -1,6 +1,7 @@
 //! The `hybrid-chaos` command line: a thin shell over the `harness` library.
 //!
-//! Exit codes: 0 success, 2 bad input or infrastructure failure (a one-line error on stderr).
+//! Exit codes: 0 success, 2 bad input or infrastructure failure (a one-line error on stderr),
+//! 3 a wait that timed out.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,7 +52,83 @@ enum Command {
     },
     /// End-to-end check of the foundation (real Redis, fault proxy, latency, crash + restart).
     Smoke,
+    /// Feedback request/response with the hybrid reference (seed 000 key schema).
+    Feedback {
+        #[command(subcommand)]
+        action: FeedbackAction,
+    },
+    /// Chunk streaming with the hybrid reference (seed 003 key schema).
+    Stream {
+        #[command(subcommand)]
+        action: StreamAction,
+    },
 }
+
+#[derive(clap::Args)]
+struct RedisArgs {
+    /// Redis URL, e.g. redis://127.0.0.1:6379/
+    #[arg(long)]
+    redis: String,
+    /// Key prefix (empty: exactly the seeds' schema).
+    #[arg(long, default_value = "")]
+    prefix: String,
+}
+
+impl RedisArgs {
+    fn config(&self) -> harness::reference::Config {
+        harness::reference::Config::default().with_prefix(&self.prefix)
+    }
+}
+
+#[derive(Subcommand)]
+enum FeedbackAction {
+    /// Store the response for ID (a JSON object of payload fields), then publish the hint.
+    Respond {
+        #[command(flatten)]
+        redis: RedisArgs,
+        id: String,
+        /// Payload fields, e.g. '{"approved": true, "comment": "ship it"}'.
+        json: String,
+    },
+    /// Wait for the response to ID; print it as JSON (exit 0), or exit 3 on timeout.
+    Wait {
+        #[command(flatten)]
+        redis: RedisArgs,
+        id: String,
+        /// How long to wait, e.g. 30s, 500ms, 2m.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum StreamAction {
+    /// Append chunk INDEX of TASK and publish it.
+    Publish {
+        #[command(flatten)]
+        redis: RedisArgs,
+        task: String,
+        index: u64,
+        content: String,
+        /// Mark this chunk as the last one.
+        #[arg(long = "final")]
+        last: bool,
+    },
+    /// Print every chunk of TASK from --from as JSON lines until the final one (exit 0), or
+    /// exit 3 on timeout.
+    Follow {
+        #[command(flatten)]
+        redis: RedisArgs,
+        task: String,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+/// Exit code for "waited, nothing came" (distinct from errors, which exit 2).
+const EXIT_TIMED_OUT: u8 = 3;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PersistenceArg {
@@ -82,7 +159,8 @@ async fn interrupted() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    use harness::reference::{FeedbackStrategy, PublishOutcome, WaitOutcome};
     match cli.command {
         Command::Toxiproxy {
             listen,
@@ -121,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             eprintln!("toxiproxy-compatible API listening on {}", server.url());
             server.run_until(interrupted()).await;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Redis {
             port,
@@ -145,12 +223,119 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             interrupted().await;
             drop(redis);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Smoke => {
             let report = harness::smoke::run().await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Feedback {
+            action: FeedbackAction::Respond { redis, id, json },
+        } => {
+            let payload: serde_json::Value = serde_json::from_str(&json)
+                .map_err(|e| anyhow::anyhow!("payload is not JSON: {e}"))?;
+            let payload = payload
+                .as_object()
+                .ok_or_else(|| anyhow::anyhow!("payload must be a JSON object"))?;
+            let hybrid = harness::reference::feedback::Hybrid::connect(
+                &redis.redis,
+                &redis.redis,
+                redis.config(),
+            )
+            .await?;
+            let outcome = hybrid
+                .respond(&id, &harness::reference::response_fields(&id, payload))
+                .await;
+            hybrid.shutdown().await;
+            println!("{}", serde_json::to_string(&outcome)?);
+            match outcome {
+                PublishOutcome::Failed { reason } => {
+                    anyhow::bail!("response for {id} not stored: {reason}")
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Command::Feedback {
+            action: FeedbackAction::Wait { redis, id, timeout },
+        } => {
+            let hybrid = harness::reference::feedback::Hybrid::connect(
+                &redis.redis,
+                &redis.redis,
+                redis.config(),
+            )
+            .await?;
+            let outcome = hybrid.wait(&id, timeout).await;
+            hybrid.shutdown().await;
+            match outcome? {
+                WaitOutcome::Obtained { fields, .. } => {
+                    println!("{}", serde_json::to_string(&fields)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                WaitOutcome::TimedOut => {
+                    eprintln!(
+                        "hybrid-chaos: no response for {id} within {}",
+                        humantime::format_duration(timeout)
+                    );
+                    Ok(ExitCode::from(EXIT_TIMED_OUT))
+                }
+                WaitOutcome::Shutdown => anyhow::bail!("SHUTDOWN received on the control channel"),
+            }
+        }
+        Command::Stream {
+            action:
+                StreamAction::Publish {
+                    redis,
+                    task,
+                    index,
+                    content,
+                    last,
+                },
+        } => {
+            use harness::reference::stream::{Chunk, StreamProducer};
+            let producer = StreamProducer::connect(&redis.redis, redis.config()).await?;
+            let chunk = if last {
+                Chunk::last(index, content)
+            } else {
+                Chunk::content(index, content)
+            };
+            let outcome = producer.publish(&task, &chunk).await;
+            println!("{}", serde_json::to_string(&outcome)?);
+            match outcome {
+                PublishOutcome::Failed { reason } => {
+                    anyhow::bail!("chunk {index} of {task} not stored: {reason}")
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Command::Stream {
+            action:
+                StreamAction::Follow {
+                    redis,
+                    task,
+                    from,
+                    timeout,
+                },
+        } => {
+            use harness::reference::stream::{FollowEnd, StreamConsumer};
+            let consumer =
+                StreamConsumer::connect(&redis.redis, &redis.redis, redis.config()).await?;
+            let end = consumer
+                .follow(&task, from, timeout, |c| {
+                    println!("{}", serde_json::to_string(c).expect("chunk serialises"))
+                })
+                .await;
+            consumer.shutdown().await;
+            match end? {
+                FollowEnd::Finished { .. } => Ok(ExitCode::SUCCESS),
+                FollowEnd::TimedOut { delivered, .. } => {
+                    eprintln!(
+                        "hybrid-chaos: stream {task} not finished within {} ({delivered} chunks)",
+                        humantime::format_duration(timeout)
+                    );
+                    Ok(ExitCode::from(EXIT_TIMED_OUT))
+                }
+            }
         }
     }
 }
@@ -169,7 +354,7 @@ fn main() -> ExitCode {
         .build()
         .expect("build the tokio runtime");
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One line: the causes joined, so CI logs and terminals show the whole reason.
             let msg = e

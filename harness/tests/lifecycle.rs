@@ -188,7 +188,9 @@ fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 fn cli_bad_input_is_one_line_and_exit_2() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    // (arguments, environment, what stderr must say)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         (&["redis", "--port", &port], &[], "already in use"),
         (
             &["redis"],

@@ -45,6 +45,18 @@ impl Rig {
         }
     }
 
+    /// Another proxy in front of the same Redis (e.g. one for the subscriber connection and
+    /// one for commands, so faults can hit either alone). Returns its URL and name.
+    pub async fn extra_proxy(&self, suffix: &str) -> (String, String) {
+        let name = format!("{}-{suffix}", self.proxy.name);
+        let p = self
+            .tp()
+            .create_proxy(&name, "127.0.0.1:0", &self.redis.addr())
+            .await
+            .expect("create proxy");
+        (format!("redis://{}/", p.listen), name)
+    }
+
     pub fn tp(&self) -> &ToxiproxyClient {
         self.faults.client()
     }
@@ -137,4 +149,20 @@ pub async fn http(
         .and_then(|s| s.parse().ok())
         .expect("status code");
     (status, rest.to_string())
+}
+
+/// Waits (bounded) until `channel` has exactly `n` subscribers at the server.
+pub async fn await_numsub(url: &str, channel: &str, n: u64) -> bool {
+    harness::poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            let got = harness::infra::admin::pubsub_numsub(url, &[channel])
+                .await
+                .ok()?;
+            (got[0].1 == n).then_some(())
+        },
+    )
+    .await
+    .is_some()
 }

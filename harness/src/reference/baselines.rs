@@ -1,0 +1,176 @@
+//! The designs the hybrid replaces, behind the same [`FeedbackStrategy`] interface, so every
+//! scenario can show what each one loses or how slow it is.
+//!
+//! - [`PubSubOnly`]: the payload travels only in the Pub/Sub message; nothing is stored. A
+//!   message published while nobody listens (resume after a checkpoint, a reconnect gap, a
+//!   restart) is gone. Expected to lose.
+//! - [`PollingOnly`]: storage and a fixed poll interval, no Pub/Sub. Never loses what was
+//!   stored, but every wake-up waits for the next tick. Expected to be slow.
+//!
+//! Both use the same connection plumbing as the hybrid (one command connection, one
+//! subscriber [`Hub`] for pub/sub-only), so the comparison isolates the design, not the
+//! client code.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{sleep_until, Instant};
+
+use super::feedback::{read_response, store_response};
+use super::hub::Hub;
+use super::publisher::{PublishOutcome, Publisher};
+use super::{
+    command_connection, Config, Error, FeedbackStrategy, Fields, ImplStats, Result, Via,
+    WaitOutcome, WaiterCount,
+};
+
+/// Messages a pub/sub-only waiter buffers; one response per id is expected.
+const PUBSUB_WAITER_MESSAGES_MAX: usize = 4;
+
+/// Pub/Sub alone: fire and forget.
+pub struct PubSubOnly {
+    config: Config,
+    hub: Hub,
+    publisher: Publisher,
+    waiters: AtomicUsize,
+}
+
+impl PubSubOnly {
+    pub async fn connect(
+        command_url: &str,
+        subscriber_url: &str,
+        config: Config,
+    ) -> Result<PubSubOnly> {
+        let conn = command_connection(command_url, &config).await?;
+        let hub = Hub::start(subscriber_url, config.clone(), "pubsub-only");
+        let publisher = Publisher::new(conn, config.clone(), "pubsub-only");
+        Ok(PubSubOnly {
+            config,
+            hub,
+            publisher,
+            waiters: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl FeedbackStrategy for PubSubOnly {
+    fn name(&self) -> &'static str {
+        "pubsub-only"
+    }
+
+    async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
+        let channel = self.config.keys.feedback_channel(id);
+        let message = serde_json::to_string(fields).expect("string map serialises");
+        self.publisher
+            .commit(None, Some((&channel, &message)))
+            .await
+    }
+
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
+        let deadline = Instant::now() + timeout;
+        let _count = WaiterCount::new(&self.waiters);
+        let mut sub = self.hub.subscribe(
+            &self.config.keys.feedback_channel(id),
+            PUBSUB_WAITER_MESSAGES_MAX,
+        );
+        sub.wait_subscribed(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        let mut messages = sub.messages.take().expect("asked for messages");
+        loop {
+            tokio::select! {
+                _ = sleep_until(deadline) => return Ok(WaitOutcome::TimedOut),
+                m = messages.recv() => match m {
+                    Ok(payload) => {
+                        let fields: Fields = serde_json::from_str(&payload).map_err(|e| Error::Payload(e.to_string()))?;
+                        return Ok(WaitOutcome::Obtained { fields, via: Via::Notified });
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => {
+                        sleep_until(deadline).await;
+                        return Ok(WaitOutcome::TimedOut);
+                    }
+                },
+            }
+        }
+    }
+
+    fn stats(&self) -> ImplStats {
+        ImplStats {
+            waiters: self.waiters.load(Ordering::Relaxed),
+            channels: self.hub.channel_count(),
+            pending_polls: 0,
+            reconnects: self.hub.reconnects(),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.hub.shutdown().await;
+    }
+}
+
+/// Storage with a fixed poll interval, no Pub/Sub.
+pub struct PollingOnly {
+    config: Config,
+    conn: ConnectionManager,
+    publisher: Publisher,
+    waiters: AtomicUsize,
+}
+
+impl PollingOnly {
+    pub async fn connect(command_url: &str, config: Config) -> Result<PollingOnly> {
+        let conn = command_connection(command_url, &config).await?;
+        let publisher = Publisher::new(conn.clone(), config.clone(), "polling-only");
+        Ok(PollingOnly {
+            config,
+            conn,
+            publisher,
+            waiters: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl FeedbackStrategy for PollingOnly {
+    fn name(&self) -> &'static str {
+        "polling-only"
+    }
+
+    async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
+        self.publisher
+            .commit(Some(store_response(&self.config, id, fields)), None)
+            .await
+    }
+
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
+        let deadline = Instant::now() + timeout;
+        let _count = WaiterCount::new(&self.waiters);
+        let key = self.config.keys.feedback_response(id);
+        let interval = Duration::from_millis(self.config.poll_interval_ms);
+        let mut via = Via::Immediate;
+        loop {
+            match read_response(&self.conn, &key).await {
+                Ok(Some(fields)) => return Ok(WaitOutcome::Obtained { fields, via }),
+                Ok(None) => {}
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Ok(WaitOutcome::TimedOut);
+            }
+            sleep_until(deadline.min(Instant::now() + interval)).await;
+            via = Via::Polled;
+        }
+    }
+
+    fn stats(&self) -> ImplStats {
+        ImplStats {
+            waiters: self.waiters.load(Ordering::Relaxed),
+            ..ImplStats::default()
+        }
+    }
+
+    async fn shutdown(&self) {}
+}

@@ -1,0 +1,309 @@
+//! Feedback request/response with resume: the hybrid reference (seed `000_*`, fixed).
+//!
+//! What changed from the seed, and why:
+//! - The wait loop runs to a **deadline**. The seed adds up poll intervals (`elapsed +=
+//!   poll_interval`), so time spent in storage reads, slow networks or early wake-ups is not
+//!   counted and a 30 s wait can run far longer.
+//! - **Subscribe, then read storage again.** The seed reads, then starts a listener thread; a
+//!   response written between the two is only seen at the next poll.
+//! - **One subscriber connection per process** ([`super::hub::Hub`]) instead of a thread and a
+//!   connection per waiter that is never unsubscribed or closed. Channels are released when
+//!   the last waiter leaves, on success, timeout or cancellation (guards release on drop).
+//! - **Batched polling.** Idle waiters do not poll one by one: one task checks all pending
+//!   response keys with one `EXISTS k1 k2 ...` per tick (per `poll_batch_keys_max` keys), and
+//!   only when some exist finds which and wakes those waiters. Redis load while idle does not
+//!   grow per waiter.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{Control, Hub};
+use super::metrics as m;
+use super::publisher::{PublishOutcome, Publisher};
+use super::{
+    command_connection, Config, FeedbackStrategy, Fields, ImplStats, Result, Via, WaitOutcome,
+    WaiterCount,
+};
+
+/// The hint published after a response is stored (the seed publishes the same word).
+pub const NOTIFY_MESSAGE: &str = "completed";
+
+/// Reads a response hash; an empty hash is "no response yet".
+pub(crate) async fn read_response(conn: &ConnectionManager, key: &str) -> Result<Option<Fields>> {
+    let mut c = conn.clone();
+    let fields: Fields = redis::cmd("HGETALL").arg(key).query_async(&mut c).await?;
+    Ok((!fields.is_empty()).then_some(fields))
+}
+
+/// The commit pipeline for a response: HSET every field, then EXPIRE (applied atomically).
+pub(crate) fn store_response(config: &Config, id: &str, fields: &Fields) -> redis::Pipeline {
+    let key = config.keys.feedback_response(id);
+    let mut pipe = redis::pipe();
+    pipe.hset_multiple(&key, &fields.iter().collect::<Vec<_>>())
+        .ignore();
+    pipe.expire(&key, config.response_ttl_s as i64).ignore();
+    pipe
+}
+
+struct Pending {
+    refs: usize,
+    wake: Arc<watch::Sender<u64>>,
+}
+
+/// The batched storage poller: the pending response keys and the task that checks them.
+struct Poller {
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// A waiter's registration with the poller; releases it on drop.
+struct PollGuard {
+    poller: Arc<Poller>,
+    key: String,
+    wake: watch::Receiver<u64>,
+}
+
+impl Poller {
+    fn register(self: &Arc<Self>, key: String) -> PollGuard {
+        let mut pending = self.pending.lock().expect("poller lock");
+        let entry = pending.entry(key.clone()).or_insert_with(|| Pending {
+            refs: 0,
+            wake: Arc::new(watch::channel(0).0),
+        });
+        entry.refs += 1;
+        let wake = entry.wake.subscribe();
+        PollGuard {
+            poller: self.clone(),
+            key,
+            wake,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.pending.lock().expect("poller lock").len()
+    }
+
+    /// One tick: `EXISTS` over all pending keys in batches; only if some exist, find which
+    /// (one pipelined `EXISTS` each, rare: it means a notification was missed) and wake them.
+    async fn tick(&self, conn: &ConnectionManager, batch_max: usize) -> Result<()> {
+        let keys: Vec<String> = self
+            .pending
+            .lock()
+            .expect("poller lock")
+            .keys()
+            .cloned()
+            .collect();
+        for batch in keys.chunks(batch_max.max(1)) {
+            let mut c = conn.clone();
+            let present: u64 = redis::cmd("EXISTS").arg(batch).query_async(&mut c).await?;
+            if present == 0 {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for k in batch {
+                pipe.exists(k);
+            }
+            let each: Vec<bool> = pipe.query_async(&mut c).await?;
+            let pending = self.pending.lock().expect("poller lock");
+            for (k, _) in batch.iter().zip(each).filter(|(_, e)| *e) {
+                if let Some(p) = pending.get(k) {
+                    p.wake.send_modify(|n| *n += 1);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        let mut pending = self.poller.pending.lock().expect("poller lock");
+        if let Some(p) = pending.get_mut(&self.key) {
+            p.refs -= 1;
+            if p.refs == 0 {
+                pending.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The hybrid feedback strategy.
+pub struct Hybrid {
+    config: Config,
+    conn: ConnectionManager,
+    hub: Hub,
+    publisher: Publisher,
+    poller: Arc<Poller>,
+    waiters: AtomicUsize,
+    cancel: CancellationToken,
+    poll_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Hybrid {
+    /// Connects the command connection to `command_url` and the subscriber to
+    /// `subscriber_url` (they differ when each goes through its own proxy).
+    pub async fn connect(
+        command_url: &str,
+        subscriber_url: &str,
+        config: Config,
+    ) -> Result<Hybrid> {
+        let conn = command_connection(command_url, &config).await?;
+        let hub = Hub::start(subscriber_url, config.clone(), "hybrid");
+        let poller = Arc::new(Poller {
+            pending: Mutex::new(HashMap::new()),
+        });
+        let cancel = CancellationToken::new();
+        let task = {
+            let (poller, conn, cancel) = (poller.clone(), conn.clone(), cancel.clone());
+            let interval = Duration::from_millis(config.poll_interval_ms);
+            let batch_max = config.poll_batch_keys_max;
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    if let Err(e) = poller.tick(&conn, batch_max).await {
+                        // Storage unreachable: waiters keep waiting; the next tick tries again.
+                        tracing::debug!(error = %e, "poll tick failed");
+                    }
+                }
+            })
+        };
+        let publisher = Publisher::new(conn.clone(), config.clone(), "hybrid");
+        Ok(Hybrid {
+            config,
+            conn,
+            hub,
+            publisher,
+            poller,
+            waiters: AtomicUsize::new(0),
+            cancel,
+            poll_task: Mutex::new(Some(task)),
+        })
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Reads the response to `id` once, without waiting.
+    pub async fn read(&self, id: &str) -> Result<Option<Fields>> {
+        read_response(&self.conn, &self.config.keys.feedback_response(id)).await
+    }
+
+    async fn wait_inner(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
+        let deadline = Instant::now() + timeout;
+        let _count = WaiterCount::new(&self.waiters);
+        let key = self.config.keys.feedback_response(id);
+        let obtained = |fields, via: Via| {
+            metrics::counter!(m::OBTAINED, "impl" => "hybrid", "via" => format!("{via:?}").to_lowercase()).increment(1);
+            Ok(WaitOutcome::Obtained { fields, via })
+        };
+        // 1. Storage first: the resume case returns without touching Pub/Sub.
+        if let Some(f) = read_response(&self.conn, &key).await? {
+            return obtained(f, Via::Immediate);
+        }
+        // 2. Subscribe, and only then read again: a response written between the first read
+        //    and the subscription has had its notification already, so only storage has it.
+        let mut sub = self
+            .hub
+            .subscribe(&self.config.keys.feedback_channel(id), 0);
+        let cap = Duration::from_millis(self.config.subscribe_wait_ms_max)
+            .min(deadline.saturating_duration_since(Instant::now()));
+        sub.wait_subscribed(cap).await;
+        let mut control = self.hub.control();
+        let mut poll = self.poller.register(key.clone());
+        let mut via = Via::AfterSubscribe;
+        let (mut hub_alive, mut poller_alive, mut control_open) = (true, true, true);
+        loop {
+            let seen = *sub.signal.borrow_and_update();
+            poll.wake.borrow_and_update();
+            match read_response(&self.conn, &key).await {
+                Ok(Some(f)) => return obtained(f, via),
+                Ok(None) => {}
+                // Storage unreachable for now: keep waiting, the poller retries every tick.
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Ok(WaitOutcome::TimedOut);
+            }
+            // 3. Sleep until a hint, a poll hit, or the deadline; storage decides each time.
+            tokio::select! {
+                _ = sleep_until(deadline) => via = Via::Polled,
+                r = sub.signal.changed(), if hub_alive => {
+                    let now = *sub.signal.borrow();
+                    via = if now.resyncs > seen.resyncs { Via::Resync } else { Via::Notified };
+                    // A gone hub leaves the poller and the deadline to wake this waiter.
+                    hub_alive = r.is_ok();
+                }
+                r = poll.wake.changed(), if poller_alive => {
+                    via = Via::Polled;
+                    poller_alive = r.is_ok();
+                }
+                c = control.recv(), if control_open => match c {
+                    Ok(Control::Shutdown) => return Ok(WaitOutcome::Shutdown),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => control_open = false,
+                    _ => {}
+                },
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl FeedbackStrategy for Hybrid {
+    fn name(&self) -> &'static str {
+        "hybrid"
+    }
+
+    async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
+        let channel = self.config.keys.feedback_channel(id);
+        self.publisher
+            .commit(
+                Some(store_response(&self.config, id, fields)),
+                Some((&channel, NOTIFY_MESSAGE)),
+            )
+            .await
+    }
+
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
+        self.wait_inner(id, timeout).await
+    }
+
+    fn stats(&self) -> ImplStats {
+        ImplStats {
+            waiters: self.waiters.load(Ordering::Relaxed),
+            channels: self.hub.channel_count(),
+            pending_polls: self.poller.len(),
+            reconnects: self.hub.reconnects(),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.cancel.cancel();
+        let task = self.poll_task.lock().expect("poll task lock").take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        self.hub.shutdown().await;
+    }
+}
+
+impl Drop for Hybrid {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,461 @@
+//! The robust subscriber: one Pub/Sub connection per process serving every waiter.
+//!
+//! Waiters [`Hub::subscribe`] to a channel and get a [`Subscription`]; channels are
+//! reference-counted, so the channel is unsubscribed when its last subscription is dropped
+//! (on success, on timeout, and when a waiting future is cancelled). One background task owns
+//! the connection. It batches pending SUBSCRIBE/UNSUBSCRIBE changes into one command each,
+//! checks the connection's health with `PING` (a half-open or blackholed connection never
+//! reports an error by itself), reconnects with exponential backoff and full jitter,
+//! resubscribes every channel, and then wakes every waiter to re-read storage: whatever was
+//! published while the connection was down is in storage, not in Pub/Sub.
+//!
+//! Wake-ups go through a `watch` per channel carrying counters, not a `Notify`: a waiter
+//! marks the value seen *before* it reads storage, so a message that arrives between the read
+//! and the wait still wakes it (a `Notify::notify_waiters` in that gap would be lost).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics as m;
+use super::{backoff_delay, Config};
+
+/// What a channel's watchers see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signal {
+    /// Messages received on the channel.
+    pub messages: u64,
+    /// Times the subscriber (re)subscribed and asked every waiter to re-read storage.
+    pub resyncs: u64,
+    /// Whether the channel is confirmed subscribed on the live connection.
+    pub subscribed: bool,
+}
+
+/// A control signal on the control channel (seed `004_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Forget per-stream state (e.g. the last sequence seen) and accept fresh data.
+    Reset,
+    /// Stop consuming.
+    Shutdown,
+}
+
+impl Control {
+    /// Accepts `RESET` / `SHUTDOWN` as plain text or `{"type": "reset"}` JSON, any case.
+    pub fn parse(payload: &str) -> Option<Control> {
+        let word = serde_json::from_str::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| {
+                v.get("type")
+                    .or_else(|| v.get("signal"))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| payload.trim().to_string());
+        match word.to_ascii_lowercase().as_str() {
+            "reset" => Some(Control::Reset),
+            "shutdown" => Some(Control::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+struct Entry {
+    refs: usize,
+    signal: Arc<watch::Sender<Signal>>,
+    /// Message payloads, for consumers that use them (streams, fan-out, pub/sub-only).
+    messages: Option<broadcast::Sender<Arc<str>>>,
+}
+
+struct Inner {
+    config: Config,
+    url: String,
+    label: &'static str,
+    channels: Mutex<HashMap<String, Entry>>,
+    kick: mpsc::UnboundedSender<()>,
+    connected: watch::Sender<bool>,
+    control: broadcast::Sender<Control>,
+    reconnects: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl Inner {
+    fn kick(&self) {
+        let _ = self.kick.send(());
+    }
+
+    fn mark_all(&self, subscribed: bool, resync: bool) {
+        let channels = self.channels.lock().expect("hub lock");
+        for e in channels.values() {
+            e.signal.send_modify(|s| {
+                s.subscribed = subscribed;
+                if resync {
+                    s.resyncs += 1;
+                }
+            });
+        }
+    }
+}
+
+/// The per-process subscriber. Cheap to clone; [`Hub::shutdown`], or dropping the last
+/// clone, stops it.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+    owner: Arc<Owner>,
+}
+
+/// Held only by `Hub` clones (the task and subscriptions hold `Inner`), so the task stops
+/// when the last `Hub` goes, even without an explicit shutdown.
+struct Owner {
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A reference to one subscribed channel. Dropping it releases the reference.
+pub struct Subscription {
+    inner: Arc<Inner>,
+    channel: String,
+    pub signal: watch::Receiver<Signal>,
+    pub messages: Option<broadcast::Receiver<Arc<str>>>,
+    connected: watch::Receiver<bool>,
+}
+
+impl Hub {
+    /// Starts the subscriber task on `url` (the subscriber connection may go through a
+    /// different proxy than the command connection). `label` names it in metrics.
+    pub fn start(url: &str, config: Config, label: &'static str) -> Hub {
+        let (kick, kick_rx) = mpsc::unbounded_channel();
+        let (connected, _) = watch::channel(false);
+        let (control, _) = broadcast::channel(16);
+        let inner = Arc::new(Inner {
+            config,
+            url: url.to_string(),
+            label,
+            channels: Mutex::new(HashMap::new()),
+            kick,
+            connected,
+            control,
+            reconnects: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+        });
+        let task = tokio::spawn(run(inner.clone(), kick_rx));
+        let owner = Owner {
+            cancel: inner.cancel.clone(),
+            task: Mutex::new(Some(task)),
+        };
+        Hub {
+            inner,
+            owner: Arc::new(owner),
+        }
+    }
+
+    /// Adds a reference to `channel`, subscribing it if it is the first. With
+    /// `messages_capacity > 0` the subscription also receives message payloads (a bounded
+    /// broadcast: a consumer that falls further behind sees `Lagged` and must re-read).
+    pub fn subscribe(&self, channel: &str, messages_capacity: usize) -> Subscription {
+        let mut channels = self.inner.channels.lock().expect("hub lock");
+        let mut first = false;
+        let entry = channels.entry(channel.to_string()).or_insert_with(|| {
+            first = true;
+            Entry {
+                refs: 0,
+                signal: Arc::new(watch::channel(Signal::default()).0),
+                messages: None,
+            }
+        });
+        entry.refs += 1;
+        if messages_capacity > 0 && entry.messages.is_none() {
+            entry.messages = Some(broadcast::channel(messages_capacity).0);
+        }
+        let sub = Subscription {
+            inner: self.inner.clone(),
+            channel: channel.to_string(),
+            signal: entry.signal.subscribe(),
+            messages: (messages_capacity > 0)
+                .then(|| entry.messages.as_ref().expect("created above").subscribe()),
+            connected: self.inner.connected.subscribe(),
+        };
+        let count = channels.len();
+        drop(channels);
+        if first {
+            metrics::gauge!(m::ACTIVE_SUBSCRIPTIONS, "impl" => self.inner.label).set(count as f64);
+            self.inner.kick();
+        }
+        sub
+    }
+
+    /// Control signals (RESET, SHUTDOWN) from the control channel.
+    pub fn control(&self) -> broadcast::Receiver<Control> {
+        self.inner.control.subscribe()
+    }
+
+    /// Channels currently wanted (each with at least one subscription).
+    pub fn channel_count(&self) -> usize {
+        self.inner.channels.lock().expect("hub lock").len()
+    }
+
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Stops the task and closes the connection.
+    pub async fn shutdown(&self) {
+        self.owner.cancel.cancel();
+        let task = self.owner.task.lock().expect("hub task lock").take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Subscription {
+    /// Waits until the channel is confirmed subscribed, at most `limit`. Returns at once
+    /// while the subscriber is disconnected: waiting would only delay the storage read that
+    /// polling relies on. Returns whether the subscription is confirmed.
+    pub async fn wait_subscribed(&mut self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                if self.signal.borrow().subscribed {
+                    return true;
+                }
+                if !*self.connected.borrow_and_update() {
+                    return false;
+                }
+                tokio::select! {
+                    r = self.signal.changed() => if r.is_err() { return false },
+                    r = self.connected.changed() => if r.is_err() { return false },
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut channels = self.inner.channels.lock().expect("hub lock");
+        let last = match channels.get_mut(&self.channel) {
+            Some(e) => {
+                e.refs -= 1;
+                e.refs == 0
+            }
+            None => false,
+        };
+        if last {
+            channels.remove(&self.channel);
+            let count = channels.len();
+            drop(channels);
+            metrics::gauge!(m::ACTIVE_SUBSCRIPTIONS, "impl" => self.inner.label).set(count as f64);
+            self.inner.kick();
+        }
+    }
+}
+
+enum Ended {
+    Shutdown,
+    Lost(&'static str),
+}
+
+async fn run(inner: Arc<Inner>, mut kick_rx: mpsc::UnboundedReceiver<()>) {
+    let mut attempt: u32 = 0;
+    loop {
+        match session(&inner, &mut kick_rx, &mut attempt).await {
+            Ended::Shutdown => break,
+            Ended::Lost(reason) => {
+                inner.connected.send_replace(false);
+                inner.mark_all(false, false);
+                inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::RECONNECTIONS, "impl" => inner.label, "reason" => reason)
+                    .increment(1);
+                tracing::debug!(reason, attempt, "subscriber connection lost; reconnecting");
+                let delay = backoff_delay(
+                    attempt,
+                    inner.config.reconnect_delay_ms_min,
+                    inner.config.reconnect_delay_ms_max,
+                );
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = inner.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    inner.connected.send_replace(false);
+    inner.mark_all(false, false);
+}
+
+async fn session(
+    inner: &Arc<Inner>,
+    kick_rx: &mut mpsc::UnboundedReceiver<()>,
+    attempt: &mut u32,
+) -> Ended {
+    let cfg = &inner.config;
+    let connect_limit = Duration::from_millis(cfg.connect_timeout_ms);
+    let command_limit = Duration::from_millis(cfg.command_timeout_ms);
+    let client = match redis::Client::open(inner.url.as_str()) {
+        Ok(c) => c,
+        Err(_) => return Ended::Lost("bad url"),
+    };
+    let pubsub = tokio::select! {
+        _ = inner.cancel.cancelled() => return Ended::Shutdown,
+        r = tokio::time::timeout(connect_limit, client.get_async_pubsub()) => match r {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Ended::Lost("connect failed"),
+            Err(_) => return Ended::Lost("connect timeout"),
+        },
+    };
+    let (mut sink, mut stream) = pubsub.split();
+    let control = cfg.keys.control_channel();
+    if !matches!(
+        tokio::time::timeout(command_limit, sink.subscribe(&control)).await,
+        Ok(Ok(()))
+    ) {
+        return Ended::Lost("subscribe failed");
+    }
+    let mut confirmed: HashSet<String> = HashSet::new();
+    if sync(inner, &mut sink, &mut confirmed).await.is_err() {
+        return Ended::Lost("subscribe failed");
+    }
+    *attempt = 0;
+    inner.connected.send_replace(true);
+    // Whatever was published while no subscription was live is only in storage now.
+    inner.mark_all(true, true);
+    let mut health = tokio::time::interval(Duration::from_millis(cfg.health_check_interval_ms));
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    health.tick().await;
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return Ended::Shutdown,
+            msg = stream.next() => match msg {
+                None => return Ended::Lost("connection closed"),
+                Some(msg) => dispatch(inner, &control, &msg),
+            },
+            Some(()) = kick_rx.recv() => {
+                while kick_rx.try_recv().is_ok() {}
+                if sync(inner, &mut sink, &mut confirmed).await.is_err() {
+                    return Ended::Lost("subscribe failed");
+                }
+            }
+            _ = health.tick() => {
+                let limit = Duration::from_millis(cfg.health_check_timeout_ms);
+                if !matches!(tokio::time::timeout(limit, sink.ping::<redis::Value>()).await, Ok(Ok(_))) {
+                    return Ended::Lost("health check failed");
+                }
+            }
+        }
+    }
+}
+
+/// Brings the connection's subscriptions in line with the wanted channels, one SUBSCRIBE and
+/// one UNSUBSCRIBE for all changes, and marks confirmed channels as subscribed.
+async fn sync(
+    inner: &Inner,
+    sink: &mut redis::aio::PubSubSink,
+    confirmed: &mut HashSet<String>,
+) -> Result<(), ()> {
+    let limit = Duration::from_millis(inner.config.command_timeout_ms);
+    let (to_sub, to_unsub) = {
+        let channels = inner.channels.lock().expect("hub lock");
+        let to_sub: Vec<String> = channels
+            .keys()
+            .filter(|c| !confirmed.contains(*c))
+            .cloned()
+            .collect();
+        let to_unsub: Vec<String> = confirmed
+            .iter()
+            .filter(|c| !channels.contains_key(*c))
+            .cloned()
+            .collect();
+        (to_sub, to_unsub)
+    };
+    if !to_unsub.is_empty() {
+        if !matches!(
+            tokio::time::timeout(limit, sink.unsubscribe(&to_unsub)).await,
+            Ok(Ok(()))
+        ) {
+            return Err(());
+        }
+        for c in &to_unsub {
+            confirmed.remove(c);
+        }
+    }
+    if !to_sub.is_empty() {
+        if !matches!(
+            tokio::time::timeout(limit, sink.subscribe(&to_sub)).await,
+            Ok(Ok(()))
+        ) {
+            return Err(());
+        }
+        confirmed.extend(to_sub);
+    }
+    // Mark every confirmed channel, including one dropped and re-added between two syncs
+    // (never unsubscribed at the server, but its new entry starts unconfirmed).
+    let channels = inner.channels.lock().expect("hub lock");
+    for (name, e) in channels.iter() {
+        if confirmed.contains(name) && !e.signal.borrow().subscribed {
+            e.signal.send_modify(|s| s.subscribed = true);
+        }
+    }
+    Ok(())
+}
+
+fn dispatch(inner: &Inner, control: &str, msg: &redis::Msg) {
+    let channel = msg.get_channel_name();
+    let payload: String = msg.get_payload().unwrap_or_default();
+    metrics::counter!(m::RECEIVED, "impl" => inner.label).increment(1);
+    if channel == control {
+        if let Some(signal) = Control::parse(&payload) {
+            let _ = inner.control.send(signal);
+        }
+        return;
+    }
+    let channels = inner.channels.lock().expect("hub lock");
+    if let Some(e) = channels.get(channel) {
+        e.signal.send_modify(|s| s.messages += 1);
+        if let Some(tx) = &e.messages {
+            let _ = tx.send(Arc::from(payload));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_signals_parse_in_both_shapes() {
+        assert_eq!(Control::parse("RESET"), Some(Control::Reset));
+        assert_eq!(Control::parse(" shutdown\n"), Some(Control::Shutdown));
+        assert_eq!(
+            Control::parse(r#"{"type": "RESET", "symbol": "ES"}"#),
+            Some(Control::Reset)
+        );
+        assert_eq!(
+            Control::parse(r#"{"signal": "shutdown"}"#),
+            Some(Control::Shutdown)
+        );
+        assert_eq!(Control::parse("completed"), None);
+    }
+}

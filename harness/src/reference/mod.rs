@@ -1,0 +1,309 @@
+//! The implementation under test: the hybrid notification pattern and the designs it
+//! replaces, behind one interface. Knows nothing of faults or checkers.
+//!
+//! The pattern: **storage is the source of truth, Pub/Sub only wakes waiters, polling is the
+//! fallback.** A responder writes the response hash (the commit point), then publishes a
+//! hint. A waiter reads storage first (the resume case), subscribes, reads again, then
+//! sleeps until a hint, a poll tick or its deadline, and each time asks storage.
+//!
+//! # Layout
+//!
+//! - [`keys`]: the key/channel schema (the seeds' schema by default, optional prefix).
+//! - [`hub`]: the robust subscriber. One Pub/Sub connection per process for every waiter,
+//!   reference-counted channels, `PING` health checks, reconnect with backoff and full
+//!   jitter, resubscribe and wake every waiter to re-read storage, a control channel.
+//! - [`publisher`]: the robust publisher. Storage write as the commit point, retries with
+//!   backoff, a circuit breaker, an explicit [`PublishOutcome`].
+//! - [`feedback`]: request/response with resume ([`feedback::Hybrid`]), with batched polling
+//!   of all pending ids per tick.
+//! - [`baselines`]: pub/sub-only and polling-only, the designs the hybrid replaces.
+//! - [`stream`]: chunk streaming into a list plus publish, with late joiners.
+//! - [`fanout`]: the market-data consumer of seed `004_*` (bounded queue, stale skip,
+//!   RESET/SHUTDOWN).
+//! - [`metrics`]: counters and gauges through the `metrics` facade, with a Prometheus text
+//!   exposition the harness can read.
+//!
+//! Engineers who change the design change this tree, or plug their own behind
+//! [`FeedbackStrategy`].
+
+pub mod baselines;
+pub mod fanout;
+pub mod feedback;
+pub mod hub;
+pub mod keys;
+pub mod metrics;
+pub mod publisher;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::Rng;
+
+pub use keys::Keys;
+pub use publisher::PublishOutcome;
+
+/// Errors of the reference implementation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("connecting to Redis timed out after {0} ms")]
+    ConnectTimeout(u64),
+    #[error("invalid payload: {0}")]
+    Payload(String),
+    #[error("the stream broke: {0}")]
+    Stream(String),
+}
+
+impl Error {
+    /// Worth retrying: the connection or the network failed, not the command.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Redis(e) => is_transient(e),
+            Error::ConnectTimeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Connection-level failures (worth a retry) as opposed to command errors (not).
+pub fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}
+
+/// Tuning of every reference component. Defaults follow the seeds where they say something
+/// (0.5 s poll interval, 1024-deep consumer queue) and otherwise what a production service
+/// would use; every limit has its unit in its name.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub keys: Keys,
+    /// Storage fallback period while waiting, in ms (seed `000_*`: 0.5 s).
+    pub poll_interval_ms: u64,
+    /// Most response keys checked by one batched `EXISTS` per poll tick.
+    pub poll_batch_keys_max: usize,
+    /// Lifetime of a response hash, in seconds.
+    pub response_ttl_s: u64,
+    /// Lifetime of a stream's chunk list, in seconds (seed `003_*`: one hour).
+    pub stream_ttl_s: u64,
+    /// `PING` on the subscriber connection every this many ms ...
+    pub health_check_interval_ms: u64,
+    /// ... which must answer within this many ms, or the connection is replaced.
+    pub health_check_timeout_ms: u64,
+    /// Reconnect backoff: full jitter over `[0, min(max, min * 2^attempt)]`, in ms.
+    pub reconnect_delay_ms_min: u64,
+    pub reconnect_delay_ms_max: u64,
+    /// Connecting (TCP + handshake) may take this long, in ms.
+    pub connect_timeout_ms: u64,
+    /// One command may take this long, in ms.
+    pub command_timeout_ms: u64,
+    /// A waiter waits at most this long, in ms, for its channel's SUBSCRIBE to be confirmed
+    /// before reading storage the second time; polling covers anything later.
+    pub subscribe_wait_ms_max: u64,
+    /// Publisher: attempts per write (first try included) on connection errors.
+    pub publish_attempts_max: u32,
+    /// Publisher: backoff between attempts starts here and doubles, in ms.
+    pub publish_backoff_ms: u64,
+    /// Circuit breaker: consecutive failures that open it ...
+    pub breaker_failures_max: u32,
+    /// ... and how long it stays open before one probe is let through, in ms.
+    pub breaker_reset_ms: u64,
+    /// Fan-out consumer queue depth (seed `004_*`: 1024).
+    pub queue_len_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            keys: Keys::default(),
+            poll_interval_ms: 500,
+            poll_batch_keys_max: 16_384,
+            response_ttl_s: 24 * 3600,
+            stream_ttl_s: 3600,
+            health_check_interval_ms: 1_000,
+            health_check_timeout_ms: 1_000,
+            reconnect_delay_ms_min: 50,
+            reconnect_delay_ms_max: 5_000,
+            connect_timeout_ms: 2_000,
+            command_timeout_ms: 2_000,
+            subscribe_wait_ms_max: 1_000,
+            publish_attempts_max: 3,
+            publish_backoff_ms: 50,
+            breaker_failures_max: 5,
+            breaker_reset_ms: 5_000,
+            queue_len_max: 1024,
+        }
+    }
+}
+
+impl Config {
+    pub fn with_prefix(mut self, prefix: &str) -> Config {
+        self.keys = Keys::new(prefix);
+        self
+    }
+}
+
+/// Exponential backoff with full jitter: a uniform draw in `[0, min(max, min * 2^attempt)]`.
+/// Full jitter spreads reconnecting clients apart so a restarted Redis is not hit by all of
+/// them in the same millisecond.
+pub fn backoff_delay(attempt: u32, min_ms: u64, max_ms: u64) -> Duration {
+    let cap = min_ms
+        .saturating_mul(1u64 << attempt.min(20))
+        .min(max_ms)
+        .max(1);
+    Duration::from_millis(rand::rng().random_range(0..=cap))
+}
+
+/// The command connection: one per process, reconnecting by itself (redis-rs
+/// `ConnectionManager`), with bounded connect and response times.
+pub async fn command_connection(
+    url: &str,
+    config: &Config,
+) -> Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let mgr = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
+        .set_response_timeout(Some(Duration::from_millis(config.command_timeout_ms)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(config.reconnect_delay_ms_max));
+    let connect = client.get_connection_manager_with_config(mgr);
+    match tokio::time::timeout(
+        Duration::from_millis(config.connect_timeout_ms * 3),
+        connect,
+    )
+    .await
+    {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::ConnectTimeout(config.connect_timeout_ms * 3)),
+    }
+}
+
+/// Counts a live waiter for [`ImplStats::waiters`]; decrements on drop, so a cancelled
+/// waiting future is uncounted too.
+pub(crate) struct WaiterCount<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> WaiterCount<'a> {
+    pub(crate) fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WaiterCount(n)
+    }
+}
+
+impl Drop for WaiterCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A response as stored: the hash's fields.
+pub type Fields = BTreeMap<String, String>;
+
+/// How a waiter came to read the response it returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// Already in storage at the first read (the resume case).
+    Immediate,
+    /// Found right after subscribing (landed between the first read and the subscription).
+    AfterSubscribe,
+    /// Woken by a Pub/Sub notification.
+    Notified,
+    /// Found by the storage fallback (a poll tick), no notification arrived.
+    Polled,
+    /// Found by the re-read every waiter does after the subscriber reconnected.
+    Resync,
+}
+
+/// Result of a wait.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WaitOutcome {
+    Obtained {
+        fields: Fields,
+        via: Via,
+    },
+    TimedOut,
+    /// A SHUTDOWN control signal ended the wait.
+    Shutdown,
+}
+
+/// What a waiting implementation holds right now, for cleanup checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImplStats {
+    /// Waiters registered in the implementation's maps.
+    pub waiters: usize,
+    /// Channels the implementation wants subscribed.
+    pub channels: usize,
+    /// Ids in the batched poller's pending set.
+    pub pending_polls: usize,
+    /// Subscriber reconnections so far.
+    pub reconnects: u64,
+}
+
+/// The feedback request/response interface every strategy implements; scenarios run each
+/// strategy through it and compare.
+#[async_trait::async_trait]
+pub trait FeedbackStrategy: Send + Sync {
+    /// `hybrid`, `pubsub-only` or `polling-only`.
+    fn name(&self) -> &'static str;
+    /// Delivers the response for `id`.
+    async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome;
+    /// Waits for the response to `id` until `timeout` has passed.
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome>;
+    fn stats(&self) -> ImplStats;
+    /// Stops background tasks and closes connections.
+    async fn shutdown(&self);
+}
+
+/// The standard response fields of seed `000_*` around a payload: `feedback_id`,
+/// `response_type` (default `approval`), `approved` (default `true`), `responded_at` (now,
+/// RFC 3339), then the payload's own fields (non-string values as JSON text).
+pub fn response_fields(id: &str, payload: &serde_json::Map<String, serde_json::Value>) -> Fields {
+    let mut f = Fields::new();
+    f.insert("feedback_id".into(), id.to_string());
+    f.insert("response_type".into(), "approval".into());
+    f.insert("approved".into(), "true".into());
+    f.insert(
+        "responded_at".into(),
+        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    );
+    for (k, v) in payload {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        f.insert(k.clone(), text);
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_by_the_cap() {
+        for attempt in 0..40 {
+            let d = backoff_delay(attempt, 50, 5_000);
+            assert!(d <= Duration::from_millis(5_000), "{attempt}: {d:?}");
+        }
+        assert!(backoff_delay(0, 50, 5_000) <= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn response_fields_follow_the_seed_schema() {
+        let payload = serde_json::json!({"approved": false, "comment": "ship it", "n": 3});
+        let f = response_fields("deploy_abc123", payload.as_object().unwrap());
+        assert_eq!(f["feedback_id"], "deploy_abc123");
+        assert_eq!(f["response_type"], "approval");
+        assert_eq!(f["approved"], "false");
+        assert_eq!(f["comment"], "ship it");
+        assert_eq!(f["n"], "3");
+        assert!(f["responded_at"].ends_with('Z'));
+    }
+}

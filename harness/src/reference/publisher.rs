@@ -1,0 +1,276 @@
+//! The robust publisher: the storage write is the commit point, the notification a hint.
+//!
+//! Each operation is retried with exponential backoff on connection errors only (a command
+//! error such as `WRONGTYPE` will not get better). A circuit breaker stops hammering a Redis
+//! that keeps failing: after `breaker_failures_max` consecutive failures it opens for
+//! `breaker_reset_ms`, then lets one probe through (half-open). The outcome says exactly what
+//! happened, so a caller can tell "stored but nobody was told" (waiters will find it by
+//! polling) from "not stored" (nobody will ever find it). Zero subscribers is counted, not
+//! an error: with the hybrid pattern it is the normal resume case.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+
+use super::metrics as m;
+use super::{is_transient, Config};
+
+/// What a publish achieved.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum PublishOutcome {
+    /// Stored and published; `subscribers` received the hint (0 is normal when nobody waits).
+    Notified { subscribers: u64 },
+    /// Stored; no notification by design (polling-only).
+    Stored,
+    /// Stored, but the notification failed: waiters will find it by polling.
+    StoredNotNotified { reason: String },
+    /// Not stored (or, for pub/sub-only, not published): nobody will find it.
+    Failed { reason: String },
+}
+
+impl PublishOutcome {
+    /// Whether the data reached its source of truth (storage, or the channel for pub/sub-only).
+    pub fn committed(&self) -> bool {
+        !matches!(self, PublishOutcome::Failed { .. })
+    }
+
+    pub fn status(&self) -> &'static str {
+        match self {
+            PublishOutcome::Notified { .. } => "notified",
+            PublishOutcome::Stored => "stored",
+            PublishOutcome::StoredNotNotified { .. } => "stored_not_notified",
+            PublishOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is in flight; everyone else is refused until it reports.
+    HalfOpen,
+}
+
+/// A consecutive-failure circuit breaker.
+pub struct Breaker {
+    state: Mutex<BreakerState>,
+    failures_max: u32,
+    reset: Duration,
+}
+
+impl Breaker {
+    pub fn new(failures_max: u32, reset: Duration) -> Breaker {
+        Breaker {
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            failures_max: failures_max.max(1),
+            reset,
+        }
+    }
+
+    /// Whether a call may go ahead now. An open breaker past its reset time turns half-open
+    /// and admits exactly this one caller as the probe.
+    pub fn allow(&self) -> bool {
+        let mut s = self.state.lock().expect("breaker lock");
+        match *s {
+            BreakerState::Closed { .. } => true,
+            BreakerState::Open { until } if Instant::now() >= until => {
+                *s = BreakerState::HalfOpen;
+                true
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+        }
+    }
+
+    pub fn success(&self) {
+        *self.state.lock().expect("breaker lock") = BreakerState::Closed { failures: 0 };
+    }
+
+    pub fn failure(&self) {
+        let mut s = self.state.lock().expect("breaker lock");
+        *s = match *s {
+            BreakerState::Closed { failures } if failures + 1 < self.failures_max => {
+                BreakerState::Closed {
+                    failures: failures + 1,
+                }
+            }
+            _ => BreakerState::Open {
+                until: Instant::now() + self.reset,
+            },
+        };
+    }
+
+    pub fn state(&self) -> BreakerState {
+        *self.state.lock().expect("breaker lock")
+    }
+
+    /// 0 closed, 1 half-open, 2 open (the gauge's encoding).
+    pub fn gauge_value(&self) -> f64 {
+        match self.state() {
+            BreakerState::Closed { .. } => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open { .. } => 2.0,
+        }
+    }
+}
+
+/// Storage writes and notifications over the process's command connection.
+pub struct Publisher {
+    conn: ConnectionManager,
+    config: Config,
+    breaker: Breaker,
+    label: &'static str,
+}
+
+impl Publisher {
+    pub fn new(conn: ConnectionManager, config: Config, label: &'static str) -> Publisher {
+        let breaker = Breaker::new(
+            config.breaker_failures_max,
+            Duration::from_millis(config.breaker_reset_ms),
+        );
+        Publisher {
+            conn,
+            config,
+            breaker,
+            label,
+        }
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Runs `cmd` with retries on connection errors, through the breaker.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: &redis::Pipeline,
+    ) -> Result<T, String> {
+        if !self.breaker.allow() {
+            self.report_breaker();
+            return Err(format!("{what}: circuit open"));
+        }
+        let mut last = String::new();
+        for attempt in 0..self.config.publish_attempts_max.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(
+                    self.config.publish_backoff_ms << (attempt - 1).min(10),
+                ))
+                .await;
+            }
+            let mut conn = self.conn.clone();
+            match cmd.query_async::<T>(&mut conn).await {
+                Ok(v) => {
+                    self.breaker.success();
+                    self.report_breaker();
+                    return Ok(v);
+                }
+                Err(e) if is_transient(&e) => last = e.to_string(),
+                Err(e) => {
+                    // The server refused the command: Redis is up and answering, which is
+                    // what the breaker guards (and what ends a half-open probe).
+                    self.breaker.success();
+                    return Err(format!("{what}: {e}"));
+                }
+            }
+        }
+        self.breaker.failure();
+        self.report_breaker();
+        Err(format!("{what}: {last}"))
+    }
+
+    fn report_breaker(&self) {
+        metrics::gauge!(m::CIRCUIT_STATE, "impl" => self.label).set(self.breaker.gauge_value());
+    }
+
+    /// Writes `store` atomically (the commit point), then publishes `message` on `channel`
+    /// if given.
+    pub async fn commit(
+        &self,
+        store: Option<redis::Pipeline>,
+        notify: Option<(&str, &str)>,
+    ) -> PublishOutcome {
+        let started = Instant::now();
+        let outcome = self.commit_inner(store, notify).await;
+        metrics::histogram!(m::PUBLISH_DURATION, "impl" => self.label)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::PUBLISHED, "impl" => self.label, "status" => outcome.status())
+            .increment(1);
+        outcome
+    }
+
+    async fn commit_inner(
+        &self,
+        store: Option<redis::Pipeline>,
+        notify: Option<(&str, &str)>,
+    ) -> PublishOutcome {
+        let stored = store.is_some();
+        if let Some(mut pipe) = store {
+            pipe.atomic();
+            if let Err(reason) = self.run::<()>("store", &pipe).await {
+                return PublishOutcome::Failed { reason };
+            }
+        }
+        let Some((channel, message)) = notify else {
+            return PublishOutcome::Stored;
+        };
+        let mut pipe = redis::pipe();
+        pipe.publish(channel, message);
+        match self.run::<(u64,)>("publish", &pipe).await {
+            Ok((subscribers,)) => PublishOutcome::Notified { subscribers },
+            Err(reason) if stored => PublishOutcome::StoredNotNotified { reason },
+            Err(reason) => PublishOutcome::Failed { reason },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_the_threshold_and_probes_once() {
+        let b = Breaker::new(3, Duration::from_millis(0));
+        for _ in 0..2 {
+            b.failure();
+            assert!(matches!(b.state(), BreakerState::Closed { .. }));
+        }
+        b.failure();
+        assert!(matches!(b.state(), BreakerState::Open { .. }));
+        // Reset time 0: the next caller is the probe; a second is refused while it runs.
+        assert!(b.allow());
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(!b.allow());
+        b.failure();
+        assert!(matches!(b.state(), BreakerState::Open { .. }));
+        assert!(b.allow());
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+    }
+
+    #[test]
+    fn an_open_breaker_refuses_until_its_reset_time() {
+        let b = Breaker::new(1, Duration::from_secs(60));
+        b.failure();
+        assert!(!b.allow());
+        assert_eq!(b.gauge_value(), 2.0);
+    }
+
+    #[test]
+    fn a_success_clears_the_failure_count() {
+        let b = Breaker::new(2, Duration::from_secs(60));
+        b.failure();
+        b.success();
+        b.failure();
+        assert!(
+            b.allow(),
+            "failures must be consecutive to open the breaker"
+        );
+    }
+}
