@@ -15,27 +15,19 @@ const INTERLEAVED_PAIRS: usize = 5_000;
 const TARGET_P50_RATIO: f64 = 1.3;
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let rig = rt.block_on(BenchRig::start());
     let mut direct = rt.block_on(connect(&rig.redis.url()));
     let mut proxied = rt.block_on(connect(&rig.proxied_url));
 
     let mut g = c.benchmark_group("proxy_overhead");
     for (name, conn) in [("direct", &mut direct), ("proxied", &mut proxied)] {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| rt.block_on(async { sum_pings(conn, iters).await }))
-        });
+        g.bench_function(name, |b| b.iter_custom(|iters| rt.block_on(async { sum_pings(conn, iters).await })));
     }
     g.finish();
 
     let (mut d, mut p) = rt.block_on(async {
-        let (mut d, mut p) = (
-            Vec::with_capacity(INTERLEAVED_PAIRS),
-            Vec::with_capacity(INTERLEAVED_PAIRS),
-        );
+        let (mut d, mut p) = (Vec::with_capacity(INTERLEAVED_PAIRS), Vec::with_capacity(INTERLEAVED_PAIRS));
         for _ in 0..INTERLEAVED_PAIRS {
             d.push(ping(&mut direct).await);
             p.push(ping(&mut proxied).await);

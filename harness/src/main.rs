@@ -151,8 +151,8 @@ impl From<PersistenceArg> for Persistence {
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn interrupted() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -162,25 +162,16 @@ async fn interrupted() {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     use harness::reference::{FeedbackStrategy, PublishOutcome, WaitOutcome};
     match cli.command {
-        Command::Toxiproxy {
-            listen,
-            config,
-            seed,
-            allow_remote_upstream,
-        } => {
-            let options = ServerOptions {
-                allow_remote_upstream,
-                seed,
-            };
+        Command::Toxiproxy { listen, config, seed, allow_remote_upstream } => {
+            let options = ServerOptions { allow_remote_upstream, seed };
             let server = EmbeddedToxiproxy::start(listen, options)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
             if let Some(path) = config {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                let proxies: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
-                    anyhow::anyhow!("{} is not a JSON array of proxies: {e}", path.display())
-                })?;
+                let proxies: Vec<serde_json::Value> = serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{} is not a JSON array of proxies: {e}", path.display()))?;
                 let client = ToxiproxyClient::new(&server.url())?;
                 let packs = proxies
                     .iter()
@@ -188,10 +179,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         let field = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
                         match (field("name"), field("listen"), field("upstream")) {
                             (Some(n), Some(l), Some(u)) => Ok((n, l, u)),
-                            _ => Err(anyhow::anyhow!(
-                                "{}: every proxy needs name, listen and upstream",
-                                path.display()
-                            )),
+                            _ => {
+                                Err(anyhow::anyhow!("{}: every proxy needs name, listen and upstream", path.display()))
+                            }
                         }
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
@@ -201,25 +191,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server.run_until(interrupted()).await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Redis {
-            port,
-            persistence,
-            print_pid,
-        } => {
-            let spec = RedisSpec {
-                port,
-                persistence: persistence.into(),
-                ..RedisSpec::default()
-            };
+        Command::Redis { port, persistence, print_pid } => {
+            let spec = RedisSpec { port, persistence: persistence.into(), ..RedisSpec::default() };
             let redis = ProcessRedis::start(spec).await?;
             if print_pid {
                 println!("pid={} port={}", redis.pid().unwrap_or(0), redis.port());
             } else {
-                eprintln!(
-                    "redis-server ready at {} (data in {})",
-                    redis.url(),
-                    redis.data_dir().display()
-                );
+                eprintln!("redis-server ready at {} (data in {})", redis.url(), redis.data_dir().display());
             }
             interrupted().await;
             drop(redis);
@@ -230,23 +208,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Feedback {
-            action: FeedbackAction::Respond { redis, id, json },
-        } => {
-            let payload: serde_json::Value = serde_json::from_str(&json)
-                .map_err(|e| anyhow::anyhow!("payload is not JSON: {e}"))?;
-            let payload = payload
-                .as_object()
-                .ok_or_else(|| anyhow::anyhow!("payload must be a JSON object"))?;
-            let hybrid = harness::reference::feedback::Hybrid::connect(
-                &redis.redis,
-                &redis.redis,
-                redis.config(),
-            )
-            .await?;
-            let outcome = hybrid
-                .respond(&id, &harness::reference::response_fields(&id, payload))
-                .await;
+        Command::Feedback { action: FeedbackAction::Respond { redis, id, json } } => {
+            let payload: serde_json::Value =
+                serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("payload is not JSON: {e}"))?;
+            let payload = payload.as_object().ok_or_else(|| anyhow::anyhow!("payload must be a JSON object"))?;
+            let hybrid =
+                harness::reference::feedback::Hybrid::connect(&redis.redis, &redis.redis, redis.config()).await?;
+            let outcome = hybrid.respond(&id, &harness::reference::response_fields(&id, payload)).await;
             hybrid.shutdown().await;
             println!("{}", serde_json::to_string(&outcome)?);
             match outcome {
@@ -256,15 +224,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
-        Command::Feedback {
-            action: FeedbackAction::Wait { redis, id, timeout },
-        } => {
-            let hybrid = harness::reference::feedback::Hybrid::connect(
-                &redis.redis,
-                &redis.redis,
-                redis.config(),
-            )
-            .await?;
+        Command::Feedback { action: FeedbackAction::Wait { redis, id, timeout } } => {
+            let hybrid =
+                harness::reference::feedback::Hybrid::connect(&redis.redis, &redis.redis, redis.config()).await?;
             let outcome = hybrid.wait(&id, timeout).await;
             hybrid.shutdown().await;
             match outcome? {
@@ -273,32 +235,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 WaitOutcome::TimedOut => {
-                    eprintln!(
-                        "hybrid-chaos: no response for {id} within {}",
-                        humantime::format_duration(timeout)
-                    );
+                    eprintln!("hybrid-chaos: no response for {id} within {}", humantime::format_duration(timeout));
                     Ok(ExitCode::from(EXIT_TIMED_OUT))
                 }
                 WaitOutcome::Shutdown => anyhow::bail!("SHUTDOWN received on the control channel"),
             }
         }
-        Command::Stream {
-            action:
-                StreamAction::Publish {
-                    redis,
-                    task,
-                    index,
-                    content,
-                    last,
-                },
-        } => {
+        Command::Stream { action: StreamAction::Publish { redis, task, index, content, last } } => {
             use harness::reference::stream::{Chunk, StreamProducer};
             let producer = StreamProducer::connect(&redis.redis, redis.config()).await?;
-            let chunk = if last {
-                Chunk::last(index, content)
-            } else {
-                Chunk::content(index, content)
-            };
+            let chunk = if last { Chunk::last(index, content) } else { Chunk::content(index, content) };
             let outcome = producer.publish(&task, &chunk).await;
             println!("{}", serde_json::to_string(&outcome)?);
             match outcome {
@@ -308,22 +254,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
-        Command::Stream {
-            action:
-                StreamAction::Follow {
-                    redis,
-                    task,
-                    from,
-                    timeout,
-                },
-        } => {
+        Command::Stream { action: StreamAction::Follow { redis, task, from, timeout } } => {
             use harness::reference::stream::{FollowEnd, StreamConsumer};
-            let consumer =
-                StreamConsumer::connect(&redis.redis, &redis.redis, redis.config()).await?;
+            let consumer = StreamConsumer::connect(&redis.redis, &redis.redis, redis.config()).await?;
             let end = consumer
-                .follow(&task, from, timeout, |c| {
-                    println!("{}", serde_json::to_string(c).expect("chunk serialises"))
-                })
+                .follow(&task, from, timeout, |c| println!("{}", serde_json::to_string(c).expect("chunk serialises")))
                 .await;
             consumer.shutdown().await;
             match end? {
@@ -344,24 +279,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HYBRID_CHAOS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HYBRID_CHAOS_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("build the tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("build the tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             // One line: the causes joined, so CI logs and terminals show the whole reason.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
             eprintln!("hybrid-chaos: error: {}", msg.replace('\n', " | "));
             ExitCode::from(2)
         }

@@ -31,12 +31,8 @@ pub struct SmokeReport {
 
 async fn client(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let limit = Some(Duration::from_millis(CLIENT_TIMEOUT_MS));
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(limit)
-        .set_response_timeout(limit);
-    Ok(redis::Client::open(url)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
+    let config = redis::AsyncConnectionConfig::new().set_connection_timeout(limit).set_response_timeout(limit);
+    Ok(redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&config).await?)
 }
 
 async fn timed_ping(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Duration> {
@@ -47,17 +43,10 @@ async fn timed_ping(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Res
 }
 
 pub async fn run() -> anyhow::Result<SmokeReport> {
-    let mut redis =
-        ProcessRedis::start(RedisSpec::default().persistence(Persistence::AofAlways)).await?;
+    let mut redis = ProcessRedis::start(RedisSpec::default().persistence(Persistence::AofAlways)).await?;
     let faults = FaultProxy::from_env(ServerOptions::default()).await?;
     let tp = faults.client();
-    let proxy = tp
-        .create_proxy(
-            &format!("smoke-{}", redis.port()),
-            "127.0.0.1:0",
-            &redis.addr(),
-        )
-        .await?;
+    let proxy = tp.create_proxy(&format!("smoke-{}", redis.port()), "127.0.0.1:0", &redis.addr()).await?;
     let proxied_url = format!("redis://{}/", proxy.listen);
 
     let mut direct = client(&redis.url()).await?;
@@ -65,13 +54,7 @@ pub async fn run() -> anyhow::Result<SmokeReport> {
     let ping_direct = timed_ping(&mut direct).await?;
     let ping_proxied = timed_ping(&mut proxied).await?;
 
-    let toxic = Toxic::new(
-        ToxicKind::Latency {
-            latency_ms: SMOKE_LATENCY_MS,
-            jitter_ms: 0,
-        },
-        Stream::Downstream,
-    );
+    let toxic = Toxic::new(ToxicKind::Latency { latency_ms: SMOKE_LATENCY_MS, jitter_ms: 0 }, Stream::Downstream);
     tp.add_toxic(&proxy.name, &toxic).await?;
     let with_latency = timed_ping(&mut proxied).await?;
     tp.remove_toxic(&proxy.name, &toxic.name).await?;

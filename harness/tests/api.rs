@@ -11,27 +11,13 @@ use support::http;
 const UA: &str = "hybrid-chaos-tests";
 
 async fn server() -> EmbeddedToxiproxy {
-    EmbeddedToxiproxy::start(([127, 0, 0, 1], 0).into(), ServerOptions::default())
-        .await
-        .unwrap()
+    EmbeddedToxiproxy::start(([127, 0, 0, 1], 0).into(), ServerOptions::default()).await.unwrap()
 }
 
-async fn call(
-    s: &EmbeddedToxiproxy,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
+async fn call(s: &EmbeddedToxiproxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let text = body.map(|b| b.to_string());
     let (status, raw) = http(&s.url(), method, path, text.as_deref(), UA).await;
-    (
-        status,
-        if raw.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&raw).unwrap_or(Value::String(raw))
-        },
-    )
+    (status, if raw.is_empty() { Value::Null } else { serde_json::from_str(&raw).unwrap_or(Value::String(raw)) })
 }
 
 fn is_error(v: &Value, status: u16, text: &str) -> bool {
@@ -43,39 +29,19 @@ async fn proxy_lifecycle_codes_and_shapes() {
     let s = server().await;
     let (st, v) = call(&s, "GET", "/version", None).await;
     assert_eq!(st, 200);
-    assert!(
-        v["version"].as_str().is_some_and(|x| x.starts_with("2.")),
-        "{v}"
-    );
+    assert!(v["version"].as_str().is_some_and(|x| x.starts_with("2.")), "{v}");
 
-    let (st, created) = call(
-        &s,
-        "POST",
-        "/proxies",
-        Some(json!({"name": "p", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:1"})),
-    )
-    .await;
+    let (st, created) =
+        call(&s, "POST", "/proxies", Some(json!({"name": "p", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:1"})))
+            .await;
     assert_eq!(st, 201, "{created}");
     assert_eq!(created["enabled"], true);
     assert_eq!(created["toxics"], json!([]));
     let listen = created["listen"].as_str().unwrap();
-    assert!(
-        !listen.ends_with(":0"),
-        "port 0 must be replaced by the real port: {listen}"
-    );
+    assert!(!listen.ends_with(":0"), "port 0 must be replaced by the real port: {listen}");
 
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/proxies",
-        Some(json!({"name": "p", "upstream": "127.0.0.1:1"})),
-    )
-    .await;
-    assert_eq!(
-        (st, is_error(&v, 409, "proxy already exists")),
-        (409, true),
-        "{v}"
-    );
+    let (st, v) = call(&s, "POST", "/proxies", Some(json!({"name": "p", "upstream": "127.0.0.1:1"}))).await;
+    assert_eq!((st, is_error(&v, 409, "proxy already exists")), (409, true), "{v}");
 
     let (st, all) = call(&s, "GET", "/proxies", None).await;
     assert_eq!(st, 200);
@@ -84,120 +50,41 @@ async fn proxy_lifecycle_codes_and_shapes() {
     let (st, v) = call(&s, "PATCH", "/proxies/p", Some(json!({"enabled": false}))).await;
     assert_eq!((st, v["enabled"].clone()), (200, json!(false)));
     let (st, v) = call(&s, "POST", "/proxies/p", Some(json!({"enabled": true}))).await;
-    assert_eq!(
-        (st, v["enabled"].clone(), v["listen"].clone()),
-        (200, json!(true), json!(listen))
-    );
+    assert_eq!((st, v["enabled"].clone(), v["listen"].clone()), (200, json!(true), json!(listen)));
 
     let (st, _) = call(&s, "DELETE", "/proxies/p", None).await;
     assert_eq!(st, 204);
     let (st, v) = call(&s, "GET", "/proxies/p", None).await;
-    assert_eq!(
-        (st, is_error(&v, 404, "proxy not found")),
-        (404, true),
-        "{v}"
-    );
+    assert_eq!((st, is_error(&v, 404, "proxy not found")), (404, true), "{v}");
     let (st, v) = call(&s, "DELETE", "/proxies/p", None).await;
-    assert_eq!(
-        (st, is_error(&v, 404, "proxy not found")),
-        (404, true),
-        "{v}"
-    );
+    assert_eq!((st, is_error(&v, 404, "proxy not found")), (404, true), "{v}");
 }
 
 #[tokio::test]
 async fn toxic_lifecycle_codes_and_shapes() {
     let s = server().await;
-    call(
-        &s,
-        "POST",
-        "/proxies",
-        Some(json!({"name": "p", "upstream": "127.0.0.1:1"})),
-    )
-    .await;
-    let (st, t) = call(
-        &s,
-        "POST",
-        "/proxies/p/toxics",
-        Some(json!({"type": "latency", "attributes": {"latency": 10}})),
-    )
-    .await;
+    call(&s, "POST", "/proxies", Some(json!({"name": "p", "upstream": "127.0.0.1:1"}))).await;
+    let (st, t) =
+        call(&s, "POST", "/proxies/p/toxics", Some(json!({"type": "latency", "attributes": {"latency": 10}}))).await;
     assert_eq!(st, 200, "{t}");
     assert_eq!(
         t,
         json!({"name": "latency_downstream", "type": "latency", "stream": "downstream", "toxicity": 1.0, "attributes": {"latency": 10, "jitter": 0}})
     );
 
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/proxies/p/toxics",
-        Some(json!({"type": "latency"})),
-    )
-    .await;
-    assert_eq!(
-        (st, is_error(&v, 409, "toxic already exists")),
-        (409, true),
-        "{v}"
-    );
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/proxies/p/toxics",
-        Some(json!({"type": "rot13"})),
-    )
-    .await;
-    assert_eq!(
-        (st, is_error(&v, 400, "invalid toxic type")),
-        (400, true),
-        "{v}"
-    );
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/proxies/p/toxics",
-        Some(json!({"type": "timeout", "stream": "sideways"})),
-    )
-    .await;
-    assert_eq!(
-        (st, is_error(&v, 400, "stream was invalid")),
-        (400, true),
-        "{v}"
-    );
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/proxies/nope/toxics",
-        Some(json!({"type": "timeout"})),
-    )
-    .await;
-    assert_eq!(
-        (st, is_error(&v, 404, "proxy not found")),
-        (404, true),
-        "{v}"
-    );
+    let (st, v) = call(&s, "POST", "/proxies/p/toxics", Some(json!({"type": "latency"}))).await;
+    assert_eq!((st, is_error(&v, 409, "toxic already exists")), (409, true), "{v}");
+    let (st, v) = call(&s, "POST", "/proxies/p/toxics", Some(json!({"type": "rot13"}))).await;
+    assert_eq!((st, is_error(&v, 400, "invalid toxic type")), (400, true), "{v}");
+    let (st, v) = call(&s, "POST", "/proxies/p/toxics", Some(json!({"type": "timeout", "stream": "sideways"}))).await;
+    assert_eq!((st, is_error(&v, 400, "stream was invalid")), (400, true), "{v}");
+    let (st, v) = call(&s, "POST", "/proxies/nope/toxics", Some(json!({"type": "timeout"}))).await;
+    assert_eq!((st, is_error(&v, 404, "proxy not found")), (404, true), "{v}");
 
     let (st, v) = call(&s, "POST", "/proxies/p/toxics", Some(json!({"name": "rp", "type": "reset_peer", "stream": "upstream", "toxicity": 0.5, "attributes": {"timeout": 5}}))).await;
-    assert_eq!(
-        (
-            st,
-            v["toxicity"].clone(),
-            v["attributes"]["timeout"].clone()
-        ),
-        (200, json!(0.5), json!(5)),
-        "{v}"
-    );
-    let (st, v) = call(
-        &s,
-        "PATCH",
-        "/proxies/p/toxics/rp",
-        Some(json!({"attributes": {"timeout": 9}})),
-    )
-    .await;
-    assert_eq!(
-        (st, v["attributes"]["timeout"].clone(), v["stream"].clone()),
-        (200, json!(9), json!("upstream"))
-    );
+    assert_eq!((st, v["toxicity"].clone(), v["attributes"]["timeout"].clone()), (200, json!(0.5), json!(5)), "{v}");
+    let (st, v) = call(&s, "PATCH", "/proxies/p/toxics/rp", Some(json!({"attributes": {"timeout": 9}}))).await;
+    assert_eq!((st, v["attributes"]["timeout"].clone(), v["stream"].clone()), (200, json!(9), json!("upstream")));
     let (st, v) = call(&s, "GET", "/proxies/p/toxics/rp", None).await;
     assert_eq!((st, v["attributes"]["timeout"].clone()), (200, json!(9)));
     let (st, v) = call(&s, "GET", "/proxies/p/toxics", None).await;
@@ -206,11 +93,7 @@ async fn toxic_lifecycle_codes_and_shapes() {
     let (st, _) = call(&s, "DELETE", "/proxies/p/toxics/rp", None).await;
     assert_eq!(st, 204);
     let (st, v) = call(&s, "DELETE", "/proxies/p/toxics/rp", None).await;
-    assert_eq!(
-        (st, is_error(&v, 404, "toxic not found")),
-        (404, true),
-        "{v}"
-    );
+    assert_eq!((st, is_error(&v, 404, "toxic not found")), (404, true), "{v}");
 
     call(&s, "PATCH", "/proxies/p", Some(json!({"enabled": false}))).await;
     let (st, _) = call(&s, "POST", "/reset", None).await;
@@ -228,57 +111,20 @@ async fn malformed_requests_get_400_with_a_json_error() {
     let s = server().await;
     let (st, raw) = http(&s.url(), "POST", "/proxies", Some("{not json"), UA).await;
     let v: Value = serde_json::from_str(&raw).expect("error body is JSON");
-    assert_eq!(
-        (st, is_error(&v, 400, "bad request body")),
-        (400, true),
-        "{v}"
-    );
+    assert_eq!((st, is_error(&v, 400, "bad request body")), (400, true), "{v}");
     let (st, v) = call(&s, "POST", "/proxies", Some(json!({"name": "p"}))).await;
-    assert_eq!(
-        (st, is_error(&v, 400, "missing required field: upstream")),
-        (400, true),
-        "{v}"
-    );
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/proxies",
-        Some(json!({"name": "p", "upstream": "127.0.0.1:1", "enabled": "yes"})),
-    )
-    .await;
-    assert_eq!(
-        (st, is_error(&v, 400, "enabled must be a boolean")),
-        (400, true),
-        "{v}"
-    );
-    call(
-        &s,
-        "POST",
-        "/proxies",
-        Some(json!({"name": "p", "upstream": "127.0.0.1:1"})),
-    )
-    .await;
+    assert_eq!((st, is_error(&v, 400, "missing required field: upstream")), (400, true), "{v}");
+    let (st, v) =
+        call(&s, "POST", "/proxies", Some(json!({"name": "p", "upstream": "127.0.0.1:1", "enabled": "yes"}))).await;
+    assert_eq!((st, is_error(&v, 400, "enabled must be a boolean")), (400, true), "{v}");
+    call(&s, "POST", "/proxies", Some(json!({"name": "p", "upstream": "127.0.0.1:1"}))).await;
     let (st, raw) = http(&s.url(), "POST", "/proxies/p/toxics", Some("[1,"), UA).await;
     assert_eq!(st, 400, "{raw}");
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/proxies/p/toxics",
-        Some(json!({"type": "latency", "attributes": {"latency": "slow"}})),
-    )
-    .await;
-    assert_eq!(
-        (st, is_error(&v, 400, "non-negative integer")),
-        (400, true),
-        "{v}"
-    );
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/populate",
-        Some(json!({"name": "not-an-array"})),
-    )
-    .await;
+    let (st, v) =
+        call(&s, "POST", "/proxies/p/toxics", Some(json!({"type": "latency", "attributes": {"latency": "slow"}})))
+            .await;
+    assert_eq!((st, is_error(&v, 400, "non-negative integer")), (400, true), "{v}");
+    let (st, v) = call(&s, "POST", "/populate", Some(json!({"name": "not-an-array"}))).await;
     assert_eq!((st, is_error(&v, 400, "array")), (400, true), "{v}");
     let (st, v) = call(&s, "GET", "/no/such/route", None).await;
     assert_eq!((st, v["status"].clone()), (404, json!(404)));
@@ -293,49 +139,29 @@ async fn populate_creates_keeps_and_replaces() {
     assert_eq!(v["proxies"].as_array().map(Vec::len), Some(2));
     let a_listen = v["proxies"][0]["listen"].as_str().unwrap().to_string();
     // Same listen and upstream: kept as is. New upstream: replaced.
-    let again = json!([{"name": "a", "listen": a_listen, "upstream": "127.0.0.1:1"}, {"name": "b", "upstream": "127.0.0.1:3"}]);
+    let again =
+        json!([{"name": "a", "listen": a_listen, "upstream": "127.0.0.1:1"}, {"name": "b", "upstream": "127.0.0.1:3"}]);
     let (st, v) = call(&s, "POST", "/populate", Some(again)).await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["proxies"][0]["listen"], json!(a_listen));
     assert_eq!(v["proxies"][1]["upstream"], json!("127.0.0.1:3"));
     let (st, v) = call(&s, "POST", "/populate", Some(json!([{"name": "c"}]))).await;
-    assert_eq!(
-        (st, is_error(&v, 400, "missing required field")),
-        (400, true),
-        "{v}"
-    );
+    assert_eq!((st, is_error(&v, 400, "missing required field")), (400, true), "{v}");
 }
 
 #[tokio::test]
 async fn browsers_are_refused() {
     let s = server().await;
-    let (st, raw) = http(
-        &s.url(),
-        "GET",
-        "/proxies",
-        None,
-        "Mozilla/5.0 (X11; Linux x86_64)",
-    )
-    .await;
+    let (st, raw) = http(&s.url(), "GET", "/proxies", None, "Mozilla/5.0 (X11; Linux x86_64)").await;
     let v: Value = serde_json::from_str(&raw).unwrap();
-    assert_eq!(
-        (st, is_error(&v, 403, "User agent not allowed")),
-        (403, true),
-        "{v}"
-    );
+    assert_eq!((st, is_error(&v, 403, "User agent not allowed")), (403, true), "{v}");
 }
 
 #[tokio::test]
 async fn non_loopback_upstreams_are_refused_by_default() {
     let s = server().await;
     // TEST-NET-1 (RFC 5737): refused at the API, before any connection is attempted.
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/proxies",
-        Some(json!({"name": "far", "upstream": "192.0.2.1:6379"})),
-    )
-    .await;
+    let (st, v) = call(&s, "POST", "/proxies", Some(json!({"name": "far", "upstream": "192.0.2.1:6379"}))).await;
     assert_eq!((st, is_error(&v, 400, "not loopback")), (400, true), "{v}");
 }
 
@@ -350,13 +176,10 @@ async fn a_stock_toxiproxy_client_drives_it() {
         let c = Client::new(url.trim_start_matches("http://"));
         assert!(c.is_running());
         assert!(c.version().unwrap().contains("2."));
-        let made = c
-            .populate(vec![ProxyPack::new("tp".into(), "127.0.0.1:0".into(), up)])
-            .unwrap();
+        let made = c.populate(vec![ProxyPack::new("tp".into(), "127.0.0.1:0".into(), up)]).unwrap();
         assert_eq!(made.len(), 1);
         let p = c.find_and_reset_proxy("tp").unwrap();
-        p.with_latency("downstream".into(), 40, 5, 1.0)
-            .with_limit_data("upstream".into(), 100, 1.0);
+        p.with_latency("downstream".into(), 40, 5, 1.0).with_limit_data("upstream".into(), 100, 1.0);
         let names: Vec<String> = p.toxics().unwrap().into_iter().map(|t| t.name).collect();
         p.disable().unwrap();
         let disabled = !c.find_proxy("tp").unwrap().proxy_pack.enabled;
@@ -368,51 +191,28 @@ async fn a_stock_toxiproxy_client_drives_it() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        seen,
-        (
-            vec![
-                "latency_downstream".to_string(),
-                "limit_data_upstream".to_string()
-            ],
-            true,
-            0,
-            1
-        )
-    );
+    assert_eq!(seen, (vec!["latency_downstream".to_string(), "limit_data_upstream".to_string()], true, 0, 1));
 }
 
 #[tokio::test]
 async fn the_standalone_server_populates_from_a_file_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("populate.json");
-    std::fs::write(
-        &config,
-        r#"[{"name": "from_file", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:6379"}]"#,
-    )
-    .unwrap();
+    std::fs::write(&config, r#"[{"name": "from_file", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:6379"}]"#)
+        .unwrap();
     let port = harness::infra::process::free_port().unwrap();
     let mut child = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_hybrid-chaos"))
-            .args([
-                "toxiproxy",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--config",
-            ])
+            .args(["toxiproxy", "--listen", &format!("127.0.0.1:{port}"), "--config"])
             .arg(&config)
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
     let url = format!("http://127.0.0.1:{port}");
-    let listed = harness::poll_until(
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(20),
-        || async {
-            let up = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok();
+    let listed =
+        harness::poll_until(std::time::Duration::from_secs(10), std::time::Duration::from_millis(20), || async {
+            let up = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok();
             if !up {
                 return None;
             }
@@ -420,10 +220,9 @@ async fn the_standalone_server_populates_from_a_file_and_stops_on_sigterm() {
             let (st, body) = http(&url, "GET", "/proxies", None, UA).await;
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             (st == 200 && v.get("from_file").is_some()).then_some(v)
-        },
-    )
-    .await
-    .expect("standalone server did not come up with the proxy from its config file");
+        })
+        .await
+        .expect("standalone server did not come up with the proxy from its config file");
     assert_eq!(listed["from_file"]["upstream"], "127.0.0.1:6379");
     harness::infra::process::signal(child.0.id(), libc::SIGTERM).unwrap();
     let status = child.0.wait().unwrap();

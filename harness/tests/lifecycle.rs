@@ -15,13 +15,9 @@ use harness::infra::{Error, ProcessRedis, RedisSpec};
 const BIN: &str = env!("CARGO_BIN_EXE_hybrid-chaos");
 
 async fn wait_dead(pid: u32) -> bool {
-    harness::poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || async { (!is_alive(pid)).then_some(()) },
-    )
-    .await
-    .is_some()
+    harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async { (!is_alive(pid)).then_some(()) })
+        .await
+        .is_some()
 }
 
 fn empty_dir(path: &std::path::Path) -> bool {
@@ -35,10 +31,7 @@ async fn drop_kills_the_server() {
     let dir = r.data_dir().to_path_buf();
     assert!(is_alive(pid));
     drop(r);
-    assert!(
-        wait_dead(pid).await,
-        "redis-server {pid} outlived its handle"
-    );
+    assert!(wait_dead(pid).await, "redis-server {pid} outlived its handle");
     assert!(!dir.exists(), "data dir {} left behind", dir.display());
 }
 
@@ -52,10 +45,7 @@ async fn a_panicking_owner_leaves_no_server() {
     });
     assert!(task.await.unwrap_err().is_panic());
     let pid = rx.recv().unwrap();
-    assert!(
-        wait_dead(pid).await,
-        "redis-server {pid} survived its owner's panic"
-    );
+    assert!(wait_dead(pid).await, "redis-server {pid} survived its owner's panic");
 }
 
 /// A test that fails by panicking while it owns a server; `./ci/test` then verifies that no
@@ -72,47 +62,24 @@ async fn a_sigkilled_harness_takes_its_server_with_it() {
     // Become the subreaper so the orphaned server is re-parented here and can be reaped below
     // instead of lingering as a zombie under PID 1.
     // SAFETY: prctl on this process only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
-    let mut harness = Command::new(BIN)
-        .args(["redis", "--print-pid"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+    let mut harness =
+        Command::new(BIN).args(["redis", "--print-pid"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
-    BufReader::new(harness.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid: u32 = line
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("pid="))
-        .and_then(|p| p.parse().ok())
-        .expect("pid line");
+    BufReader::new(harness.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pid: u32 =
+        line.split_whitespace().find_map(|f| f.strip_prefix("pid=")).and_then(|p| p.parse().ok()).expect("pid line");
     assert!(is_alive(pid));
     harness.kill().unwrap(); // SIGKILL: no Drop, no signal handler runs.
     harness.wait().unwrap();
-    assert!(
-        wait_dead(pid).await,
-        "redis-server {pid} outlived the SIGKILLed harness"
-    );
+    assert!(wait_dead(pid).await, "redis-server {pid} outlived the SIGKILLed harness");
     // SAFETY: waitpid on a pid that is (now) our child; WNOHANG never blocks.
-    let reaped = harness::poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || async {
-            (unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) }
-                == pid as libc::pid_t)
-                .then_some(())
-        },
-    )
+    let reaped = harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
+        (unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) } == pid as libc::pid_t)
+            .then_some(())
+    })
     .await;
-    assert!(
-        reaped.is_some(),
-        "redis-server {pid} was not re-parented to the subreaper"
-    );
+    assert!(reaped.is_some(), "redis-server {pid} was not re-parented to the subreaper");
 }
 
 #[tokio::test]
@@ -125,10 +92,7 @@ async fn a_missing_redis_server_names_the_package() {
     };
     let err = ProcessRedis::start(spec).await.unwrap_err();
     assert!(matches!(err, Error::RedisServerMissing { .. }), "{err}");
-    assert!(
-        err.to_string().contains("apt-get install redis-server"),
-        "no install hint in: {err}"
-    );
+    assert!(err.to_string().contains("apt-get install redis-server"), "no install hint in: {err}");
     assert!(empty_dir(parent.path()));
 }
 
@@ -137,16 +101,9 @@ async fn a_taken_port_is_refused_and_leaves_nothing() {
     let parent = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let spec = RedisSpec {
-        port: Some(port),
-        data_parent: Some(parent.path().into()),
-        ..Default::default()
-    };
+    let spec = RedisSpec { port: Some(port), data_parent: Some(parent.path().into()), ..Default::default() };
     let err = ProcessRedis::start(spec).await.unwrap_err();
-    assert!(
-        matches!(err, Error::PortInUse { port: p } if p == port),
-        "{err}"
-    );
+    assert!(matches!(err, Error::PortInUse { port: p } if p == port), "{err}");
     assert!(empty_dir(parent.path()));
 }
 
@@ -154,34 +111,18 @@ async fn a_taken_port_is_refused_and_leaves_nothing() {
 async fn a_bad_config_directive_is_reported_with_the_log() {
     let parent = tempfile::tempdir().unwrap();
     let reserved = RedisSpec::default().config("port", "1");
-    assert!(matches!(
-        ProcessRedis::start(reserved).await,
-        Err(Error::BadConfig { .. })
-    ));
-    let spec = RedisSpec {
-        data_parent: Some(parent.path().into()),
-        ..RedisSpec::default().config("no-such-directive", "1")
-    };
+    assert!(matches!(ProcessRedis::start(reserved).await, Err(Error::BadConfig { .. })));
+    let spec =
+        RedisSpec { data_parent: Some(parent.path().into()), ..RedisSpec::default().config("no-such-directive", "1") };
     let err = ProcessRedis::start(spec).await.unwrap_err();
     assert!(matches!(err, Error::Exited { .. }), "{err}");
-    assert!(
-        err.to_string().contains("no-such-directive"),
-        "the server's complaint is missing: {err}"
-    );
+    assert!(err.to_string().contains("no-such-directive"), "the server's complaint is missing: {err}");
     assert!(empty_dir(parent.path()));
 }
 
 fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let out = Command::new(BIN).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
 }
 
 #[test]
@@ -192,28 +133,13 @@ fn cli_bad_input_is_one_line_and_exit_2() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: [Case; 3] = [
         (&["redis", "--port", &port], &[], "already in use"),
-        (
-            &["redis"],
-            &[("HYBRID_CHAOS_REDIS_SERVER", "/nonexistent/redis-server")],
-            "apt-get install redis-server",
-        ),
-        (
-            &["toxiproxy", "--listen", &format!("127.0.0.1:{port}")],
-            &[],
-            "cannot listen",
-        ),
+        (&["redis"], &[("HYBRID_CHAOS_REDIS_SERVER", "/nonexistent/redis-server")], "apt-get install redis-server"),
+        (&["toxiproxy", "--listen", &format!("127.0.0.1:{port}")], &[], "cannot listen"),
     ];
     for (args, env, needle) in cases {
         let (code, stderr) = run_cli(args, env);
         assert_eq!(code, 2, "{args:?}: {stderr}");
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "{args:?}: not one line: {stderr}"
-        );
-        assert!(
-            stderr.contains(needle),
-            "{args:?}: {stderr:?} lacks {needle:?}"
-        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: not one line: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr:?} lacks {needle:?}");
     }
 }

@@ -6,9 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use harness::infra::{
-    admin, Error, ExternalRedis, Persistence, ProcessRedis, RedisNode, RedisSpec, Restart,
-};
+use harness::infra::{admin, Error, ExternalRedis, Persistence, ProcessRedis, RedisNode, RedisSpec, Restart};
 use redis::AsyncCommands;
 use support::{conn, ping};
 
@@ -28,26 +26,18 @@ async fn dbsize(url: &str) -> u64 {
 
 #[tokio::test]
 async fn aof_always_keeps_acknowledged_writes_across_a_crash() {
-    let mut r = ProcessRedis::start(RedisSpec::default().persistence(Persistence::AofAlways))
-        .await
-        .unwrap();
+    let mut r = ProcessRedis::start(RedisSpec::default().persistence(Persistence::AofAlways)).await.unwrap();
     let (port, pid) = (r.port(), r.pid().unwrap());
     set_keys(&r.url(), r.key_prefix(), 100).await;
     r.restart(Restart::Crash).await.unwrap();
     assert_eq!(r.port(), port, "restart must keep the address");
-    assert_ne!(
-        r.pid().unwrap(),
-        pid,
-        "a crash restart must be a new process"
-    );
+    assert_ne!(r.pid().unwrap(), pid, "a crash restart must be a new process");
     assert_eq!(dbsize(&r.url()).await, 100);
 }
 
 #[tokio::test]
 async fn no_persistence_loses_everything_on_a_crash() {
-    let mut r = ProcessRedis::start(RedisSpec::default().persistence(Persistence::None))
-        .await
-        .unwrap();
+    let mut r = ProcessRedis::start(RedisSpec::default().persistence(Persistence::None)).await.unwrap();
     set_keys(&r.url(), r.key_prefix(), 100).await;
     assert_eq!(dbsize(&r.url()).await, 100);
     r.restart(Restart::Crash).await.unwrap();
@@ -56,9 +46,7 @@ async fn no_persistence_loses_everything_on_a_crash() {
 
 #[tokio::test]
 async fn rdb_survives_a_graceful_restart() {
-    let mut r = ProcessRedis::start(RedisSpec::default().persistence(Persistence::Rdb))
-        .await
-        .unwrap();
+    let mut r = ProcessRedis::start(RedisSpec::default().persistence(Persistence::Rdb)).await.unwrap();
     set_keys(&r.url(), r.key_prefix(), 50).await;
     r.restart(Restart::Graceful).await.unwrap();
     assert_eq!(dbsize(&r.url()).await, 50);
@@ -75,15 +63,8 @@ async fn readiness_waits_out_loading() {
     let mut r = ProcessRedis::start(spec).await.unwrap();
     set_keys(&r.url(), r.key_prefix(), 2_000).await;
     let ready = r.restart(Restart::Graceful).await.unwrap();
-    assert!(
-        ready.loading_polls > 0,
-        "readiness never saw LOADING: {ready:?}"
-    );
-    assert_eq!(
-        dbsize(&r.url()).await,
-        2_000,
-        "readiness returned before the dataset was loaded"
-    );
+    assert!(ready.loading_polls > 0, "readiness never saw LOADING: {ready:?}");
+    assert_eq!(dbsize(&r.url()).await, 2_000, "readiness returned before the dataset was loaded");
 }
 
 #[tokio::test]
@@ -95,14 +76,10 @@ async fn freeze_makes_clients_time_out_and_thaw_recovers() {
     let err = ping(&mut c).await.expect_err("a frozen server answered");
     assert!(err.is_timeout(), "expected a timeout, got {err}");
     r.thaw().await.unwrap();
-    let answered = harness::poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || async {
-            let mut fresh = conn(&r.url(), Some(300)).await;
-            ping(&mut fresh).await.ok()
-        },
-    )
+    let answered = harness::poll_until(Duration::from_secs(5), Duration::from_millis(20), || async {
+        let mut fresh = conn(&r.url(), Some(300)).await;
+        ping(&mut fresh).await.ok()
+    })
     .await;
     assert_eq!(answered.as_deref(), Some("PONG"));
 }
@@ -112,10 +89,7 @@ async fn an_outage_window_refuses_then_serves_on_the_same_port() {
     let mut r = ProcessRedis::start(RedisSpec::default()).await.unwrap();
     let addr = r.addr();
     r.stop(Restart::Crash).await.unwrap();
-    assert!(
-        tokio::net::TcpStream::connect(&addr).await.is_err(),
-        "a stopped server accepted a connection"
-    );
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err(), "a stopped server accepted a connection");
     assert!(matches!(r.freeze().await, Err(Error::WrongState { .. })));
     r.start().await.unwrap();
     assert_eq!(r.addr(), addr);
@@ -128,39 +102,19 @@ async fn inspection_sees_subscriptions_and_clients() {
     let r = ProcessRedis::start(RedisSpec::default()).await.unwrap();
     let channel = format!("{}ch", r.key_prefix());
     let before = admin::clients_under_test(&r.url()).await.unwrap().len();
-    let mut sub = redis::Client::open(r.url())
-        .unwrap()
-        .get_async_pubsub()
-        .await
-        .unwrap();
+    let mut sub = redis::Client::open(r.url()).unwrap().get_async_pubsub().await.unwrap();
     sub.subscribe(&channel).await.unwrap();
-    assert_eq!(
-        admin::pubsub_numsub(&r.url(), &[&channel]).await.unwrap(),
-        vec![(channel.clone(), 1)]
-    );
-    assert_eq!(
-        admin::clients_under_test(&r.url()).await.unwrap().len(),
-        before + 1
-    );
+    assert_eq!(admin::pubsub_numsub(&r.url(), &[&channel]).await.unwrap(), vec![(channel.clone(), 1)]);
+    assert_eq!(admin::clients_under_test(&r.url()).await.unwrap().len(), before + 1);
     drop(sub);
-    let gone = harness::poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || async {
-            let n = admin::pubsub_numsub(&r.url(), &[&channel]).await.unwrap()[0].1;
-            (n == 0).then_some(())
-        },
-    )
+    let gone = harness::poll_until(Duration::from_secs(5), Duration::from_millis(20), || async {
+        let n = admin::pubsub_numsub(&r.url(), &[&channel]).await.unwrap()[0].1;
+        (n == 0).then_some(())
+    })
     .await;
-    assert!(
-        gone.is_some(),
-        "subscription still counted after the subscriber dropped"
-    );
+    assert!(gone.is_some(), "subscription still counted after the subscriber dropped");
     let info = admin::info(&r.url(), Some("memory")).await.unwrap();
-    assert!(info
-        .get("used_memory")
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|m| m > 0));
+    assert!(info.get("used_memory").and_then(|v| v.parse::<u64>().ok()).is_some_and(|m| m > 0));
 }
 
 #[tokio::test]
@@ -169,11 +123,7 @@ async fn a_borrowed_redis_is_used_but_never_disturbed() {
     let mut lent = ExternalRedis::connect(&owner.url()).await.unwrap();
     let other = ExternalRedis::connect(&owner.url()).await.unwrap();
     assert!(!lent.owned());
-    assert_ne!(
-        lent.key_prefix(),
-        other.key_prefix(),
-        "two runs must not share a key prefix"
-    );
+    assert_ne!(lent.key_prefix(), other.key_prefix(), "two runs must not share a key prefix");
     let mut c = conn(&lent.url(), Some(2_000)).await;
     let key = format!("{}k", lent.key_prefix());
     let _: () = c.set(&key, 1).await.unwrap();

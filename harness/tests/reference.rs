@@ -14,9 +14,7 @@ use harness::reference::fanout::{Event, FanoutConsumer, FanoutPublisher, Tick};
 use harness::reference::feedback::Hybrid;
 use harness::reference::hub::{Control, Hub};
 use harness::reference::stream::{Chunk, FollowEnd, StreamConsumer, StreamProducer};
-use harness::reference::{
-    response_fields, Config, FeedbackStrategy, ImplStats, PublishOutcome, Via, WaitOutcome,
-};
+use harness::reference::{response_fields, Config, FeedbackStrategy, ImplStats, PublishOutcome, Via, WaitOutcome};
 use harness::toxiproxy::{Stream, Toxic, ToxicKind};
 use support::{await_numsub, Rig};
 
@@ -27,34 +25,18 @@ fn config(rig: &Rig) -> Config {
 
 /// Polling so slow it cannot be what delivered anything within a test.
 fn no_polling(c: Config) -> Config {
-    Config {
-        poll_interval_ms: 60_000,
-        ..c
-    }
+    Config { poll_interval_ms: 60_000, ..c }
 }
 
 fn fields(id: &str) -> harness::reference::Fields {
-    response_fields(
-        id,
-        serde_json::json!({"comment": "ship it"})
-            .as_object()
-            .unwrap(),
-    )
+    response_fields(id, serde_json::json!({"comment": "ship it"}).as_object().unwrap())
 }
 
 async fn settled(s: &dyn FeedbackStrategy) -> bool {
-    harness::poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || async {
-            let st = s.stats();
-            (st == ImplStats {
-                reconnects: st.reconnects,
-                ..ImplStats::default()
-            })
-            .then_some(())
-        },
-    )
+    harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
+        let st = s.stats();
+        (st == ImplStats { reconnects: st.reconnects, ..ImplStats::default() }).then_some(())
+    })
     .await
     .is_some()
 }
@@ -62,25 +44,14 @@ async fn settled(s: &dyn FeedbackStrategy) -> bool {
 #[tokio::test]
 async fn respond_then_wait_returns_at_once() {
     let rig = Rig::new().await;
-    let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), config(&rig))
-        .await
-        .unwrap();
-    assert!(matches!(
-        h.respond("r1", &fields("r1")).await,
-        PublishOutcome::Notified { subscribers: 0 }
-    ));
+    let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), config(&rig)).await.unwrap();
+    assert!(matches!(h.respond("r1", &fields("r1")).await, PublishOutcome::Notified { subscribers: 0 }));
     let got = h.wait("r1", Duration::from_secs(5)).await.unwrap();
-    let WaitOutcome::Obtained { fields: f, via } = got else {
-        panic!("{got:?}")
-    };
+    let WaitOutcome::Obtained { fields: f, via } = got else { panic!("{got:?}") };
     assert_eq!(via, Via::Immediate, "the resume case must not need Pub/Sub");
     assert_eq!(f["comment"], "ship it");
     assert_eq!(f["feedback_id"], "r1");
-    assert_eq!(
-        h.hub().channel_count(),
-        0,
-        "the resume case subscribed to something"
-    );
+    assert_eq!(h.hub().channel_count(), 0, "the resume case subscribed to something");
     h.shutdown().await;
 }
 
@@ -89,40 +60,18 @@ async fn wait_then_respond_wakes_by_notification() {
     let rig = Rig::new().await;
     let cfg = no_polling(config(&rig));
     let channel = cfg.keys.feedback_channel("w1");
-    let h = Arc::new(
-        Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg)
-            .await
-            .unwrap(),
-    );
+    let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap());
     let waiter = tokio::spawn({
         let h = h.clone();
         async move { h.wait("w1", Duration::from_secs(30)).await }
     });
     assert!(await_numsub(&rig.redis_url(), &channel, 1).await);
     let t = Instant::now();
-    assert_eq!(
-        h.respond("w1", &fields("w1")).await,
-        PublishOutcome::Notified { subscribers: 1 }
-    );
+    assert_eq!(h.respond("w1", &fields("w1")).await, PublishOutcome::Notified { subscribers: 1 });
     let got = waiter.await.unwrap().unwrap();
-    assert!(
-        matches!(
-            got,
-            WaitOutcome::Obtained {
-                via: Via::Notified,
-                ..
-            }
-        ),
-        "{got:?}"
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(30),
-        "woken only by the deadline"
-    );
-    assert!(
-        await_numsub(&rig.redis_url(), &channel, 0).await,
-        "channel still subscribed after success"
-    );
+    assert!(matches!(got, WaitOutcome::Obtained { via: Via::Notified, .. }), "{got:?}");
+    assert!(t.elapsed() < Duration::from_secs(30), "woken only by the deadline");
+    assert!(await_numsub(&rig.redis_url(), &channel, 0).await, "channel still subscribed after success");
     assert!(settled(h.as_ref()).await, "{:?}", h.stats());
     h.shutdown().await;
 }
@@ -132,14 +81,9 @@ async fn a_timeout_unsubscribes_and_empties_the_maps() {
     let rig = Rig::new().await;
     let cfg = config(&rig);
     let channel = cfg.keys.feedback_channel("t1");
-    let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg)
-        .await
-        .unwrap();
+    let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap();
     let t = Instant::now();
-    assert_eq!(
-        h.wait("t1", Duration::from_millis(300)).await.unwrap(),
-        WaitOutcome::TimedOut
-    );
+    assert_eq!(h.wait("t1", Duration::from_millis(300)).await.unwrap(), WaitOutcome::TimedOut);
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert!(await_numsub(&rig.redis_url(), &channel, 0).await);
     assert!(settled(&h).await, "{:?}", h.stats());
@@ -151,11 +95,7 @@ async fn a_dropped_waiting_future_leaves_nothing_behind() {
     let rig = Rig::new().await;
     let cfg = config(&rig);
     let channel = cfg.keys.feedback_channel("d1");
-    let h = Arc::new(
-        Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg)
-            .await
-            .unwrap(),
-    );
+    let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap());
     let waiter = tokio::spawn({
         let h = h.clone();
         async move { h.wait("d1", Duration::from_secs(60)).await }
@@ -164,10 +104,7 @@ async fn a_dropped_waiting_future_leaves_nothing_behind() {
     assert_eq!(h.stats().waiters, 1);
     waiter.abort();
     assert!(waiter.await.unwrap_err().is_cancelled());
-    assert!(
-        await_numsub(&rig.redis_url(), &channel, 0).await,
-        "cancelled waiter left its subscription"
-    );
+    assert!(await_numsub(&rig.redis_url(), &channel, 0).await, "cancelled waiter left its subscription");
     assert!(settled(h.as_ref()).await, "{:?}", h.stats());
     h.shutdown().await;
 }
@@ -177,11 +114,7 @@ async fn two_concurrent_resumers_both_get_the_response() {
     let rig = Rig::new().await;
     let cfg = no_polling(config(&rig));
     let channel = cfg.keys.feedback_channel("c1");
-    let h = Arc::new(
-        Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg)
-            .await
-            .unwrap(),
-    );
+    let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap());
     // Before the response (both subscribe the same channel) and after it (both resume).
     let early: Vec<_> = (0..2)
         .map(|_| {
@@ -196,35 +129,14 @@ async fn two_concurrent_resumers_both_get_the_response() {
     })
     .await;
     assert!(both.is_some());
-    assert!(
-        await_numsub(&rig.redis_url(), &channel, 1).await,
-        "two waiters must share one subscription"
-    );
+    assert!(await_numsub(&rig.redis_url(), &channel, 1).await, "two waiters must share one subscription");
     h.respond("c1", &fields("c1")).await;
     for w in early {
-        assert!(matches!(
-            w.await.unwrap().unwrap(),
-            WaitOutcome::Obtained { .. }
-        ));
+        assert!(matches!(w.await.unwrap().unwrap(), WaitOutcome::Obtained { .. }));
     }
-    let (a, b) = tokio::join!(
-        h.wait("c1", Duration::from_secs(5)),
-        h.wait("c1", Duration::from_secs(5))
-    );
-    assert!(matches!(
-        a.unwrap(),
-        WaitOutcome::Obtained {
-            via: Via::Immediate,
-            ..
-        }
-    ));
-    assert!(matches!(
-        b.unwrap(),
-        WaitOutcome::Obtained {
-            via: Via::Immediate,
-            ..
-        }
-    ));
+    let (a, b) = tokio::join!(h.wait("c1", Duration::from_secs(5)), h.wait("c1", Duration::from_secs(5)));
+    assert!(matches!(a.unwrap(), WaitOutcome::Obtained { via: Via::Immediate, .. }));
+    assert!(matches!(b.unwrap(), WaitOutcome::Obtained { via: Via::Immediate, .. }));
     assert!(settled(h.as_ref()).await);
     h.shutdown().await;
 }
@@ -235,11 +147,7 @@ async fn a_response_published_while_the_subscriber_is_cut_off_is_still_returned(
     let (sub_url, sub_proxy) = rig.extra_proxy("sub").await;
     let cfg = no_polling(config(&rig));
     let channel = cfg.keys.feedback_channel("o1");
-    let h = Arc::new(
-        Hybrid::connect(&rig.redis_url(), &sub_url, cfg)
-            .await
-            .unwrap(),
-    );
+    let h = Arc::new(Hybrid::connect(&rig.redis_url(), &sub_url, cfg).await.unwrap());
     let t = Instant::now();
     let waiter = tokio::spawn({
         let h = h.clone();
@@ -247,31 +155,16 @@ async fn a_response_published_while_the_subscriber_is_cut_off_is_still_returned(
     });
     assert!(await_numsub(&rig.redis_url(), &channel, 1).await);
     rig.tp().set_enabled(&sub_proxy, false).await.unwrap();
-    assert!(
-        await_numsub(&rig.redis_url(), &channel, 0).await,
-        "the cut subscriber is still subscribed"
-    );
+    assert!(await_numsub(&rig.redis_url(), &channel, 0).await, "the cut subscriber is still subscribed");
     // Published to nobody: only storage has it now.
-    assert_eq!(
-        h.respond("o1", &fields("o1")).await,
-        PublishOutcome::Notified { subscribers: 0 }
-    );
+    assert_eq!(h.respond("o1", &fields("o1")).await, PublishOutcome::Notified { subscribers: 0 });
     rig.tp().set_enabled(&sub_proxy, true).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(30), waiter)
         .await
         .expect("not recovered well before the deadline")
         .unwrap()
         .unwrap();
-    assert!(
-        matches!(
-            got,
-            WaitOutcome::Obtained {
-                via: Via::Resync,
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    assert!(matches!(got, WaitOutcome::Obtained { via: Via::Resync, .. }), "{got:?}");
     assert!(t.elapsed() < Duration::from_secs(30));
     assert!(h.stats().reconnects >= 1);
     h.shutdown().await;
@@ -281,37 +174,23 @@ async fn a_response_published_while_the_subscriber_is_cut_off_is_still_returned(
 async fn a_blackholed_subscriber_is_detected_by_the_health_check() {
     let rig = Rig::new().await;
     let (sub_url, sub_proxy) = rig.extra_proxy("sub").await;
-    let cfg = Config {
-        health_check_interval_ms: 100,
-        health_check_timeout_ms: 200,
-        ..config(&rig)
-    };
+    let cfg = Config { health_check_interval_ms: 100, health_check_timeout_ms: 200, ..config(&rig) };
     let hub = Hub::start(&sub_url, cfg, "test");
-    assert!(harness::poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || async { hub.is_connected().then_some(()) }
-    )
+    assert!(harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
+        hub.is_connected().then_some(())
+    })
     .await
     .is_some());
     // timeout=0: the connection stays open and silent, as a half-open one is.
     rig.tp()
-        .add_toxic(
-            &sub_proxy,
-            &Toxic::new(ToxicKind::Timeout { timeout_ms: 0 }, Stream::Downstream),
-        )
+        .add_toxic(&sub_proxy, &Toxic::new(ToxicKind::Timeout { timeout_ms: 0 }, Stream::Downstream))
         .await
         .unwrap();
-    let found = harness::poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || async { (hub.reconnects() >= 1).then_some(()) },
-    )
+    let found = harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
+        (hub.reconnects() >= 1).then_some(())
+    })
     .await;
-    assert!(
-        found.is_some(),
-        "a silent subscriber connection was never replaced"
-    );
+    assert!(found.is_some(), "a silent subscriber connection was never replaced");
     hub.shutdown().await;
 }
 
@@ -321,45 +200,23 @@ async fn the_poll_fallback_finds_what_no_notification_announced() {
     let (sub_url, sub_proxy) = rig.extra_proxy("sub").await;
     // The subscriber never gets anything: polling alone must deliver.
     rig.tp()
-        .add_toxic(
-            &sub_proxy,
-            &Toxic::new(ToxicKind::Timeout { timeout_ms: 0 }, Stream::Downstream),
-        )
+        .add_toxic(&sub_proxy, &Toxic::new(ToxicKind::Timeout { timeout_ms: 0 }, Stream::Downstream))
         .await
         .unwrap();
-    let cfg = Config {
-        poll_interval_ms: 100,
-        subscribe_wait_ms_max: 100,
-        ..config(&rig)
-    };
-    let h = Arc::new(
-        Hybrid::connect(&rig.redis_url(), &sub_url, cfg)
-            .await
-            .unwrap(),
-    );
+    let cfg = Config { poll_interval_ms: 100, subscribe_wait_ms_max: 100, ..config(&rig) };
+    let h = Arc::new(Hybrid::connect(&rig.redis_url(), &sub_url, cfg).await.unwrap());
     let waiter = tokio::spawn({
         let h = h.clone();
         async move { h.wait("p1", Duration::from_secs(30)).await }
     });
-    assert!(harness::poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || async { (h.stats().pending_polls == 1).then_some(()) }
-    )
+    assert!(harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
+        (h.stats().pending_polls == 1).then_some(())
+    })
     .await
     .is_some());
     h.respond("p1", &fields("p1")).await;
     let got = waiter.await.unwrap().unwrap();
-    assert!(
-        matches!(
-            got,
-            WaitOutcome::Obtained {
-                via: Via::Polled,
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    assert!(matches!(got, WaitOutcome::Obtained { via: Via::Polled, .. }), "{got:?}");
     h.shutdown().await;
 }
 
@@ -367,19 +224,13 @@ async fn the_poll_fallback_finds_what_no_notification_announced() {
 async fn shutdown_on_the_control_channel_ends_waits() {
     let rig = Rig::new().await;
     let cfg = config(&rig);
-    let h = Arc::new(
-        Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg.clone())
-            .await
-            .unwrap(),
-    );
+    let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg.clone()).await.unwrap());
     let waiter = tokio::spawn({
         let h = h.clone();
         async move { h.wait("s1", Duration::from_secs(30)).await }
     });
     assert!(await_numsub(&rig.redis_url(), &cfg.keys.feedback_channel("s1"), 1).await);
-    let hub_publisher = FanoutPublisher::connect(&rig.redis_url(), cfg)
-        .await
-        .unwrap();
+    let hub_publisher = FanoutPublisher::connect(&rig.redis_url(), cfg).await.unwrap();
     assert!(hub_publisher.control(Control::Shutdown).await.committed());
     assert_eq!(waiter.await.unwrap().unwrap(), WaitOutcome::Shutdown);
     h.shutdown().await;
@@ -388,31 +239,18 @@ async fn shutdown_on_the_control_channel_ends_waits() {
 #[tokio::test]
 async fn pubsub_only_loses_the_resume_case_and_polling_only_does_not() {
     let rig = Rig::new().await;
-    let ps = PubSubOnly::connect(&rig.redis_url(), &rig.redis_url(), config(&rig))
-        .await
-        .unwrap();
+    let ps = PubSubOnly::connect(&rig.redis_url(), &rig.redis_url(), config(&rig)).await.unwrap();
     ps.respond("b1", &fields("b1")).await;
     assert_eq!(
         ps.wait("b1", Duration::from_millis(300)).await.unwrap(),
         WaitOutcome::TimedOut,
         "pub/sub-only found a message published before it listened"
     );
-    let po = PollingOnly::connect(
-        &rig.redis_url(),
-        Config {
-            poll_interval_ms: 50,
-            ..config(&rig)
-        },
-    )
-    .await
-    .unwrap();
+    let po = PollingOnly::connect(&rig.redis_url(), Config { poll_interval_ms: 50, ..config(&rig) }).await.unwrap();
     po.respond("b2", &fields("b2")).await;
     assert!(matches!(
         po.wait("b2", Duration::from_secs(5)).await.unwrap(),
-        WaitOutcome::Obtained {
-            via: Via::Immediate,
-            ..
-        }
+        WaitOutcome::Obtained { via: Via::Immediate, .. }
     ));
     ps.shutdown().await;
 }
@@ -422,23 +260,14 @@ async fn pubsub_only_delivers_the_payload_live() {
     let rig = Rig::new().await;
     let cfg = config(&rig);
     let channel = cfg.keys.feedback_channel("b3");
-    let ps = Arc::new(
-        PubSubOnly::connect(&rig.redis_url(), &rig.redis_url(), cfg)
-            .await
-            .unwrap(),
-    );
+    let ps = Arc::new(PubSubOnly::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap());
     let waiter = tokio::spawn({
         let ps = ps.clone();
         async move { ps.wait("b3", Duration::from_secs(30)).await }
     });
     assert!(await_numsub(&rig.redis_url(), &channel, 1).await);
-    assert_eq!(
-        ps.respond("b3", &fields("b3")).await,
-        PublishOutcome::Notified { subscribers: 1 }
-    );
-    let WaitOutcome::Obtained { fields: f, .. } = waiter.await.unwrap().unwrap() else {
-        panic!()
-    };
+    assert_eq!(ps.respond("b3", &fields("b3")).await, PublishOutcome::Notified { subscribers: 1 });
+    let WaitOutcome::Obtained { fields: f, .. } = waiter.await.unwrap().unwrap() else { panic!() };
     assert_eq!(f["comment"], "ship it");
     ps.shutdown().await;
 }
@@ -447,38 +276,19 @@ async fn pubsub_only_delivers_the_payload_live() {
 async fn polling_only_waits_for_its_tick() {
     let rig = Rig::new().await;
     let po = Arc::new(
-        PollingOnly::connect(
-            &rig.redis_url(),
-            Config {
-                poll_interval_ms: 100,
-                ..config(&rig)
-            },
-        )
-        .await
-        .unwrap(),
+        PollingOnly::connect(&rig.redis_url(), Config { poll_interval_ms: 100, ..config(&rig) }).await.unwrap(),
     );
     let waiter = tokio::spawn({
         let po = po.clone();
         async move { po.wait("b4", Duration::from_secs(10)).await }
     });
-    assert!(
-        harness::poll_until(Duration::from_secs(5), Duration::from_millis(5), || async {
-            (po.stats().waiters == 1).then_some(())
-        })
-        .await
-        .is_some()
-    );
-    assert_eq!(
-        po.respond("b4", &fields("b4")).await,
-        PublishOutcome::Stored
-    );
-    assert!(matches!(
-        waiter.await.unwrap().unwrap(),
-        WaitOutcome::Obtained {
-            via: Via::Polled,
-            ..
-        }
-    ));
+    assert!(harness::poll_until(Duration::from_secs(5), Duration::from_millis(5), || async {
+        (po.stats().waiters == 1).then_some(())
+    })
+    .await
+    .is_some());
+    assert_eq!(po.respond("b4", &fields("b4")).await, PublishOutcome::Stored);
+    assert!(matches!(waiter.await.unwrap().unwrap(), WaitOutcome::Obtained { via: Via::Polled, .. }));
 }
 
 #[tokio::test]
@@ -492,49 +302,22 @@ async fn the_breaker_opens_during_an_outage_and_closes_after() {
         connect_timeout_ms: 300,
         ..config(&rig)
     };
-    let h = Hybrid::connect(&rig.proxied_url(), &rig.redis_url(), cfg)
-        .await
-        .unwrap();
-    assert!(matches!(
-        h.respond("k0", &fields("k0")).await,
-        PublishOutcome::Notified { .. }
-    ));
+    let h = Hybrid::connect(&rig.proxied_url(), &rig.redis_url(), cfg).await.unwrap();
+    assert!(matches!(h.respond("k0", &fields("k0")).await, PublishOutcome::Notified { .. }));
     rig.tp().set_enabled(rig.name(), false).await.unwrap();
     let mut outcomes = Vec::new();
     for i in 0..4 {
         outcomes.push(h.respond(&format!("k{}", i + 1), &fields("k")).await);
     }
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, PublishOutcome::Failed { .. })),
-        "{outcomes:?}"
-    );
-    let PublishOutcome::Failed { reason } = &outcomes[3] else {
-        unreachable!()
-    };
-    assert!(
-        reason.contains("circuit open"),
-        "the breaker did not open after 2 failures: {outcomes:?}"
-    );
+    assert!(outcomes.iter().all(|o| matches!(o, PublishOutcome::Failed { .. })), "{outcomes:?}");
+    let PublishOutcome::Failed { reason } = &outcomes[3] else { unreachable!() };
+    assert!(reason.contains("circuit open"), "the breaker did not open after 2 failures: {outcomes:?}");
     rig.tp().set_enabled(rig.name(), true).await.unwrap();
-    let closed = harness::poll_until(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async {
-            matches!(
-                h.respond("k9", &fields("k9")).await,
-                PublishOutcome::Notified { .. }
-            )
-            .then_some(())
-        },
-    )
+    let closed = harness::poll_until(Duration::from_secs(10), Duration::from_millis(100), || async {
+        matches!(h.respond("k9", &fields("k9")).await, PublishOutcome::Notified { .. }).then_some(())
+    })
     .await;
-    assert!(
-        closed.is_some(),
-        "the breaker never closed again; last state {:?}",
-        h.publisher().breaker().state()
-    );
+    assert!(closed.is_some(), "the breaker never closed again; last state {:?}", h.publisher().breaker().state());
     h.shutdown().await;
 }
 
@@ -544,27 +327,15 @@ async fn a_refused_publish_is_stored_but_not_notified() {
     // A user that may write hashes but not PUBLISH: the command fails after the commit point.
     let mut admin_conn = support::conn(&rig.redis_url(), Some(2_000)).await;
     let _: () = redis::cmd("ACL")
-        .arg(
-            &[
-                "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish",
-            ][..],
-        )
+        .arg(&["SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish"][..])
         .query_async(&mut admin_conn)
         .await
         .unwrap();
     let url = rig.redis_url().replace("redis://", "redis://nopub:pw@");
-    let h = Hybrid::connect(&url, &rig.redis_url(), config(&rig))
-        .await
-        .unwrap();
+    let h = Hybrid::connect(&url, &rig.redis_url(), config(&rig)).await.unwrap();
     let out = h.respond("n1", &fields("n1")).await;
-    assert!(
-        matches!(out, PublishOutcome::StoredNotNotified { .. }),
-        "{out:?}"
-    );
-    assert!(
-        h.read("n1").await.unwrap().is_some(),
-        "the commit point was not reached"
-    );
+    assert!(matches!(out, PublishOutcome::StoredNotNotified { .. }), "{out:?}");
+    assert!(h.read("n1").await.unwrap().is_some(), "the commit point was not reached");
     h.shutdown().await;
 }
 
@@ -572,28 +343,15 @@ async fn a_refused_publish_is_stored_but_not_notified() {
 async fn a_late_joiner_reads_the_stream_from_its_index() {
     let rig = Rig::new().await;
     let cfg = config(&rig);
-    let producer = StreamProducer::connect(&rig.redis_url(), cfg.clone())
-        .await
-        .unwrap();
+    let producer = StreamProducer::connect(&rig.redis_url(), cfg.clone()).await.unwrap();
     for i in 0..50 {
-        let c = if i == 49 {
-            Chunk::last(i, format!("c{i}"))
-        } else {
-            Chunk::content(i, format!("c{i}"))
-        };
+        let c = if i == 49 { Chunk::last(i, format!("c{i}")) } else { Chunk::content(i, format!("c{i}")) };
         assert!(producer.publish("t1", &c).await.committed());
     }
-    let consumer = StreamConsumer::connect(&rig.redis_url(), &rig.redis_url(), cfg)
-        .await
-        .unwrap();
+    let consumer = StreamConsumer::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap();
     for from in [0u64, 10] {
         let mut got = Vec::new();
-        let end = consumer
-            .follow("t1", from, Duration::from_secs(10), |c| {
-                got.push(c.chunk_index)
-            })
-            .await
-            .unwrap();
+        let end = consumer.follow("t1", from, Duration::from_secs(10), |c| got.push(c.chunk_index)).await.unwrap();
         assert!(matches!(end, FollowEnd::Finished { .. }), "{end:?}");
         assert_eq!(got, (from..50).collect::<Vec<_>>());
     }
@@ -606,23 +364,13 @@ async fn a_consumer_reset_mid_stream_sees_every_chunk_once_in_order() {
     let (sub_url, sub_proxy) = rig.extra_proxy("sub").await;
     let cfg = no_polling(config(&rig));
     let channel = cfg.keys.stream_channel("t2");
-    let producer = StreamProducer::connect(&rig.redis_url(), cfg.clone())
-        .await
-        .unwrap();
-    let consumer = Arc::new(
-        StreamConsumer::connect(&rig.redis_url(), &sub_url, cfg)
-            .await
-            .unwrap(),
-    );
+    let producer = StreamProducer::connect(&rig.redis_url(), cfg.clone()).await.unwrap();
+    let consumer = Arc::new(StreamConsumer::connect(&rig.redis_url(), &sub_url, cfg).await.unwrap());
     let follower = tokio::spawn({
         let consumer = consumer.clone();
         async move {
             let mut got = Vec::new();
-            let end = consumer
-                .follow("t2", 0, Duration::from_secs(60), |c| {
-                    got.push(c.chunk_index)
-                })
-                .await;
+            let end = consumer.follow("t2", 0, Duration::from_secs(60), |c| got.push(c.chunk_index)).await;
             (end, got)
         }
     });
@@ -632,37 +380,19 @@ async fn a_consumer_reset_mid_stream_sees_every_chunk_once_in_order() {
     }
     let reset = Toxic::new(ToxicKind::ResetPeer { timeout_ms: 0 }, Stream::Downstream);
     rig.tp().add_toxic(&sub_proxy, &reset).await.unwrap();
-    assert!(
-        await_numsub(&rig.redis_url(), &channel, 0).await,
-        "the reset did not cut the subscriber"
-    );
+    assert!(await_numsub(&rig.redis_url(), &channel, 0).await, "the reset did not cut the subscriber");
     for i in 20..40 {
         producer.publish("t2", &Chunk::content(i, "x")).await;
     }
-    rig.tp()
-        .remove_toxic(&sub_proxy, &reset.name)
-        .await
-        .unwrap();
-    assert!(
-        await_numsub(&rig.redis_url(), &channel, 1).await,
-        "the consumer never resubscribed"
-    );
+    rig.tp().remove_toxic(&sub_proxy, &reset.name).await.unwrap();
+    assert!(await_numsub(&rig.redis_url(), &channel, 1).await, "the consumer never resubscribed");
     for i in 40..50 {
-        let c = if i == 49 {
-            Chunk::last(i, "x")
-        } else {
-            Chunk::content(i, "x")
-        };
+        let c = if i == 49 { Chunk::last(i, "x") } else { Chunk::content(i, "x") };
         producer.publish("t2", &c).await;
     }
-    let (end, got) = tokio::time::timeout(Duration::from_secs(30), follower)
-        .await
-        .expect("follow did not finish")
-        .unwrap();
-    assert!(matches!(
-        end.unwrap(),
-        FollowEnd::Finished { delivered: 50, .. }
-    ));
+    let (end, got) =
+        tokio::time::timeout(Duration::from_secs(30), follower).await.expect("follow did not finish").unwrap();
+    assert!(matches!(end.unwrap(), FollowEnd::Finished { delivered: 50, .. }));
     assert_eq!(got, (0..50).collect::<Vec<_>>());
     assert!(consumer.hub().reconnects() >= 1);
     consumer.shutdown().await;
@@ -676,50 +406,19 @@ async fn fanout_bounds_its_queue_skips_stale_and_honours_control() {
     let hub = Hub::start(&rig.redis_url(), cfg.clone(), "fanout-test");
     let mut consumer = FanoutConsumer::start(&hub, &channel, 10);
     assert!(await_numsub(&rig.redis_url(), &channel, 1).await);
-    let publisher = FanoutPublisher::connect(&rig.redis_url(), cfg)
-        .await
-        .unwrap();
+    let publisher = FanoutPublisher::connect(&rig.redis_url(), cfg).await.unwrap();
     for seq in 1..=100 {
-        publisher
-            .publish(
-                &channel,
-                &Tick {
-                    seq,
-                    payload: serde_json::json!({"close": seq}),
-                },
-            )
-            .await;
+        publisher.publish(&channel, &Tick { seq, payload: serde_json::json!({"close": seq}) }).await;
     }
-    publisher
-        .publish(
-            &channel,
-            &Tick {
-                seq: 50,
-                payload: serde_json::Value::Null,
-            },
-        )
-        .await;
-    let all_in = harness::poll_until(
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async {
-            (consumer
-                .stats
-                .received
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 101)
-                .then_some(())
-        },
-    )
+    publisher.publish(&channel, &Tick { seq: 50, payload: serde_json::Value::Null }).await;
+    let all_in = harness::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
+        (consumer.stats.received.load(std::sync::atomic::Ordering::Relaxed) == 101).then_some(())
+    })
     .await;
     assert!(all_in.is_some());
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
-        (
-            load(&consumer.stats.enqueued),
-            load(&consumer.stats.dropped_overflow),
-            load(&consumer.stats.stale_skipped)
-        ),
+        (load(&consumer.stats.enqueued), load(&consumer.stats.dropped_overflow), load(&consumer.stats.stale_skipped)),
         (10, 90, 1)
     );
     for _ in 0..10 {
@@ -727,44 +426,23 @@ async fn fanout_bounds_its_queue_skips_stale_and_honours_control() {
     }
     publisher.control(Control::Reset).await;
     assert_eq!(consumer.events.recv().await, Some(Event::Reset));
-    publisher
-        .publish(
-            &channel,
-            &Tick {
-                seq: 1,
-                payload: serde_json::Value::Null,
-            },
-        )
-        .await;
+    publisher.publish(&channel, &Tick { seq: 1, payload: serde_json::Value::Null }).await;
     assert!(
-        matches!(
-            consumer.events.recv().await,
-            Some(Event::Tick(Tick { seq: 1, .. }))
-        ),
+        matches!(consumer.events.recv().await, Some(Event::Tick(Tick { seq: 1, .. }))),
         "after RESET an old sequence is fresh again"
     );
     publisher.control(Control::Shutdown).await;
-    assert_eq!(
-        consumer.events.recv().await,
-        None,
-        "SHUTDOWN must stop the consumer"
-    );
+    assert_eq!(consumer.events.recv().await, None, "SHUTDOWN must stop the consumer");
     assert!(consumer.is_stopped());
-    assert!(
-        await_numsub(&rig.redis_url(), &channel, 0).await,
-        "a stopped consumer kept its subscription"
-    );
+    assert!(await_numsub(&rig.redis_url(), &channel, 0).await, "a stopped consumer kept its subscription");
     hub.shutdown().await;
 }
 
 #[tokio::test]
 async fn metrics_are_exposed_in_prometheus_text() {
-    let handle =
-        harness::reference::metrics::prometheus().expect("the first recorder in this process");
+    let handle = harness::reference::metrics::prometheus().expect("the first recorder in this process");
     let rig = Rig::new().await;
-    let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), config(&rig))
-        .await
-        .unwrap();
+    let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), config(&rig)).await.unwrap();
     h.respond("m1", &fields("m1")).await;
     h.wait("m1", Duration::from_secs(5)).await.unwrap();
     let text = handle.render();

@@ -19,26 +19,13 @@ async fn latency_delays_every_reply_by_at_least_its_value() {
     let rig = Rig::new().await;
     let mut c = conn(&rig.proxied_url(), Some(5_000)).await;
     rig.tp()
-        .add_toxic(
-            rig.name(),
-            &Toxic::new(
-                ToxicKind::Latency {
-                    latency_ms: 100,
-                    jitter_ms: 0,
-                },
-                Stream::Downstream,
-            ),
-        )
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::Latency { latency_ms: 100, jitter_ms: 0 }, Stream::Downstream))
         .await
         .unwrap();
     for _ in 0..3 {
         let t = Instant::now();
         assert_eq!(ping(&mut c).await.unwrap(), "PONG");
-        assert!(
-            t.elapsed() >= Duration::from_millis(100),
-            "PING took {:?} under a 100 ms latency toxic",
-            t.elapsed()
-        );
+        assert!(t.elapsed() >= Duration::from_millis(100), "PING took {:?} under a 100 ms latency toxic", t.elapsed());
     }
 }
 
@@ -46,29 +33,14 @@ async fn latency_delays_every_reply_by_at_least_its_value() {
 async fn a_toxic_update_reaches_open_connections() {
     let rig = Rig::new().await;
     let mut c = conn(&rig.proxied_url(), Some(5_000)).await;
-    let toxic = Toxic::new(
-        ToxicKind::Latency {
-            latency_ms: 0,
-            jitter_ms: 0,
-        },
-        Stream::Upstream,
-    )
-    .named("lat");
+    let toxic = Toxic::new(ToxicKind::Latency { latency_ms: 0, jitter_ms: 0 }, Stream::Upstream).named("lat");
     rig.tp().add_toxic(rig.name(), &toxic).await.unwrap();
     ping(&mut c).await.unwrap();
-    let updated = rig
-        .tp()
-        .update_toxic(rig.name(), "lat", json!({"attributes": {"latency": 200}}))
-        .await
-        .unwrap();
+    let updated = rig.tp().update_toxic(rig.name(), "lat", json!({"attributes": {"latency": 200}})).await.unwrap();
     assert_eq!(updated.attributes["latency"], 200);
     let t = Instant::now();
     ping(&mut c).await.unwrap();
-    assert!(
-        t.elapsed() >= Duration::from_millis(200),
-        "updated latency not applied: {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(200), "updated latency not applied: {:?}", t.elapsed());
 }
 
 #[tokio::test]
@@ -81,21 +53,15 @@ async fn timeout_zero_hangs_until_removed_then_closes() {
     let mut pending = tokio::spawn(async move { ping(&mut c).await });
     // The reply is held: 500 ms is 100x a loopback PING and still nothing arrives.
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut pending)
-            .await
-            .is_err(),
+        tokio::time::timeout(Duration::from_millis(500), &mut pending).await.is_err(),
         "PING answered through a timeout=0 toxic"
     );
-    rig.tp()
-        .remove_toxic(rig.name(), &toxic.name)
-        .await
-        .unwrap();
+    rig.tp().remove_toxic(rig.name(), &toxic.name).await.unwrap();
     let after = tokio::time::timeout(Duration::from_secs(5), pending)
         .await
         .expect("connection not closed after the toxic was removed")
         .unwrap();
-    let err = after
-        .expect_err("the held PING must fail: its reply was dropped and the connection closed");
+    let err = after.expect_err("the held PING must fail: its reply was dropped and the connection closed");
     assert!(
         err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error(),
         "unexpected error kind: {err}"
@@ -107,21 +73,14 @@ async fn timeout_with_a_value_closes_after_it() {
     let rig = Rig::new().await;
     let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
     rig.tp()
-        .add_toxic(
-            rig.name(),
-            &Toxic::new(ToxicKind::Timeout { timeout_ms: 200 }, Stream::Upstream),
-        )
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::Timeout { timeout_ms: 200 }, Stream::Upstream))
         .await
         .unwrap();
     let t = Instant::now();
     s.write_all(b"PING\r\n").await.unwrap();
     let (got, _) = read_to_end(&mut s, Duration::from_secs(5)).await;
     assert!(got.is_empty(), "data passed a timeout toxic: {got:?}");
-    assert!(
-        t.elapsed() >= Duration::from_millis(150),
-        "closed after {:?}, before the 200 ms timeout",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(150), "closed after {:?}, before the 200 ms timeout", t.elapsed());
 }
 
 #[tokio::test]
@@ -130,23 +89,14 @@ async fn reset_peer_makes_the_client_see_a_reset() {
     let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
     s.write_all(b"PING\r\n").await.unwrap();
     let mut first = [0u8; 7];
-    tokio::io::AsyncReadExt::read_exact(&mut s, &mut first)
-        .await
-        .unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut first).await.unwrap();
     assert_eq!(&first, b"+PONG\r\n");
     rig.tp()
-        .add_toxic(
-            rig.name(),
-            &Toxic::new(ToxicKind::ResetPeer { timeout_ms: 0 }, Stream::Downstream),
-        )
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::ResetPeer { timeout_ms: 0 }, Stream::Downstream))
         .await
         .unwrap();
     let (_, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
-    assert_eq!(
-        end,
-        Some(ErrorKind::ConnectionReset),
-        "expected ECONNRESET, got {end:?}"
-    );
+    assert_eq!(end, Some(ErrorKind::ConnectionReset), "expected ECONNRESET, got {end:?}");
 }
 
 #[tokio::test]
@@ -155,14 +105,9 @@ async fn disabled_proxy_refuses_and_cuts_connections_then_recovers() {
     let mut open = conn(&rig.proxied_url(), Some(2_000)).await;
     ping(&mut open).await.unwrap();
     rig.tp().set_enabled(rig.name(), false).await.unwrap();
-    let refused = TcpStream::connect(rig.proxied_addr())
-        .await
-        .expect_err("a disabled proxy accepted a connection");
+    let refused = TcpStream::connect(rig.proxied_addr()).await.expect_err("a disabled proxy accepted a connection");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
-    assert!(
-        ping(&mut open).await.is_err(),
-        "a connection survived disabling its proxy"
-    );
+    assert!(ping(&mut open).await.is_err(), "a connection survived disabling its proxy");
     rig.tp().set_enabled(rig.name(), true).await.unwrap();
     let mut again = conn(&rig.proxied_url(), Some(2_000)).await;
     assert_eq!(ping(&mut again).await.unwrap(), "PONG");
@@ -177,78 +122,45 @@ async fn bandwidth_caps_a_large_get() {
     let mut c = conn(&rig.proxied_url(), Some(30_000)).await;
     // 100 KB/s: 200,000 bytes need 2 s.
     rig.tp()
-        .add_toxic(
-            rig.name(),
-            &Toxic::new(ToxicKind::Bandwidth { rate_kb_s: 100 }, Stream::Downstream),
-        )
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::Bandwidth { rate_kb_s: 100 }, Stream::Downstream))
         .await
         .unwrap();
     let t = Instant::now();
     let got: String = c.get("big").await.unwrap();
     let took = t.elapsed();
     assert_eq!(got, value);
-    assert!(
-        took >= Duration::from_millis(1_800),
-        "200 kB at 100 KB/s arrived in {took:?}"
-    );
+    assert!(took >= Duration::from_millis(1_800), "200 kB at 100 KB/s arrived in {took:?}");
 }
 
 #[tokio::test]
 async fn limit_data_closes_after_the_byte_count() {
     let rig = Rig::new().await;
     let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
-    rig.tp()
-        .add_toxic(
-            rig.name(),
-            &Toxic::new(ToxicKind::LimitData { bytes: 20 }, Stream::Downstream),
-        )
-        .await
-        .unwrap();
+    rig.tp().add_toxic(rig.name(), &Toxic::new(ToxicKind::LimitData { bytes: 20 }, Stream::Downstream)).await.unwrap();
     s.write_all(&b"PING\r\n".repeat(10)).await.unwrap();
     let (got, _) = read_to_end(&mut s, Duration::from_secs(5)).await;
-    assert_eq!(
-        got,
-        b"+PONG\r\n+PONG\r\n+PONG\r".to_vec(),
-        "limit_data let {} bytes through",
-        got.len()
-    );
+    assert_eq!(got, b"+PONG\r\n+PONG\r\n+PONG\r".to_vec(), "limit_data let {} bytes through", got.len());
 }
 
 #[tokio::test]
 async fn slicer_still_yields_correct_replies() {
     let rig = Rig::new().await;
-    let value: String = (0..4_000)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
+    let value: String = (0..4_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     let mut c = conn(&rig.proxied_url(), Some(30_000)).await;
     let _: () = c.set("sliced", &value).await.unwrap();
     // ~500 pieces of 8 +- 4 bytes, 500 us apart: slicing shows as >= ~250 ms for the GET.
-    let slicer = ToxicKind::Slicer {
-        average_size: 8,
-        size_variation: 4,
-        delay_us: 500,
-    };
-    rig.tp()
-        .add_toxic(rig.name(), &Toxic::new(slicer, Stream::Downstream))
-        .await
-        .unwrap();
+    let slicer = ToxicKind::Slicer { average_size: 8, size_variation: 4, delay_us: 500 };
+    rig.tp().add_toxic(rig.name(), &Toxic::new(slicer, Stream::Downstream)).await.unwrap();
     let t = Instant::now();
     let got: String = c.get("sliced").await.unwrap();
-    assert!(
-        t.elapsed() >= Duration::from_millis(150),
-        "no sign of slicing: GET took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(150), "no sign of slicing: GET took {:?}", t.elapsed());
     assert_eq!(got, value);
     let mut pipe = redis::pipe();
     for i in 0..50 {
         pipe.cmd("ECHO").arg(format!("echo-{i}"));
     }
     let echoes: Vec<String> = pipe.query_async(&mut c).await.unwrap();
-    assert_eq!(
-        echoes,
-        (0..50).map(|i| format!("echo-{i}")).collect::<Vec<_>>()
-    );
+    assert_eq!(echoes, (0..50).map(|i| format!("echo-{i}")).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -256,10 +168,7 @@ async fn slow_close_delays_the_close() {
     let rig = Rig::new().await;
     let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
     rig.tp()
-        .add_toxic(
-            rig.name(),
-            &Toxic::new(ToxicKind::SlowClose { delay_ms: 300 }, Stream::Downstream),
-        )
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::SlowClose { delay_ms: 300 }, Stream::Downstream))
         .await
         .unwrap();
     let t = Instant::now();
@@ -267,25 +176,16 @@ async fn slow_close_delays_the_close() {
     let (got, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
     assert_eq!(got, b"+OK\r\n".to_vec());
     assert_eq!(end, None, "expected a clean close");
-    assert!(
-        t.elapsed() >= Duration::from_millis(300),
-        "closed after {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(300), "closed after {:?}", t.elapsed());
 }
 
 #[tokio::test]
 async fn toxicity_zero_never_applies() {
     let rig = Rig::new().await;
-    let held =
-        Toxic::new(ToxicKind::Timeout { timeout_ms: 0 }, Stream::Downstream).with_toxicity(0.0);
+    let held = Toxic::new(ToxicKind::Timeout { timeout_ms: 0 }, Stream::Downstream).with_toxicity(0.0);
     rig.tp().add_toxic(rig.name(), &held).await.unwrap();
     let mut c = conn(&rig.proxied_url(), Some(2_000)).await;
-    assert_eq!(
-        ping(&mut c).await.unwrap(),
-        "PONG",
-        "a toxic with toxicity 0 was applied"
-    );
+    assert_eq!(ping(&mut c).await.unwrap(), "PONG", "a toxic with toxicity 0 was applied");
 }
 
 #[tokio::test]
@@ -299,23 +199,15 @@ async fn toxicity_is_rolled_once_per_connection() {
         let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
         s.write_all(b"PING\r\n").await.unwrap();
         let mut reply = [0u8; 7];
-        if tokio::io::AsyncReadExt::read_exact(&mut s, &mut reply)
-            .await
-            .is_err()
-        {
+        if tokio::io::AsyncReadExt::read_exact(&mut s, &mut reply).await.is_err() {
             cut_connections += 1;
             continue;
         }
         // Spared once, spared for good: the roll is not repeated per chunk.
         for _ in 0..10 {
             s.write_all(b"PING\r\n").await.unwrap();
-            tokio::io::AsyncReadExt::read_exact(&mut s, &mut reply)
-                .await
-                .expect("a spared connection was cut later");
+            tokio::io::AsyncReadExt::read_exact(&mut s, &mut reply).await.expect("a spared connection was cut later");
         }
     }
-    assert!(
-        (5..=35).contains(&cut_connections),
-        "toxicity 0.5 cut {cut_connections} of 40 connections"
-    );
+    assert!((5..=35).contains(&cut_connections), "toxicity 0.5 cut {cut_connections} of 40 connections");
 }

@@ -19,17 +19,9 @@ const ADMIN_TIMEOUT_MS: u64 = 2_000;
 pub async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url)?;
     let limit = Some(Duration::from_millis(ADMIN_TIMEOUT_MS));
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(limit)
-        .set_response_timeout(limit);
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let _: () = redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(ADMIN_CLIENT_NAME)
-        .query_async(&mut conn)
-        .await?;
+    let config = redis::AsyncConnectionConfig::new().set_connection_timeout(limit).set_response_timeout(limit);
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let _: () = redis::cmd("CLIENT").arg("SETNAME").arg(ADMIN_CLIENT_NAME).query_async(&mut conn).await?;
     Ok(conn)
 }
 
@@ -47,20 +39,14 @@ pub async fn info(url: &str, section: Option<&str>) -> Result<BTreeMap<String, S
 /// `CLIENT LIST`, one field map per connection, the asking admin connection included.
 pub async fn client_list(url: &str) -> Result<Vec<BTreeMap<String, String>>> {
     let mut conn = connect(url).await?;
-    let text: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut conn)
-        .await?;
+    let text: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await?;
     Ok(parse_client_list(&text))
 }
 
 /// Connections that are not the harness's own inspection connections.
 pub async fn clients_under_test(url: &str) -> Result<Vec<BTreeMap<String, String>>> {
     let all = client_list(url).await?;
-    Ok(all
-        .into_iter()
-        .filter(|c| c.get("name").map(String::as_str) != Some(ADMIN_CLIENT_NAME))
-        .collect())
+    Ok(all.into_iter().filter(|c| c.get("name").map(String::as_str) != Some(ADMIN_CLIENT_NAME)).collect())
 }
 
 /// `PUBSUB NUMSUB ch...`: subscriber count per channel, in the order asked.
@@ -103,8 +89,7 @@ mod tests {
 
     #[test]
     fn info_fields_parse_and_headers_are_skipped() {
-        let m =
-            parse_info("# Server\r\nredis_version:7.0.15\r\n\r\n# Memory\r\nused_memory:1024\r\n");
+        let m = parse_info("# Server\r\nredis_version:7.0.15\r\n\r\n# Memory\r\nused_memory:1024\r\n");
         assert_eq!(m.get("redis_version").map(String::as_str), Some("7.0.15"));
         assert_eq!(m.get("used_memory").map(String::as_str), Some("1024"));
         assert_eq!(m.len(), 2);

@@ -14,25 +14,16 @@ pub struct ExternalRedis {
 impl ExternalRedis {
     /// Checks the URL and that the server answers `PING`.
     pub async fn connect(url: &str) -> Result<ExternalRedis> {
-        let client = redis::Client::open(url).map_err(|e| Error::BadUrl {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let client =
+            redis::Client::open(url).map_err(|e| Error::BadUrl { url: url.to_string(), reason: e.to_string() })?;
         let addr = client.get_connection_info().addr().to_string();
         let mut conn = admin::connect(url).await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(ExternalRedis {
-            url: url.to_string(),
-            addr,
-            prefix: format!("hc:{}:", new_run_id()),
-        })
+        Ok(ExternalRedis { url: url.to_string(), addr, prefix: format!("hc:{}:", new_run_id()) })
     }
 
     fn refuse<T>(&self, op: &'static str) -> Result<T> {
-        Err(Error::NotOwned {
-            op,
-            url: self.url.clone(),
-        })
+        Err(Error::NotOwned { op, url: self.url.clone() })
     }
 }
 

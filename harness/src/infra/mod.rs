@@ -26,35 +26,16 @@ pub enum Error {
     RedisServerMissing { binary: String },
     #[error("port 127.0.0.1:{port} is already in use")]
     PortInUse { port: u16 },
-    #[error(
-        "redis-server on port {port} exited during start-up ({status}); log tail:\n{log_tail}"
-    )]
-    Exited {
-        port: u16,
-        status: String,
-        log_tail: String,
-    },
+    #[error("redis-server on port {port} exited during start-up ({status}); log tail:\n{log_tail}")]
+    Exited { port: u16, status: String, log_tail: String },
     #[error("redis-server on port {port} not ready after {waited_ms} ms ({loading_polls} LOADING replies seen); log tail:\n{log_tail}")]
-    NotReady {
-        port: u16,
-        waited_ms: u64,
-        loading_polls: u32,
-        log_tail: String,
-    },
+    NotReady { port: u16, waited_ms: u64, loading_polls: u32, log_tail: String },
     #[error("redis-server on port {port} did not exit within {waited_ms} ms after {what}")]
-    ShutdownTimeout {
-        port: u16,
-        waited_ms: u64,
-        what: &'static str,
-    },
+    ShutdownTimeout { port: u16, waited_ms: u64, what: &'static str },
     #[error("refusing to {op} the Redis at {url}: the harness did not start it; only a server it owns may be restarted, crashed, stopped, frozen or flushed")]
     NotOwned { op: &'static str, url: String },
     #[error("the Redis on port {port} is {state}; cannot {op}")]
-    WrongState {
-        port: u16,
-        state: &'static str,
-        op: &'static str,
-    },
+    WrongState { port: u16, state: &'static str, op: &'static str },
     #[error("invalid redis config override {name:?}: {reason}")]
     BadConfig { name: String, reason: String },
     #[error("invalid Redis URL {url:?}: {reason}")]
@@ -62,10 +43,7 @@ pub enum Error {
     #[error("Redis command failed: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
 }
 
 impl Error {
@@ -193,9 +171,6 @@ pub trait RedisNode: Send + Sync {
 
 /// A run id: unique across runs and machines in practice (time + randomness).
 pub fn new_run_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     format!("{ms:x}-{:08x}", rand::random::<u32>())
 }

@@ -43,21 +43,14 @@ pub fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
             }
             // The parent may have died between fork and prctl; then no signal would come.
             if libc::getppid() != parent {
-                return Err(io::Error::other(
-                    "parent exited before the child was set up",
-                ));
+                return Err(io::Error::other("parent exited before the child was set up"));
             }
             Ok(())
         });
     }
     let (tx, rx) = mpsc::channel();
-    spawner()
-        .lock()
-        .expect("spawner lock")
-        .send((cmd, tx))
-        .map_err(|_| io::Error::other("spawner thread is gone"))?;
-    rx.recv()
-        .map_err(|_| io::Error::other("spawner thread is gone"))?
+    spawner().lock().expect("spawner lock").send((cmd, tx)).map_err(|_| io::Error::other("spawner thread is gone"))?;
+    rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
 }
 
 /// Sends `signal` to `pid`.
@@ -96,15 +89,10 @@ pub fn port_is_free(port: u16) -> bool {
 /// Finds an executable: a path is taken as is, a bare name is looked up on `PATH`.
 pub fn find_executable(name: &std::path::Path) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let runnable = |p: &std::path::Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
+    let runnable = |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if name.components().count() > 1 {
         return runnable(name).then(|| name.to_path_buf());
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| runnable(p))
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| runnable(p))
 }

@@ -26,15 +26,7 @@ const PORT_RACE_ATTEMPTS_MAX: u32 = 3;
 /// Lines of the server log quoted in errors.
 const LOG_TAIL_LINES: usize = 25;
 /// Config directives the harness sets itself; an override would break its control.
-const RESERVED_DIRECTIVES: &[&str] = &[
-    "port",
-    "bind",
-    "dir",
-    "logfile",
-    "daemonize",
-    "pidfile",
-    "unixsocket",
-];
+const RESERVED_DIRECTIVES: &[&str] = &["port", "bind", "dir", "logfile", "daemonize", "pidfile", "unixsocket"];
 
 pub struct ProcessRedis {
     spec: RedisSpec,
@@ -48,10 +40,7 @@ pub struct ProcessRedis {
 
 impl std::fmt::Debug for ProcessRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessRedis")
-            .field("port", &self.port)
-            .field("pid", &self.pid())
-            .finish()
+        f.debug_struct("ProcessRedis").field("port", &self.port).field("pid", &self.pid()).finish()
     }
 }
 
@@ -59,9 +48,8 @@ impl ProcessRedis {
     /// Starts a server and waits until it answers `PING`. On any error nothing is left
     /// behind: no process, no data dir.
     pub async fn start(spec: RedisSpec) -> Result<ProcessRedis> {
-        let binary = find_executable(&spec.binary).ok_or_else(|| Error::RedisServerMissing {
-            binary: spec.binary.display().to_string(),
-        })?;
+        let binary = find_executable(&spec.binary)
+            .ok_or_else(|| Error::RedisServerMissing { binary: spec.binary.display().to_string() })?;
         validate_overrides(&spec.config)?;
         if let Some(port) = spec.port {
             if !port_is_free(port) {
@@ -94,9 +82,7 @@ impl ProcessRedis {
             node.write_config()?;
             match node.launch().await {
                 Ok(_) => return Ok(node),
-                Err(Error::Exited { log_tail, .. })
-                    if log_tail.contains("Address already in use") =>
-                {
+                Err(Error::Exited { log_tail, .. }) if log_tail.contains("Address already in use") => {
                     if spec.port.is_some() {
                         return Err(Error::PortInUse { port });
                     }
@@ -153,12 +139,8 @@ impl ProcessRedis {
 
     async fn launch(&mut self) -> Result<Readiness> {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg(self.dir.path().join("redis.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let child =
-            spawn_owned(cmd).map_err(Error::io(format!("spawning {}", self.binary.display())))?;
+        cmd.arg(self.dir.path().join("redis.conf")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let child = spawn_owned(cmd).map_err(Error::io(format!("spawning {}", self.binary.display())))?;
         self.child = Some(child);
         self.frozen = false;
         match self.wait_ready().await {
@@ -175,32 +157,21 @@ impl ProcessRedis {
         let deadline = started + Duration::from_millis(self.spec.ready_timeout_ms);
         let mut loading_polls = 0;
         loop {
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = exited {
                 let mut log_tail = self.log_tail();
                 // Config errors go to stderr before the log file is opened.
                 if let Some(stderr) = self.child.as_mut().and_then(|c| c.stderr.take()) {
                     let mut s = String::new();
-                    let _ =
-                        std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut s);
+                    let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut s);
                     log_tail.push_str(&s);
                 }
                 self.child = None;
-                return Err(Error::Exited {
-                    port: self.port,
-                    status: status.to_string(),
-                    log_tail,
-                });
+                return Err(Error::Exited { port: self.port, status: status.to_string(), log_tail });
             }
             match raw_command(self.port, "PING").await {
                 Ok(reply) if reply.starts_with("+PONG") => {
-                    return Ok(Readiness {
-                        ready_ms: started.elapsed().as_millis() as u64,
-                        loading_polls,
-                    });
+                    return Ok(Readiness { ready_ms: started.elapsed().as_millis() as u64, loading_polls });
                 }
                 Ok(reply) if reply.starts_with("-LOADING") => loading_polls += 1,
                 _ => {}
@@ -227,11 +198,7 @@ impl ProcessRedis {
 
     async fn take_down(&mut self, how: Restart) -> Result<()> {
         let Some(pid) = self.pid() else {
-            return Err(Error::WrongState {
-                port: self.port,
-                state: "stopped",
-                op: "stop it",
-            });
+            return Err(Error::WrongState { port: self.port, state: "stopped", op: "stop it" });
         };
         if self.frozen {
             // A stopped process cannot serve SHUTDOWN; let it run long enough to obey.
@@ -251,12 +218,8 @@ impl ProcessRedis {
         };
         let deadline = Instant::now() + Duration::from_millis(self.spec.shutdown_timeout_ms);
         loop {
-            let exited = self
-                .child
-                .as_mut()
-                .map(|c| c.try_wait())
-                .transpose()
-                .map_err(Error::io("waiting for redis-server"))?;
+            let exited =
+                self.child.as_mut().map(|c| c.try_wait()).transpose().map_err(Error::io("waiting for redis-server"))?;
             if exited.flatten().is_some() || !is_alive(pid) {
                 // Reap it: a zombie left here outlives the harness where PID 1 does not reap.
                 if let Some(mut child) = self.child.take() {
@@ -266,22 +229,14 @@ impl ProcessRedis {
             }
             if Instant::now() >= deadline {
                 self.kill_now();
-                return Err(Error::ShutdownTimeout {
-                    port: self.port,
-                    waited_ms: self.spec.shutdown_timeout_ms,
-                    what,
-                });
+                return Err(Error::ShutdownTimeout { port: self.port, waited_ms: self.spec.shutdown_timeout_ms, what });
             }
             tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
         }
     }
 
     fn running_pid(&self, op: &'static str) -> Result<u32> {
-        self.pid().ok_or(Error::WrongState {
-            port: self.port,
-            state: "stopped",
-            op,
-        })
+        self.pid().ok_or(Error::WrongState { port: self.port, state: "stopped", op })
     }
 }
 
@@ -310,11 +265,7 @@ impl RedisNode for ProcessRedis {
 
     async fn start(&mut self) -> Result<Readiness> {
         if self.child.is_some() {
-            return Err(Error::WrongState {
-                port: self.port,
-                state: "running",
-                op: "start it",
-            });
+            return Err(Error::WrongState { port: self.port, state: "running", op: "start it" });
         }
         // Same port as before: clients and proxies keep their address.
         if !port_is_free(self.port) {
@@ -338,14 +289,9 @@ impl RedisNode for ProcessRedis {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        let reply = raw_command(self.port, "FLUSHALL")
-            .await
-            .map_err(Error::io("FLUSHALL"))?;
+        let reply = raw_command(self.port, "FLUSHALL").await.map_err(Error::io("FLUSHALL"))?;
         if !reply.starts_with("+OK") {
-            return Err(Error::Io {
-                what: "FLUSHALL".into(),
-                source: std::io::Error::other(reply),
-            });
+            return Err(Error::Io { what: "FLUSHALL".into(), source: std::io::Error::other(reply) });
         }
         Ok(())
     }
@@ -360,15 +306,8 @@ impl Drop for ProcessRedis {
 
 fn validate_overrides(config: &[(String, String)]) -> Result<()> {
     for (name, value) in config {
-        let bad = |reason: &str| Error::BadConfig {
-            name: name.clone(),
-            reason: reason.to_string(),
-        };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+        let bad = |reason: &str| Error::BadConfig { name: name.clone(), reason: reason.to_string() };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
             return Err(bad("a directive name is lowercase letters, digits and '-'"));
         }
         if RESERVED_DIRECTIVES.contains(&name.as_str()) {
@@ -385,9 +324,7 @@ fn validate_overrides(config: &[(String, String)]) -> Result<()> {
 async fn raw_command(port: u16, command: &str) -> std::io::Result<String> {
     let probe = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(format!("{command}\r\n").as_bytes())
-            .await?;
+        stream.write_all(format!("{command}\r\n").as_bytes()).await?;
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line).await?;
         Ok(line)

@@ -22,8 +22,7 @@ use super::feedback::{read_response, store_response};
 use super::hub::Hub;
 use super::publisher::{PublishOutcome, Publisher};
 use super::{
-    command_connection, Config, Error, FeedbackStrategy, Fields, ImplStats, Result, Via,
-    WaitOutcome, WaiterCount,
+    command_connection, Config, Error, FeedbackStrategy, Fields, ImplStats, Result, Via, WaitOutcome, WaiterCount,
 };
 
 /// Messages a pub/sub-only waiter buffers; one response per id is expected.
@@ -38,20 +37,11 @@ pub struct PubSubOnly {
 }
 
 impl PubSubOnly {
-    pub async fn connect(
-        command_url: &str,
-        subscriber_url: &str,
-        config: Config,
-    ) -> Result<PubSubOnly> {
+    pub async fn connect(command_url: &str, subscriber_url: &str, config: Config) -> Result<PubSubOnly> {
         let conn = command_connection(command_url, &config).await?;
         let hub = Hub::start(subscriber_url, config.clone(), "pubsub-only");
         let publisher = Publisher::new(conn, config.clone(), "pubsub-only");
-        Ok(PubSubOnly {
-            config,
-            hub,
-            publisher,
-            waiters: AtomicUsize::new(0),
-        })
+        Ok(PubSubOnly { config, hub, publisher, waiters: AtomicUsize::new(0) })
     }
 }
 
@@ -64,20 +54,14 @@ impl FeedbackStrategy for PubSubOnly {
     async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
         let channel = self.config.keys.feedback_channel(id);
         let message = serde_json::to_string(fields).expect("string map serialises");
-        self.publisher
-            .commit(None, Some((&channel, &message)))
-            .await
+        self.publisher.commit(None, Some((&channel, &message))).await
     }
 
     async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
         let deadline = Instant::now() + timeout;
         let _count = WaiterCount::new(&self.waiters);
-        let mut sub = self.hub.subscribe(
-            &self.config.keys.feedback_channel(id),
-            PUBSUB_WAITER_MESSAGES_MAX,
-        );
-        sub.wait_subscribed(deadline.saturating_duration_since(Instant::now()))
-            .await;
+        let mut sub = self.hub.subscribe(&self.config.keys.feedback_channel(id), PUBSUB_WAITER_MESSAGES_MAX);
+        sub.wait_subscribed(deadline.saturating_duration_since(Instant::now())).await;
         let mut messages = sub.messages.take().expect("asked for messages");
         loop {
             tokio::select! {
@@ -123,12 +107,7 @@ impl PollingOnly {
     pub async fn connect(command_url: &str, config: Config) -> Result<PollingOnly> {
         let conn = command_connection(command_url, &config).await?;
         let publisher = Publisher::new(conn.clone(), config.clone(), "polling-only");
-        Ok(PollingOnly {
-            config,
-            conn,
-            publisher,
-            waiters: AtomicUsize::new(0),
-        })
+        Ok(PollingOnly { config, conn, publisher, waiters: AtomicUsize::new(0) })
     }
 }
 
@@ -139,9 +118,7 @@ impl FeedbackStrategy for PollingOnly {
     }
 
     async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
-        self.publisher
-            .commit(Some(store_response(&self.config, id, fields)), None)
-            .await
+        self.publisher.commit(Some(store_response(&self.config, id, fields)), None).await
     }
 
     async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
@@ -166,10 +143,7 @@ impl FeedbackStrategy for PollingOnly {
     }
 
     fn stats(&self) -> ImplStats {
-        ImplStats {
-            waiters: self.waiters.load(Ordering::Relaxed),
-            ..ImplStats::default()
-        }
+        ImplStats { waiters: self.waiters.load(Ordering::Relaxed), ..ImplStats::default() }
     }
 
     async fn shutdown(&self) {}

@@ -99,11 +99,7 @@ impl FanoutConsumer {
             }
             drop(sub);
         });
-        FanoutConsumer {
-            events,
-            stats,
-            task,
-        }
+        FanoutConsumer { events, stats, task }
     }
 
     /// Stops the consumer and releases its subscription.
@@ -129,8 +125,7 @@ fn enqueue(tx: &mpsc::Sender<Event>, st: &FanoutStats, e: Event) {
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
-    metrics::gauge!(m::BUFFER_SIZE, "impl" => "fanout")
-        .set((tx.max_capacity() - tx.capacity()) as f64);
+    metrics::gauge!(m::BUFFER_SIZE, "impl" => "fanout").set((tx.max_capacity() - tx.capacity()) as f64);
 }
 
 /// Publishes ticks and control signals (the data hub's side).
@@ -142,10 +137,7 @@ pub struct FanoutPublisher {
 impl FanoutPublisher {
     pub async fn connect(url: &str, config: Config) -> Result<FanoutPublisher> {
         let conn = command_connection(url, &config).await?;
-        Ok(FanoutPublisher {
-            publisher: Publisher::new(conn, config.clone(), "fanout"),
-            config,
-        })
+        Ok(FanoutPublisher { publisher: Publisher::new(conn, config.clone(), "fanout"), config })
     }
 
     pub async fn publish(&self, channel: &str, tick: &Tick) -> PublishOutcome {
@@ -158,8 +150,6 @@ impl FanoutPublisher {
             Control::Reset => "RESET",
             Control::Shutdown => "SHUTDOWN",
         };
-        self.publisher
-            .commit(None, Some((&self.config.keys.control_channel(), word)))
-            .await
+        self.publisher.commit(None, Some((&self.config.keys.control_channel(), word))).await
     }
 }

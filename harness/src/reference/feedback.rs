@@ -20,18 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Control, Hub};
+use super::hub::{ChannelState, Control, Hub};
 use super::metrics as m;
 use super::publisher::{PublishOutcome, Publisher};
-use super::{
-    command_connection, Config, FeedbackStrategy, Fields, ImplStats, Result, Via, WaitOutcome,
-    WaiterCount,
-};
+use super::{command_connection, Config, FeedbackStrategy, Fields, ImplStats, Result, Via, WaitOutcome, WaiterCount};
 
 /// The hint published after a response is stored (the seed publishes the same word).
 pub const NOTIFY_MESSAGE: &str = "completed";
@@ -47,15 +43,15 @@ pub(crate) async fn read_response(conn: &ConnectionManager, key: &str) -> Result
 pub(crate) fn store_response(config: &Config, id: &str, fields: &Fields) -> redis::Pipeline {
     let key = config.keys.feedback_response(id);
     let mut pipe = redis::pipe();
-    pipe.hset_multiple(&key, &fields.iter().collect::<Vec<_>>())
-        .ignore();
+    pipe.hset_multiple(&key, &fields.iter().collect::<Vec<_>>()).ignore();
     pipe.expire(&key, config.response_ttl_s as i64).ignore();
     pipe
 }
 
 struct Pending {
     refs: usize,
-    wake: Arc<watch::Sender<u64>>,
+    /// The waiters' channel state: a poll hit is announced where notifications are.
+    wake: Arc<ChannelState>,
 }
 
 /// The batched storage poller: the pending response keys and the task that checks them.
@@ -67,23 +63,14 @@ struct Poller {
 struct PollGuard {
     poller: Arc<Poller>,
     key: String,
-    wake: watch::Receiver<u64>,
 }
 
 impl Poller {
-    fn register(self: &Arc<Self>, key: String) -> PollGuard {
+    fn register(self: &Arc<Self>, key: String, wake: &Arc<ChannelState>) -> PollGuard {
         let mut pending = self.pending.lock().expect("poller lock");
-        let entry = pending.entry(key.clone()).or_insert_with(|| Pending {
-            refs: 0,
-            wake: Arc::new(watch::channel(0).0),
-        });
+        let entry = pending.entry(key.clone()).or_insert_with(|| Pending { refs: 0, wake: wake.clone() });
         entry.refs += 1;
-        let wake = entry.wake.subscribe();
-        PollGuard {
-            poller: self.clone(),
-            key,
-            wake,
-        }
+        PollGuard { poller: self.clone(), key }
     }
 
     fn len(&self) -> usize {
@@ -93,13 +80,7 @@ impl Poller {
     /// One tick: `EXISTS` over all pending keys in batches; only if some exist, find which
     /// (one pipelined `EXISTS` each, rare: it means a notification was missed) and wake them.
     async fn tick(&self, conn: &ConnectionManager, batch_max: usize) -> Result<()> {
-        let keys: Vec<String> = self
-            .pending
-            .lock()
-            .expect("poller lock")
-            .keys()
-            .cloned()
-            .collect();
+        let keys: Vec<String> = self.pending.lock().expect("poller lock").keys().cloned().collect();
         for batch in keys.chunks(batch_max.max(1)) {
             let mut c = conn.clone();
             let present: u64 = redis::cmd("EXISTS").arg(batch).query_async(&mut c).await?;
@@ -114,7 +95,7 @@ impl Poller {
             let pending = self.pending.lock().expect("poller lock");
             for (k, _) in batch.iter().zip(each).filter(|(_, e)| *e) {
                 if let Some(p) = pending.get(k) {
-                    p.wake.send_modify(|n| *n += 1);
+                    p.wake.bump_polls();
                 }
             }
         }
@@ -149,16 +130,10 @@ pub struct Hybrid {
 impl Hybrid {
     /// Connects the command connection to `command_url` and the subscriber to
     /// `subscriber_url` (they differ when each goes through its own proxy).
-    pub async fn connect(
-        command_url: &str,
-        subscriber_url: &str,
-        config: Config,
-    ) -> Result<Hybrid> {
+    pub async fn connect(command_url: &str, subscriber_url: &str, config: Config) -> Result<Hybrid> {
         let conn = command_connection(command_url, &config).await?;
         let hub = Hub::start(subscriber_url, config.clone(), "hybrid");
-        let poller = Arc::new(Poller {
-            pending: Mutex::new(HashMap::new()),
-        });
+        let poller = Arc::new(Poller { pending: Mutex::new(HashMap::new()) });
         let cancel = CancellationToken::new();
         let task = {
             let (poller, conn, cancel) = (poller.clone(), conn.clone(), cancel.clone());
@@ -217,19 +192,16 @@ impl Hybrid {
         }
         // 2. Subscribe, and only then read again: a response written between the first read
         //    and the subscription has had its notification already, so only storage has it.
-        let mut sub = self
-            .hub
-            .subscribe(&self.config.keys.feedback_channel(id), 0);
+        let mut sub = self.hub.subscribe(&self.config.keys.feedback_channel(id), 0);
         let cap = Duration::from_millis(self.config.subscribe_wait_ms_max)
             .min(deadline.saturating_duration_since(Instant::now()));
         sub.wait_subscribed(cap).await;
         let mut control = self.hub.control();
-        let mut poll = self.poller.register(key.clone());
+        let _poll = self.poller.register(key.clone(), &sub.state);
         let mut via = Via::AfterSubscribe;
-        let (mut hub_alive, mut poller_alive, mut control_open) = (true, true, true);
+        let mut control_open = true;
         loop {
-            let seen = *sub.signal.borrow_and_update();
-            poll.wake.borrow_and_update();
+            let seen = sub.state.snapshot();
             match read_response(&self.conn, &key).await {
                 Ok(Some(f)) => return obtained(f, via),
                 Ok(None) => {}
@@ -240,18 +212,17 @@ impl Hybrid {
             if Instant::now() >= deadline {
                 return Ok(WaitOutcome::TimedOut);
             }
-            // 3. Sleep until a hint, a poll hit, or the deadline; storage decides each time.
+            // 3. Sleep until a hint, a poll hit, a resync, or the deadline; storage decides.
             tokio::select! {
                 _ = sleep_until(deadline) => via = Via::Polled,
-                r = sub.signal.changed(), if hub_alive => {
-                    let now = *sub.signal.borrow();
-                    via = if now.resyncs > seen.resyncs { Via::Resync } else { Via::Notified };
-                    // A gone hub leaves the poller and the deadline to wake this waiter.
-                    hub_alive = r.is_ok();
-                }
-                r = poll.wake.changed(), if poller_alive => {
-                    via = Via::Polled;
-                    poller_alive = r.is_ok();
+                now = sub.state.changed(seen) => {
+                    via = if now.resyncs > seen.resyncs {
+                        Via::Resync
+                    } else if now.messages > seen.messages {
+                        Via::Notified
+                    } else {
+                        Via::Polled
+                    };
                 }
                 c = control.recv(), if control_open => match c {
                     Ok(Control::Shutdown) => return Ok(WaitOutcome::Shutdown),
@@ -271,12 +242,7 @@ impl FeedbackStrategy for Hybrid {
 
     async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
         let channel = self.config.keys.feedback_channel(id);
-        self.publisher
-            .commit(
-                Some(store_response(&self.config, id, fields)),
-                Some((&channel, NOTIFY_MESSAGE)),
-            )
-            .await
+        self.publisher.commit(Some(store_response(&self.config, id, fields)), Some((&channel, NOTIFY_MESSAGE))).await
     }
 
     async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {

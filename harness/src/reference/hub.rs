@@ -9,32 +9,94 @@
 //! resubscribes every channel, and then wakes every waiter to re-read storage: whatever was
 //! published while the connection was down is in storage, not in Pub/Sub.
 //!
-//! Wake-ups go through a `watch` per channel carrying counters, not a `Notify`: a waiter
-//! marks the value seen *before* it reads storage, so a message that arrives between the read
-//! and the wait still wakes it (a `Notify::notify_waiters` in that gap would be lost).
+//! Wake-ups go through a [`ChannelState`] per channel: counters plus a `Notify`. A waiter takes
+//! a snapshot of the counters *before* it reads storage and sleeps only while they still
+//! equal it, so a message that arrives between the read and the sleep still wakes it (a bare
+//! `Notify::notify_waiters` in that gap would be lost).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics as m;
 use super::{backoff_delay, Config};
 
-/// What a channel's watchers see.
+/// A snapshot of a channel's wake-up counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Signal {
     /// Messages received on the channel.
     pub messages: u64,
     /// Times the subscriber (re)subscribed and asked every waiter to re-read storage.
     pub resyncs: u64,
+    /// Times a storage poller found something for this channel's waiters.
+    pub polls: u64,
     /// Whether the channel is confirmed subscribed on the live connection.
     pub subscribed: bool,
+}
+
+/// The wake-up state shared by every waiter on one channel (and by a storage poller that
+/// wakes them): counters to compare and one `Notify` to sleep on. Deliberately small (a
+/// `watch` channel costs ~0.5 KiB with its eight internal notifiers), because a process may
+/// hold tens of thousands of these.
+#[derive(Debug, Default)]
+pub struct ChannelState {
+    messages: AtomicU64,
+    resyncs: AtomicU64,
+    polls: AtomicU64,
+    subscribed: AtomicBool,
+    notify: Notify,
+}
+
+impl ChannelState {
+    pub fn snapshot(&self) -> Signal {
+        Signal {
+            messages: self.messages.load(Ordering::Acquire),
+            resyncs: self.resyncs.load(Ordering::Acquire),
+            polls: self.polls.load(Ordering::Acquire),
+            subscribed: self.subscribed.load(Ordering::Acquire),
+        }
+    }
+
+    /// Records that a storage poller found something for this channel, and wakes waiters.
+    pub fn bump_polls(&self) {
+        self.polls.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    fn bump_messages(&self) {
+        self.messages.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    fn set(&self, subscribed: bool, resync: bool) {
+        self.subscribed.store(subscribed, Ordering::Release);
+        if resync {
+            self.resyncs.fetch_add(1, Ordering::AcqRel);
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves with the new snapshot once it differs from `seen`. Interest is registered
+    /// before comparing, so a change between a caller's storage read and this call is never
+    /// missed (the lost-wake-up race of a bare `notify_waiters`).
+    pub async fn changed(&self, seen: Signal) -> Signal {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.snapshot();
+            if now != seen {
+                return now;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// A control signal on the control channel (seed `004_*`).
@@ -51,12 +113,7 @@ impl Control {
     pub fn parse(payload: &str) -> Option<Control> {
         let word = serde_json::from_str::<serde_json::Value>(payload)
             .ok()
-            .and_then(|v| {
-                v.get("type")
-                    .or_else(|| v.get("signal"))
-                    .and_then(|t| t.as_str())
-                    .map(str::to_string)
-            })
+            .and_then(|v| v.get("type").or_else(|| v.get("signal")).and_then(|t| t.as_str()).map(str::to_string))
             .unwrap_or_else(|| payload.trim().to_string());
         match word.to_ascii_lowercase().as_str() {
             "reset" => Some(Control::Reset),
@@ -68,7 +125,7 @@ impl Control {
 
 struct Entry {
     refs: usize,
-    signal: Arc<watch::Sender<Signal>>,
+    state: Arc<ChannelState>,
     /// Message payloads, for consumers that use them (streams, fan-out, pub/sub-only).
     messages: Option<broadcast::Sender<Arc<str>>>,
 }
@@ -78,7 +135,8 @@ struct Inner {
     url: String,
     label: &'static str,
     channels: Mutex<HashMap<String, Entry>>,
-    kick: mpsc::UnboundedSender<()>,
+    /// Channels whose wanted state changed; the task syncs just those.
+    kick: mpsc::UnboundedSender<String>,
     connected: watch::Sender<bool>,
     control: broadcast::Sender<Control>,
     reconnects: AtomicU64,
@@ -86,19 +144,14 @@ struct Inner {
 }
 
 impl Inner {
-    fn kick(&self) {
-        let _ = self.kick.send(());
+    fn kick(&self, channel: &str) {
+        let _ = self.kick.send(channel.to_string());
     }
 
     fn mark_all(&self, subscribed: bool, resync: bool) {
         let channels = self.channels.lock().expect("hub lock");
         for e in channels.values() {
-            e.signal.send_modify(|s| {
-                s.subscribed = subscribed;
-                if resync {
-                    s.resyncs += 1;
-                }
-            });
+            e.state.set(subscribed, resync);
         }
     }
 }
@@ -128,7 +181,7 @@ impl Drop for Owner {
 pub struct Subscription {
     inner: Arc<Inner>,
     channel: String,
-    pub signal: watch::Receiver<Signal>,
+    pub state: Arc<ChannelState>,
     pub messages: Option<broadcast::Receiver<Arc<str>>>,
     connected: watch::Receiver<bool>,
 }
@@ -152,14 +205,8 @@ impl Hub {
             cancel: CancellationToken::new(),
         });
         let task = tokio::spawn(run(inner.clone(), kick_rx));
-        let owner = Owner {
-            cancel: inner.cancel.clone(),
-            task: Mutex::new(Some(task)),
-        };
-        Hub {
-            inner,
-            owner: Arc::new(owner),
-        }
+        let owner = Owner { cancel: inner.cancel.clone(), task: Mutex::new(Some(task)) };
+        Hub { inner, owner: Arc::new(owner) }
     }
 
     /// Adds a reference to `channel`, subscribing it if it is the first. With
@@ -170,11 +217,7 @@ impl Hub {
         let mut first = false;
         let entry = channels.entry(channel.to_string()).or_insert_with(|| {
             first = true;
-            Entry {
-                refs: 0,
-                signal: Arc::new(watch::channel(Signal::default()).0),
-                messages: None,
-            }
+            Entry { refs: 0, state: Arc::new(ChannelState::default()), messages: None }
         });
         entry.refs += 1;
         if messages_capacity > 0 && entry.messages.is_none() {
@@ -183,16 +226,15 @@ impl Hub {
         let sub = Subscription {
             inner: self.inner.clone(),
             channel: channel.to_string(),
-            signal: entry.signal.subscribe(),
-            messages: (messages_capacity > 0)
-                .then(|| entry.messages.as_ref().expect("created above").subscribe()),
+            state: entry.state.clone(),
+            messages: (messages_capacity > 0).then(|| entry.messages.as_ref().expect("created above").subscribe()),
             connected: self.inner.connected.subscribe(),
         };
         let count = channels.len();
         drop(channels);
         if first {
             metrics::gauge!(m::ACTIVE_SUBSCRIPTIONS, "impl" => self.inner.label).set(count as f64);
-            self.inner.kick();
+            self.inner.kick(channel);
         }
         sub
     }
@@ -232,14 +274,15 @@ impl Subscription {
     pub async fn wait_subscribed(&mut self, limit: Duration) -> bool {
         let wait = async {
             loop {
-                if self.signal.borrow().subscribed {
+                let seen = self.state.snapshot();
+                if seen.subscribed {
                     return true;
                 }
                 if !*self.connected.borrow_and_update() {
                     return false;
                 }
                 tokio::select! {
-                    r = self.signal.changed() => if r.is_err() { return false },
+                    _ = self.state.changed(seen) => {}
                     r = self.connected.changed() => if r.is_err() { return false },
                 }
             }
@@ -267,7 +310,7 @@ impl Drop for Subscription {
             let count = channels.len();
             drop(channels);
             metrics::gauge!(m::ACTIVE_SUBSCRIPTIONS, "impl" => self.inner.label).set(count as f64);
-            self.inner.kick();
+            self.inner.kick(&self.channel);
         }
     }
 }
@@ -277,7 +320,7 @@ enum Ended {
     Lost(&'static str),
 }
 
-async fn run(inner: Arc<Inner>, mut kick_rx: mpsc::UnboundedReceiver<()>) {
+async fn run(inner: Arc<Inner>, mut kick_rx: mpsc::UnboundedReceiver<String>) {
     let mut attempt: u32 = 0;
     loop {
         match session(&inner, &mut kick_rx, &mut attempt).await {
@@ -286,14 +329,10 @@ async fn run(inner: Arc<Inner>, mut kick_rx: mpsc::UnboundedReceiver<()>) {
                 inner.connected.send_replace(false);
                 inner.mark_all(false, false);
                 inner.reconnects.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(m::RECONNECTIONS, "impl" => inner.label, "reason" => reason)
-                    .increment(1);
+                metrics::counter!(m::RECONNECTIONS, "impl" => inner.label, "reason" => reason).increment(1);
                 tracing::debug!(reason, attempt, "subscriber connection lost; reconnecting");
-                let delay = backoff_delay(
-                    attempt,
-                    inner.config.reconnect_delay_ms_min,
-                    inner.config.reconnect_delay_ms_max,
-                );
+                let delay =
+                    backoff_delay(attempt, inner.config.reconnect_delay_ms_min, inner.config.reconnect_delay_ms_max);
                 attempt = attempt.saturating_add(1);
                 tokio::select! {
                     _ = inner.cancel.cancelled() => break,
@@ -306,11 +345,7 @@ async fn run(inner: Arc<Inner>, mut kick_rx: mpsc::UnboundedReceiver<()>) {
     inner.mark_all(false, false);
 }
 
-async fn session(
-    inner: &Arc<Inner>,
-    kick_rx: &mut mpsc::UnboundedReceiver<()>,
-    attempt: &mut u32,
-) -> Ended {
+async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<String>, attempt: &mut u32) -> Ended {
     let cfg = &inner.config;
     let connect_limit = Duration::from_millis(cfg.connect_timeout_ms);
     let command_limit = Duration::from_millis(cfg.command_timeout_ms);
@@ -328,14 +363,13 @@ async fn session(
     };
     let (mut sink, mut stream) = pubsub.split();
     let control = cfg.keys.control_channel();
-    if !matches!(
-        tokio::time::timeout(command_limit, sink.subscribe(&control)).await,
-        Ok(Ok(()))
-    ) {
+    if !matches!(tokio::time::timeout(command_limit, sink.subscribe(&control)).await, Ok(Ok(()))) {
         return Ended::Lost("subscribe failed");
     }
     let mut confirmed: HashSet<String> = HashSet::new();
-    if sync(inner, &mut sink, &mut confirmed).await.is_err() {
+    // A fresh connection syncs everything; changes queued while down are covered by it.
+    while kick_rx.try_recv().is_ok() {}
+    if sync(inner, &mut sink, &mut confirmed, None).await.is_err() {
         return Ended::Lost("subscribe failed");
     }
     *attempt = 0;
@@ -352,9 +386,12 @@ async fn session(
                 None => return Ended::Lost("connection closed"),
                 Some(msg) => dispatch(inner, &control, &msg),
             },
-            Some(()) = kick_rx.recv() => {
-                while kick_rx.try_recv().is_ok() {}
-                if sync(inner, &mut sink, &mut confirmed).await.is_err() {
+            Some(first) = kick_rx.recv() => {
+                let mut changed = HashSet::from([first]);
+                while let Ok(name) = kick_rx.try_recv() {
+                    changed.insert(name);
+                }
+                if sync(inner, &mut sink, &mut confirmed, Some(changed)).await.is_err() {
                     return Ended::Lost("subscribe failed");
                 }
             }
@@ -368,33 +405,37 @@ async fn session(
     }
 }
 
-/// Brings the connection's subscriptions in line with the wanted channels, one SUBSCRIBE and
-/// one UNSUBSCRIBE for all changes, and marks confirmed channels as subscribed.
+/// Brings the connection's subscriptions in line with the wanted channels (all of them, or
+/// just the `changed` ones, so a registration costs O(1) even with 10,000 channels wanted),
+/// with one SUBSCRIBE and one UNSUBSCRIBE for all changes, and marks confirmed channels.
 async fn sync(
     inner: &Inner,
     sink: &mut redis::aio::PubSubSink,
     confirmed: &mut HashSet<String>,
+    changed: Option<HashSet<String>>,
 ) -> Result<(), ()> {
     let limit = Duration::from_millis(inner.config.command_timeout_ms);
-    let (to_sub, to_unsub) = {
+    let (to_sub, to_unsub, already) = {
         let channels = inner.channels.lock().expect("hub lock");
-        let to_sub: Vec<String> = channels
-            .keys()
-            .filter(|c| !confirmed.contains(*c))
-            .cloned()
-            .collect();
-        let to_unsub: Vec<String> = confirmed
-            .iter()
-            .filter(|c| !channels.contains_key(*c))
-            .cloned()
-            .collect();
-        (to_sub, to_unsub)
+        let candidates: HashSet<String> = match changed {
+            Some(names) => names,
+            None => channels.keys().chain(confirmed.iter()).cloned().collect(),
+        };
+        let (mut to_sub, mut to_unsub, mut already) = (Vec::new(), Vec::new(), Vec::new());
+        for name in candidates {
+            match (channels.contains_key(&name), confirmed.contains(&name)) {
+                (true, false) => to_sub.push(name),
+                (false, true) => to_unsub.push(name),
+                // Dropped and re-added between two syncs: never unsubscribed at the server,
+                // but its new entry starts unconfirmed.
+                (true, true) => already.push(name),
+                (false, false) => {}
+            }
+        }
+        (to_sub, to_unsub, already)
     };
     if !to_unsub.is_empty() {
-        if !matches!(
-            tokio::time::timeout(limit, sink.unsubscribe(&to_unsub)).await,
-            Ok(Ok(()))
-        ) {
+        if !matches!(tokio::time::timeout(limit, sink.unsubscribe(&to_unsub)).await, Ok(Ok(()))) {
             return Err(());
         }
         for c in &to_unsub {
@@ -402,20 +443,17 @@ async fn sync(
         }
     }
     if !to_sub.is_empty() {
-        if !matches!(
-            tokio::time::timeout(limit, sink.subscribe(&to_sub)).await,
-            Ok(Ok(()))
-        ) {
+        if !matches!(tokio::time::timeout(limit, sink.subscribe(&to_sub)).await, Ok(Ok(()))) {
             return Err(());
         }
-        confirmed.extend(to_sub);
+        confirmed.extend(to_sub.iter().cloned());
     }
-    // Mark every confirmed channel, including one dropped and re-added between two syncs
-    // (never unsubscribed at the server, but its new entry starts unconfirmed).
     let channels = inner.channels.lock().expect("hub lock");
-    for (name, e) in channels.iter() {
-        if confirmed.contains(name) && !e.signal.borrow().subscribed {
-            e.signal.send_modify(|s| s.subscribed = true);
+    for name in to_sub.iter().chain(already.iter()) {
+        if let Some(e) = channels.get(name) {
+            if !e.state.snapshot().subscribed {
+                e.state.set(true, false);
+            }
         }
     }
     Ok(())
@@ -433,7 +471,7 @@ fn dispatch(inner: &Inner, control: &str, msg: &redis::Msg) {
     }
     let channels = inner.channels.lock().expect("hub lock");
     if let Some(e) = channels.get(channel) {
-        e.signal.send_modify(|s| s.messages += 1);
+        e.state.bump_messages();
         if let Some(tx) = &e.messages {
             let _ = tx.send(Arc::from(payload));
         }
@@ -448,14 +486,8 @@ mod tests {
     fn control_signals_parse_in_both_shapes() {
         assert_eq!(Control::parse("RESET"), Some(Control::Reset));
         assert_eq!(Control::parse(" shutdown\n"), Some(Control::Shutdown));
-        assert_eq!(
-            Control::parse(r#"{"type": "RESET", "symbol": "ES"}"#),
-            Some(Control::Reset)
-        );
-        assert_eq!(
-            Control::parse(r#"{"signal": "shutdown"}"#),
-            Some(Control::Shutdown)
-        );
+        assert_eq!(Control::parse(r#"{"type": "RESET", "symbol": "ES"}"#), Some(Control::Reset));
+        assert_eq!(Control::parse(r#"{"signal": "shutdown"}"#), Some(Control::Shutdown));
         assert_eq!(Control::parse("completed"), None);
     }
 }

@@ -16,9 +16,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Keys {
-        Keys {
-            prefix: prefix.into(),
-        }
+        Keys { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {
@@ -62,10 +60,7 @@ mod tests {
     #[test]
     fn empty_prefix_is_the_seed_schema() {
         let k = Keys::default();
-        assert_eq!(
-            k.feedback_response("deploy_abc123"),
-            "feedback:response:deploy_abc123"
-        );
+        assert_eq!(k.feedback_response("deploy_abc123"), "feedback:response:deploy_abc123");
         assert_eq!(k.feedback_request("x"), "feedback:request:x");
         assert_eq!(k.feedback_channel("x"), "feedback:x");
         assert_eq!(k.stream_chunks("t"), "stream:t:chunks");

@@ -44,7 +44,5 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
 
 /// The current exposition text, or an empty string without a Prometheus recorder.
 pub fn render() -> String {
-    prometheus()
-        .map(PrometheusHandle::render)
-        .unwrap_or_default()
+    prometheus().map(PrometheusHandle::render).unwrap_or_default()
 }

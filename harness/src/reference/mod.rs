@@ -153,19 +153,13 @@ impl Config {
 /// Full jitter spreads reconnecting clients apart so a restarted Redis is not hit by all of
 /// them in the same millisecond.
 pub fn backoff_delay(attempt: u32, min_ms: u64, max_ms: u64) -> Duration {
-    let cap = min_ms
-        .saturating_mul(1u64 << attempt.min(20))
-        .min(max_ms)
-        .max(1);
+    let cap = min_ms.saturating_mul(1u64 << attempt.min(20)).min(max_ms).max(1);
     Duration::from_millis(rand::rng().random_range(0..=cap))
 }
 
 /// The command connection: one per process, reconnecting by itself (redis-rs
 /// `ConnectionManager`), with bounded connect and response times.
-pub async fn command_connection(
-    url: &str,
-    config: &Config,
-) -> Result<redis::aio::ConnectionManager> {
+pub async fn command_connection(url: &str, config: &Config) -> Result<redis::aio::ConnectionManager> {
     let client = redis::Client::open(url)?;
     let mgr = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
@@ -173,12 +167,7 @@ pub async fn command_connection(
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(config.reconnect_delay_ms_max));
     let connect = client.get_connection_manager_with_config(mgr);
-    match tokio::time::timeout(
-        Duration::from_millis(config.connect_timeout_ms * 3),
-        connect,
-    )
-    .await
-    {
+    match tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms * 3), connect).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(Error::ConnectTimeout(config.connect_timeout_ms * 3)),
     }
@@ -268,10 +257,7 @@ pub fn response_fields(id: &str, payload: &serde_json::Map<String, serde_json::V
     f.insert("feedback_id".into(), id.to_string());
     f.insert("response_type".into(), "approval".into());
     f.insert("approved".into(), "true".into());
-    f.insert(
-        "responded_at".into(),
-        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-    );
+    f.insert("responded_at".into(), humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
     for (k, v) in payload {
         let text = match v {
             serde_json::Value::String(s) => s.clone(),

@@ -67,11 +67,7 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(failures_max: u32, reset: Duration) -> Breaker {
-        Breaker {
-            state: Mutex::new(BreakerState::Closed { failures: 0 }),
-            failures_max: failures_max.max(1),
-            reset,
-        }
+        Breaker { state: Mutex::new(BreakerState::Closed { failures: 0 }), failures_max: failures_max.max(1), reset }
     }
 
     /// Whether a call may go ahead now. An open breaker past its reset time turns half-open
@@ -96,13 +92,9 @@ impl Breaker {
         let mut s = self.state.lock().expect("breaker lock");
         *s = match *s {
             BreakerState::Closed { failures } if failures + 1 < self.failures_max => {
-                BreakerState::Closed {
-                    failures: failures + 1,
-                }
+                BreakerState::Closed { failures: failures + 1 }
             }
-            _ => BreakerState::Open {
-                until: Instant::now() + self.reset,
-            },
+            _ => BreakerState::Open { until: Instant::now() + self.reset },
         };
     }
 
@@ -130,16 +122,8 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(conn: ConnectionManager, config: Config, label: &'static str) -> Publisher {
-        let breaker = Breaker::new(
-            config.breaker_failures_max,
-            Duration::from_millis(config.breaker_reset_ms),
-        );
-        Publisher {
-            conn,
-            config,
-            breaker,
-            label,
-        }
+        let breaker = Breaker::new(config.breaker_failures_max, Duration::from_millis(config.breaker_reset_ms));
+        Publisher { conn, config, breaker, label }
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -147,11 +131,7 @@ impl Publisher {
     }
 
     /// Runs `cmd` with retries on connection errors, through the breaker.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        what: &str,
-        cmd: &redis::Pipeline,
-    ) -> Result<T, String> {
+    async fn run<T: redis::FromRedisValue>(&self, what: &str, cmd: &redis::Pipeline) -> Result<T, String> {
         if !self.breaker.allow() {
             self.report_breaker();
             return Err(format!("{what}: circuit open"));
@@ -159,10 +139,8 @@ impl Publisher {
         let mut last = String::new();
         for attempt in 0..self.config.publish_attempts_max.max(1) {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(
-                    self.config.publish_backoff_ms << (attempt - 1).min(10),
-                ))
-                .await;
+                tokio::time::sleep(Duration::from_millis(self.config.publish_backoff_ms << (attempt - 1).min(10)))
+                    .await;
             }
             let mut conn = self.conn.clone();
             match cmd.query_async::<T>(&mut conn).await {
@@ -191,25 +169,20 @@ impl Publisher {
 
     /// Writes `store` atomically (the commit point), then publishes `message` on `channel`
     /// if given.
-    pub async fn commit(
-        &self,
-        store: Option<redis::Pipeline>,
-        notify: Option<(&str, &str)>,
-    ) -> PublishOutcome {
+    pub async fn commit(&self, store: Option<redis::Pipeline>, notify: Option<(&str, &str)>) -> PublishOutcome {
         let started = Instant::now();
         let outcome = self.commit_inner(store, notify).await;
-        metrics::histogram!(m::PUBLISH_DURATION, "impl" => self.label)
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::PUBLISHED, "impl" => self.label, "status" => outcome.status())
-            .increment(1);
+        metrics::histogram!(m::PUBLISH_DURATION, "impl" => self.label).record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::PUBLISHED, "impl" => self.label, "status" => outcome.status()).increment(1);
         outcome
     }
 
-    async fn commit_inner(
-        &self,
-        store: Option<redis::Pipeline>,
-        notify: Option<(&str, &str)>,
-    ) -> PublishOutcome {
+    async fn commit_inner(&self, store: Option<redis::Pipeline>, notify: Option<(&str, &str)>) -> PublishOutcome {
+        if let (Some(store), Some((channel, message))) = (&store, notify) {
+            if let Some(outcome) = self.commit_one_trip(store, channel, message).await {
+                return outcome;
+            }
+        }
         let stored = store.is_some();
         if let Some(mut pipe) = store {
             pipe.atomic();
@@ -227,6 +200,30 @@ impl Publisher {
             Err(reason) if stored => PublishOutcome::StoredNotNotified { reason },
             Err(reason) => PublishOutcome::Failed { reason },
         }
+    }
+}
+
+impl Publisher {
+    /// The common case in one round trip: `MULTI; <store>; EXEC; PUBLISH`. The transaction
+    /// still commits before the hint is sent (Redis runs a connection's commands in order).
+    /// Any error, or a breaker that is not closed, returns `None` and the caller takes the
+    /// step-by-step path, which retries and tells "stored" from "not stored" exactly.
+    async fn commit_one_trip(&self, store: &redis::Pipeline, channel: &str, message: &str) -> Option<PublishOutcome> {
+        if !matches!(self.breaker.state(), BreakerState::Closed { .. }) {
+            return None;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MULTI").ignore();
+        for c in store.cmd_iter() {
+            pipe.add_command(c.clone()).ignore();
+        }
+        pipe.cmd("EXEC").ignore();
+        pipe.publish(channel, message);
+        let mut conn = self.conn.clone();
+        let (subscribers,): (u64,) = pipe.query_async(&mut conn).await.ok()?;
+        self.breaker.success();
+        self.report_breaker();
+        Some(PublishOutcome::Notified { subscribers })
     }
 }
 
@@ -268,9 +265,6 @@ mod tests {
         b.failure();
         b.success();
         b.failure();
-        assert!(
-            b.allow(),
-            "failures must be consecutive to open the breaker"
-        );
+        assert!(b.allow(), "failures must be consecutive to open the breaker");
     }
 }

@@ -34,19 +34,11 @@ pub struct Chunk {
 
 impl Chunk {
     pub fn content(index: u64, content: impl Into<String>) -> Chunk {
-        Chunk {
-            chunk_index: index,
-            chunk_type: "content".into(),
-            content: content.into(),
-        }
+        Chunk { chunk_index: index, chunk_type: "content".into(), content: content.into() }
     }
 
     pub fn last(index: u64, content: impl Into<String>) -> Chunk {
-        Chunk {
-            chunk_index: index,
-            chunk_type: "final".into(),
-            content: content.into(),
-        }
+        Chunk { chunk_index: index, chunk_type: "final".into(), content: content.into() }
     }
 
     pub fn is_final(&self) -> bool {
@@ -73,15 +65,9 @@ impl StreamProducer {
         let json = serde_json::to_string(chunk).expect("chunk serialises");
         let key = self.config.keys.stream_chunks(task);
         let mut store = redis::pipe();
-        store
-            .rpush(&key, &json)
-            .ignore()
-            .expire(&key, self.config.stream_ttl_s as i64)
-            .ignore();
+        store.rpush(&key, &json).ignore().expire(&key, self.config.stream_ttl_s as i64).ignore();
         let channel = self.config.keys.stream_channel(task);
-        self.publisher
-            .commit(Some(store), Some((&channel, &json)))
-            .await
+        self.publisher.commit(Some(store), Some((&channel, &json))).await
     }
 }
 
@@ -102,11 +88,7 @@ pub struct StreamConsumer {
 }
 
 impl StreamConsumer {
-    pub async fn connect(
-        command_url: &str,
-        subscriber_url: &str,
-        config: Config,
-    ) -> Result<StreamConsumer> {
+    pub async fn connect(command_url: &str, subscriber_url: &str, config: Config) -> Result<StreamConsumer> {
         let conn = command_connection(command_url, &config).await?;
         let hub = Hub::start(subscriber_url, config.clone(), "stream-consumer");
         Ok(StreamConsumer { config, conn, hub })
@@ -127,24 +109,17 @@ impl StreamConsumer {
     ) -> Result<FollowEnd> {
         let deadline = Instant::now() + timeout;
         let key = self.config.keys.stream_chunks(task);
-        let mut sub = self.hub.subscribe(
-            &self.config.keys.stream_channel(task),
-            CONSUMER_MESSAGES_MAX,
-        );
+        let mut sub = self.hub.subscribe(&self.config.keys.stream_channel(task), CONSUMER_MESSAGES_MAX);
         let cap = Duration::from_millis(self.config.subscribe_wait_ms_max).min(timeout);
         sub.wait_subscribed(cap).await;
         let mut messages = sub.messages.take().expect("asked for messages");
-        let mut cursor = Cursor {
-            next_index: from,
-            list_pos: from,
-            delivered: 0,
-            finished: false,
-        };
+        let mut cursor = Cursor { next_index: from, list_pos: from, delivered: 0, finished: false };
         let mut list_reads = 0u64;
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let mut reread = true;
-        let (mut hub_alive, mut messages_open) = (true, true);
-        let mut seen_resyncs = sub.signal.borrow().resyncs;
+        let mut messages_open = true;
+        let mut seen = sub.state.snapshot();
+        let mut seen_resyncs = seen.resyncs;
         loop {
             if reread {
                 match self.read_list(&key, cursor.list_pos).await {
@@ -160,25 +135,18 @@ impl StreamConsumer {
                 reread = false;
             }
             if cursor.finished {
-                return Ok(FollowEnd::Finished {
-                    delivered: cursor.delivered,
-                    list_reads,
-                });
+                return Ok(FollowEnd::Finished { delivered: cursor.delivered, list_reads });
             }
             if Instant::now() >= deadline {
-                return Ok(FollowEnd::TimedOut {
-                    delivered: cursor.delivered,
-                    list_reads,
-                });
+                return Ok(FollowEnd::TimedOut { delivered: cursor.delivered, list_reads });
             }
             tokio::select! {
                 _ = sleep_until(deadline.min(Instant::now() + poll)) => reread = true,
                 // A resubscribe after a reconnect: what was published meanwhile is only in the list.
-                r = sub.signal.changed(), if hub_alive => {
-                    hub_alive = r.is_ok();
-                    let resyncs = sub.signal.borrow_and_update().resyncs;
-                    if resyncs != seen_resyncs {
-                        seen_resyncs = resyncs;
+                now = sub.state.changed(seen) => {
+                    seen = now;
+                    if now.resyncs != seen_resyncs {
+                        seen_resyncs = now.resyncs;
                         reread = true;
                     }
                 }
@@ -202,17 +170,9 @@ impl StreamConsumer {
 
     async fn read_list(&self, key: &str, from: u64) -> Result<Vec<Chunk>> {
         let mut c = self.conn.clone();
-        let raw: Vec<String> = redis::cmd("LRANGE")
-            .arg(key)
-            .arg(from as i64)
-            .arg(-1)
-            .query_async(&mut c)
-            .await?;
+        let raw: Vec<String> = redis::cmd("LRANGE").arg(key).arg(from as i64).arg(-1).query_async(&mut c).await?;
         raw.iter()
-            .map(|r| {
-                serde_json::from_str(r)
-                    .map_err(|e| Error::Payload(format!("bad chunk in {key}: {e}")))
-            })
+            .map(|r| serde_json::from_str(r).map_err(|e| Error::Payload(format!("bad chunk in {key}: {e}"))))
             .collect()
     }
 
@@ -252,12 +212,7 @@ mod tests {
     #[test]
     fn cursor_delivers_in_order_once_and_stops_at_final() {
         let mut got = Vec::new();
-        let mut cur = Cursor {
-            next_index: 0,
-            list_pos: 0,
-            delivered: 0,
-            finished: false,
-        };
+        let mut cur = Cursor { next_index: 0, list_pos: 0, delivered: 0, finished: false };
         let chunks = [
             Chunk::content(0, "a"),
             Chunk::content(0, "a"),

@@ -32,12 +32,7 @@ pub enum Error {
     #[error("Toxiproxy at {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("Toxiproxy answered {status} to {method} {path}: {message}")]
-    Api {
-        status: u16,
-        method: &'static str,
-        path: String,
-        message: String,
-    },
+    Api { status: u16, method: &'static str, path: String, message: String },
     #[error("Toxiproxy client error: {0}")]
     Client(String),
     #[error("could not start the embedded Toxiproxy server: {0}")]
@@ -66,23 +61,16 @@ pub struct ToxiproxyClient {
 
 impl std::fmt::Debug for ToxiproxyClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ToxiproxyClient")
-            .field("url", &self.url)
-            .finish()
+        f.debug_struct("ToxiproxyClient").field("url", &self.url).finish()
     }
 }
 
 impl ToxiproxyClient {
     /// `url` is `http://host:port` (what `TOXIPROXY_URL` holds).
     pub fn new(url: &str) -> Result<ToxiproxyClient> {
-        let bad = |reason: &str| Error::BadUrl {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        let hostport = url
-            .trim_end_matches('/')
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("must start with http://"))?;
+        let bad = |reason: &str| Error::BadUrl { url: url.to_string(), reason: reason.to_string() };
+        let hostport =
+            url.trim_end_matches('/').strip_prefix("http://").ok_or_else(|| bad("must start with http://"))?;
         if hostport.is_empty() || hostport.contains('/') {
             return Err(bad("expected http://host:port"));
         }
@@ -107,11 +95,7 @@ impl ToxiproxyClient {
         let tp = std::thread::spawn(move || toxiproxy_rust::client::Client::new(addr))
             .join()
             .map_err(|_| Error::Client("building the toxiproxy_rust client panicked".into()))?;
-        Ok(ToxiproxyClient {
-            url: format!("http://{hostport}"),
-            tp,
-            http,
-        })
+        Ok(ToxiproxyClient { url: format!("http://{hostport}"), tp, http })
     }
 
     pub fn url(&self) -> &str {
@@ -128,58 +112,31 @@ impl ToxiproxyClient {
         let me = self.clone();
         match tokio::task::spawn_blocking(move || f(me)).await {
             Ok(r) => r,
-            Err(e) if e.is_panic() => Err(Error::Client(format!(
-                "client panicked: {:?}",
-                panic_message(e.into_panic())
-            ))),
+            Err(e) if e.is_panic() => {
+                Err(Error::Client(format!("client panicked: {:?}", panic_message(e.into_panic()))))
+            }
             Err(e) => Err(Error::Client(e.to_string())),
         }
     }
 
-    fn request(
-        &self,
-        method: &'static str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, String)> {
+    fn request(&self, method: &'static str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
         let url = format!("{}{}", self.url, path);
-        let m =
-            reqwest::Method::from_bytes(method.as_bytes()).expect("static method names are valid");
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("static method names are valid");
         let mut req = self.http.request(m, &url);
         if let Some(b) = body {
-            req = req
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
+            req = req.header("Content-Type", "application/json").body(b.to_string());
         }
-        let resp = req.send().map_err(|e| Error::Unreachable {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })?;
+        let resp = req.send().map_err(|e| Error::Unreachable { url: self.url.clone(), reason: e.to_string() })?;
         let status = resp.status().as_u16();
-        let text = resp.text().map_err(|e| Error::Unreachable {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })?;
+        let text = resp.text().map_err(|e| Error::Unreachable { url: self.url.clone(), reason: e.to_string() })?;
         if status >= 400 {
-            let message = serde_json::from_str::<ErrorJson>(&text)
-                .map(|e| e.error)
-                .unwrap_or(text);
-            return Err(Error::Api {
-                status,
-                method,
-                path: path.to_string(),
-                message,
-            });
+            let message = serde_json::from_str::<ErrorJson>(&text).map(|e| e.error).unwrap_or(text);
+            return Err(Error::Api { status, method, path: path.to_string(), message });
         }
         Ok((status, text))
     }
 
-    fn request_json<T: DeserializeOwned>(
-        &self,
-        method: &'static str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<T> {
+    fn request_json<T: DeserializeOwned>(&self, method: &'static str, path: &str, body: Option<&Value>) -> Result<T> {
         let (_, text) = self.request(method, path, body)?;
         serde_json::from_str(&text)
             .map_err(|e| Error::Client(format!("{method} {path}: unexpected answer {text:?}: {e}")))
@@ -187,15 +144,11 @@ impl ToxiproxyClient {
 
     /// Server version string (the raw body, as `toxiproxy_rust` returns it).
     pub async fn version(&self) -> Result<String> {
-        self.blocking(|c| c.tp.version().map_err(|e| c.unreachable(e)))
-            .await
+        self.blocking(|c| c.tp.version().map_err(|e| c.unreachable(e))).await
     }
 
     fn unreachable(&self, reason: String) -> Error {
-        Error::Unreachable {
-            url: self.url.clone(),
-            reason,
-        }
+        Error::Unreachable { url: self.url.clone(), reason }
     }
 
     /// Creates or replaces proxies (`POST /populate`), returning them as the server shows them
@@ -205,9 +158,7 @@ impl ToxiproxyClient {
         self.blocking(move |c| {
             let packs = proxies
                 .into_iter()
-                .map(|(name, listen, upstream)| {
-                    toxiproxy_rust::proxy::ProxyPack::new(name, listen, upstream)
-                })
+                .map(|(name, listen, upstream)| toxiproxy_rust::proxy::ProxyPack::new(name, listen, upstream))
                 .collect();
             c.tp.populate(packs).map_err(|e| c.unreachable(e))?;
             Ok(())
@@ -225,26 +176,18 @@ impl ToxiproxyClient {
     /// One proxy, with its toxics.
     pub async fn proxy(&self, name: &str) -> Result<ProxyJson> {
         let path = format!("/proxies/{name}");
-        self.blocking(move |c| c.request_json("GET", &path, None))
-            .await
+        self.blocking(move |c| c.request_json("GET", &path, None)).await
     }
 
     /// Creates a proxy (`POST /proxies`); 409 if the name is taken.
-    pub async fn create_proxy(
-        &self,
-        name: &str,
-        listen: &str,
-        upstream: &str,
-    ) -> Result<ProxyJson> {
+    pub async fn create_proxy(&self, name: &str, listen: &str, upstream: &str) -> Result<ProxyJson> {
         let body = serde_json::json!({ "name": name, "listen": listen, "upstream": upstream, "enabled": true });
-        self.blocking(move |c| c.request_json("POST", "/proxies", Some(&body)))
-            .await
+        self.blocking(move |c| c.request_json("POST", "/proxies", Some(&body))).await
     }
 
     pub async fn delete_proxy(&self, name: &str) -> Result<()> {
         let path = format!("/proxies/{name}");
-        self.blocking(move |c| c.request("DELETE", &path, None).map(|_| ()))
-            .await
+        self.blocking(move |c| c.request("DELETE", &path, None).map(|_| ())).await
     }
 
     /// Enables or disables a proxy. Disabled: its listener is closed (connections refused) and
@@ -253,48 +196,38 @@ impl ToxiproxyClient {
         let owned = name.to_string();
         self.blocking(move |c| {
             let proxy = c.tp.find_proxy(&owned).map_err(|e| c.unreachable(e))?;
-            let r = if enabled {
-                proxy.enable()
-            } else {
-                proxy.disable()
-            };
+            let r = if enabled { proxy.enable() } else { proxy.disable() };
             r.map_err(|e| c.unreachable(e))
         })
         .await?;
         let now = self.proxy(name).await?;
         if now.enabled != enabled {
-            return Err(Error::Client(format!(
-                "proxy {name} did not become enabled={enabled}"
-            )));
+            return Err(Error::Client(format!("proxy {name} did not become enabled={enabled}")));
         }
         Ok(())
     }
 
     /// Re-enables every proxy and removes every toxic.
     pub async fn reset(&self) -> Result<()> {
-        self.blocking(|c| c.tp.reset().map_err(|e| c.unreachable(e)))
-            .await
+        self.blocking(|c| c.tp.reset().map_err(|e| c.unreachable(e))).await
     }
 
     /// Adds a toxic (`POST /proxies/{proxy}/toxics`).
     pub async fn add_toxic(&self, proxy: &str, toxic: &Toxic) -> Result<ToxicJson> {
         let path = format!("/proxies/{proxy}/toxics");
         let body = serde_json::to_value(toxic.to_json()).expect("toxic JSON serialises");
-        self.blocking(move |c| c.request_json("POST", &path, Some(&body)))
-            .await
+        self.blocking(move |c| c.request_json("POST", &path, Some(&body))).await
     }
 
     /// Updates a toxic in place: `attributes` merge, `toxicity` replaces.
     pub async fn update_toxic(&self, proxy: &str, name: &str, update: Value) -> Result<ToxicJson> {
         let path = format!("/proxies/{proxy}/toxics/{name}");
-        self.blocking(move |c| c.request_json("PATCH", &path, Some(&update)))
-            .await
+        self.blocking(move |c| c.request_json("PATCH", &path, Some(&update))).await
     }
 
     pub async fn remove_toxic(&self, proxy: &str, name: &str) -> Result<()> {
         let path = format!("/proxies/{proxy}/toxics/{name}");
-        self.blocking(move |c| c.request("DELETE", &path, None).map(|_| ()))
-            .await
+        self.blocking(move |c| c.request("DELETE", &path, None).map(|_| ())).await
     }
 
     /// Removes every toxic of one proxy.
@@ -307,9 +240,7 @@ impl ToxiproxyClient {
         .await?;
         let left = self.proxy(proxy).await?.toxics.len();
         if left != 0 {
-            return Err(Error::Client(format!(
-                "{left} toxics remain on {proxy} after clearing"
-            )));
+            return Err(Error::Client(format!("{left} toxics remain on {proxy} after clearing")));
         }
         Ok(())
     }
@@ -324,13 +255,8 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 
 /// Where faults go: the embedded server (started here) or a real Toxiproxy at a URL.
 pub enum FaultProxy {
-    Embedded {
-        server: EmbeddedToxiproxy,
-        client: ToxiproxyClient,
-    },
-    External {
-        client: ToxiproxyClient,
-    },
+    Embedded { server: EmbeddedToxiproxy, client: ToxiproxyClient },
+    External { client: ToxiproxyClient },
 }
 
 impl FaultProxy {
@@ -350,9 +276,7 @@ impl FaultProxy {
     }
 
     pub async fn embedded(options: ServerOptions) -> Result<FaultProxy> {
-        let server = EmbeddedToxiproxy::start(([127, 0, 0, 1], 0).into(), options)
-            .await
-            .map_err(Error::Embedded)?;
+        let server = EmbeddedToxiproxy::start(([127, 0, 0, 1], 0).into(), options).await.map_err(Error::Embedded)?;
         let client = ToxiproxyClient::new(&server.url())?;
         Ok(FaultProxy::Embedded { server, client })
     }

@@ -51,11 +51,7 @@ pub enum ToxicKind {
     /// Resets the connection (TCP RST) `timeout_ms` after it sees the toxic.
     ResetPeer { timeout_ms: u64 },
     /// Splits data into pieces of `average_size` +- `size_variation` bytes, `delay_us` apart.
-    Slicer {
-        average_size: u64,
-        size_variation: u64,
-        delay_us: u64,
-    },
+    Slicer { average_size: u64, size_variation: u64, delay_us: u64 },
     /// Lets `bytes` bytes through, then closes the connection.
     LimitData { bytes: u64 },
 }
@@ -101,20 +97,13 @@ impl ToxicKind {
 
     fn values(&self) -> Vec<u64> {
         match *self {
-            ToxicKind::Latency {
-                latency_ms,
-                jitter_ms,
-            } => vec![latency_ms, jitter_ms],
+            ToxicKind::Latency { latency_ms, jitter_ms } => vec![latency_ms, jitter_ms],
             ToxicKind::Bandwidth { rate_kb_s } => vec![rate_kb_s],
             ToxicKind::SlowClose { delay_ms } => vec![delay_ms],
             ToxicKind::Timeout { timeout_ms } | ToxicKind::ResetPeer { timeout_ms } => {
                 vec![timeout_ms]
             }
-            ToxicKind::Slicer {
-                average_size,
-                size_variation,
-                delay_us,
-            } => {
+            ToxicKind::Slicer { average_size, size_variation, delay_us } => {
                 vec![average_size, size_variation, delay_us]
             }
             ToxicKind::LimitData { bytes } => vec![bytes],
@@ -123,19 +112,12 @@ impl ToxicKind {
 
     fn from_values(type_name: &str, v: &[u64]) -> Result<ToxicKind, ModelError> {
         Ok(match type_name {
-            "latency" => ToxicKind::Latency {
-                latency_ms: v[0],
-                jitter_ms: v[1],
-            },
+            "latency" => ToxicKind::Latency { latency_ms: v[0], jitter_ms: v[1] },
             "bandwidth" => ToxicKind::Bandwidth { rate_kb_s: v[0] },
             "slow_close" => ToxicKind::SlowClose { delay_ms: v[0] },
             "timeout" => ToxicKind::Timeout { timeout_ms: v[0] },
             "reset_peer" => ToxicKind::ResetPeer { timeout_ms: v[0] },
-            "slicer" => ToxicKind::Slicer {
-                average_size: v[0],
-                size_variation: v[1],
-                delay_us: v[2],
-            },
+            "slicer" => ToxicKind::Slicer { average_size: v[0], size_variation: v[1], delay_us: v[2] },
             "limit_data" => ToxicKind::LimitData { bytes: v[0] },
             _ => return Err(ModelError::InvalidType),
         })
@@ -144,19 +126,12 @@ impl ToxicKind {
     /// Toxiproxy's `attributes` object, every attribute present.
     pub fn attributes(&self) -> Map<String, Value> {
         let names = attribute_names(self.type_name()).expect("every kind has a table row");
-        names
-            .iter()
-            .zip(self.values())
-            .map(|(n, v)| (n.to_string(), Value::from(v)))
-            .collect()
+        names.iter().zip(self.values()).map(|(n, v)| (n.to_string(), Value::from(v))).collect()
     }
 
     /// Builds a kind from a type name and an attributes object. Missing attributes are 0, as
     /// Go's decoder leaves them; unknown ones are ignored, as Toxiproxy ignores them.
-    pub fn from_attributes(
-        type_name: &str,
-        attrs: &Map<String, Value>,
-    ) -> Result<ToxicKind, ModelError> {
+    pub fn from_attributes(type_name: &str, attrs: &Map<String, Value>) -> Result<ToxicKind, ModelError> {
         let names = attribute_names(type_name).ok_or(ModelError::InvalidType)?;
         Self::from_values(type_name, &vec![0; names.len()])?.merged(attrs)
     }
@@ -168,9 +143,7 @@ impl ToxicKind {
         for (i, name) in names.iter().enumerate() {
             if let Some(raw) = attrs.get(*name) {
                 values[i] = raw.as_u64().ok_or_else(|| {
-                    ModelError::BadBody(format!(
-                        "attribute {name:?} must be a non-negative integer, got {raw}"
-                    ))
+                    ModelError::BadBody(format!("attribute {name:?} must be a non-negative integer, got {raw}"))
                 })?;
             }
         }
@@ -193,12 +166,7 @@ impl Toxic {
     /// A toxic with Toxiproxy's default name (`<type>_<stream>`) and toxicity 1.
     pub fn new(kind: ToxicKind, stream: Stream) -> Toxic {
         let name = format!("{}_{}", kind.type_name(), stream.as_str());
-        Toxic {
-            name,
-            kind,
-            stream,
-            toxicity: 1.0,
-        }
+        Toxic { name, kind, stream, toxicity: 1.0 }
     }
 
     pub fn named(mut self, name: impl Into<String>) -> Toxic {
@@ -223,13 +191,8 @@ impl Toxic {
 
     /// Parses a create-toxic request body, filling Toxiproxy's defaults.
     pub fn from_request(body: &Value) -> Result<Toxic, ModelError> {
-        let obj = body
-            .as_object()
-            .ok_or_else(|| ModelError::BadBody("expected a JSON object".into()))?;
-        let type_name = obj
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or(ModelError::InvalidType)?;
+        let obj = body.as_object().ok_or_else(|| ModelError::BadBody("expected a JSON object".into()))?;
+        let type_name = obj.get("type").and_then(Value::as_str).ok_or(ModelError::InvalidType)?;
         let stream = match obj.get("stream") {
             None | Some(Value::Null) => Stream::Downstream,
             Some(Value::String(s)) => Stream::parse(s).ok_or(ModelError::InvalidStream)?,
@@ -256,9 +219,7 @@ impl Toxic {
     /// Applies an update-toxic body: attributes merge, toxicity replaces; name, type and stream
     /// stay (Toxiproxy does the same).
     pub fn updated(&self, body: &Value) -> Result<Toxic, ModelError> {
-        let obj = body
-            .as_object()
-            .ok_or_else(|| ModelError::BadBody("expected a JSON object".into()))?;
+        let obj = body.as_object().ok_or_else(|| ModelError::BadBody("expected a JSON object".into()))?;
         let mut next = self.clone();
         match obj.get("attributes") {
             None | Some(Value::Null) => {}
@@ -277,9 +238,7 @@ fn parse_toxicity(v: Option<&Value>) -> Result<Option<f32>, ModelError> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
             Some(t) if (0.0..=1.0).contains(&t) => Ok(Some(t as f32)),
-            _ => Err(ModelError::BadBody(format!(
-                "toxicity must be a number in [0, 1], got {v}"
-            ))),
+            _ => Err(ModelError::BadBody(format!("toxicity must be a number in [0, 1], got {v}"))),
         },
     }
 }
@@ -320,37 +279,18 @@ mod tests {
 
     #[test]
     fn defaults_follow_toxiproxy() {
-        let t = Toxic::from_request(&json!({"type": "latency", "attributes": {"latency": 100}}))
-            .unwrap();
+        let t = Toxic::from_request(&json!({"type": "latency", "attributes": {"latency": 100}})).unwrap();
         assert_eq!(t.name, "latency_downstream");
         assert_eq!(t.stream, Stream::Downstream);
         assert_eq!(t.toxicity, 1.0);
-        assert_eq!(
-            t.kind,
-            ToxicKind::Latency {
-                latency_ms: 100,
-                jitter_ms: 0
-            }
-        );
-        assert_eq!(
-            t.to_json().attributes,
-            json!({"latency": 100, "jitter": 0})
-                .as_object()
-                .unwrap()
-                .clone()
-        );
+        assert_eq!(t.kind, ToxicKind::Latency { latency_ms: 100, jitter_ms: 0 });
+        assert_eq!(t.to_json().attributes, json!({"latency": 100, "jitter": 0}).as_object().unwrap().clone());
     }
 
     #[test]
     fn refuses_what_toxiproxy_refuses() {
-        assert_eq!(
-            Toxic::from_request(&json!({"type": "nope"})),
-            Err(ModelError::InvalidType)
-        );
-        assert_eq!(
-            Toxic::from_request(&json!({"attributes": {}})),
-            Err(ModelError::InvalidType)
-        );
+        assert_eq!(Toxic::from_request(&json!({"type": "nope"})), Err(ModelError::InvalidType));
+        assert_eq!(Toxic::from_request(&json!({"attributes": {}})), Err(ModelError::InvalidType));
         assert_eq!(
             Toxic::from_request(&json!({"type": "timeout", "stream": "sideways"})),
             Err(ModelError::InvalidStream)
@@ -359,54 +299,28 @@ mod tests {
             Toxic::from_request(&json!({"type": "latency", "attributes": {"latency": -1}})),
             Err(ModelError::BadBody(_))
         ));
-        assert!(matches!(
-            Toxic::from_request(&json!({"type": "latency", "toxicity": 2})),
-            Err(ModelError::BadBody(_))
-        ));
+        assert!(matches!(Toxic::from_request(&json!({"type": "latency", "toxicity": 2})), Err(ModelError::BadBody(_))));
     }
 
     #[test]
     fn update_merges_attributes_and_keeps_identity() {
-        let t = Toxic::new(
-            ToxicKind::Slicer {
-                average_size: 10,
-                size_variation: 2,
-                delay_us: 5,
-            },
-            Stream::Upstream,
-        )
-        .named("s");
-        let u = t
-            .updated(&json!({"attributes": {"delay": 50}, "toxicity": 0.5, "name": "other"}))
-            .unwrap();
+        let t = Toxic::new(ToxicKind::Slicer { average_size: 10, size_variation: 2, delay_us: 5 }, Stream::Upstream)
+            .named("s");
+        let u = t.updated(&json!({"attributes": {"delay": 50}, "toxicity": 0.5, "name": "other"})).unwrap();
         assert_eq!(u.name, "s");
         assert_eq!(u.toxicity, 0.5);
-        assert_eq!(
-            u.kind,
-            ToxicKind::Slicer {
-                average_size: 10,
-                size_variation: 2,
-                delay_us: 50
-            }
-        );
+        assert_eq!(u.kind, ToxicKind::Slicer { average_size: 10, size_variation: 2, delay_us: 50 });
     }
 
     #[test]
     fn every_kind_round_trips_through_json() {
         let kinds = [
-            ToxicKind::Latency {
-                latency_ms: 1,
-                jitter_ms: 2,
-            },
+            ToxicKind::Latency { latency_ms: 1, jitter_ms: 2 },
             ToxicKind::Bandwidth { rate_kb_s: 3 },
             ToxicKind::SlowClose { delay_ms: 4 },
             ToxicKind::Timeout { timeout_ms: 5 },
             ToxicKind::ResetPeer { timeout_ms: 6 },
-            ToxicKind::Slicer {
-                average_size: 7,
-                size_variation: 8,
-                delay_us: 9,
-            },
+            ToxicKind::Slicer { average_size: 7, size_variation: 8, delay_us: 9 },
             ToxicKind::LimitData { bytes: 10 },
         ];
         for kind in kinds {

@@ -26,34 +26,18 @@ impl Rig {
 
     pub async fn with_spec(spec: RedisSpec) -> Rig {
         let redis = ProcessRedis::start(spec).await.expect("start redis-server");
-        let faults = FaultProxy::from_env(ServerOptions {
-            seed: Some(7),
-            ..Default::default()
-        })
-        .await
-        .expect("fault proxy");
+        let faults =
+            FaultProxy::from_env(ServerOptions { seed: Some(7), ..Default::default() }).await.expect("fault proxy");
         let name = format!("redis-{}", redis.port());
-        let proxy = faults
-            .client()
-            .create_proxy(&name, "127.0.0.1:0", &redis.addr())
-            .await
-            .expect("create proxy");
-        Rig {
-            redis,
-            faults,
-            proxy,
-        }
+        let proxy = faults.client().create_proxy(&name, "127.0.0.1:0", &redis.addr()).await.expect("create proxy");
+        Rig { redis, faults, proxy }
     }
 
     /// Another proxy in front of the same Redis (e.g. one for the subscriber connection and
     /// one for commands, so faults can hit either alone). Returns its URL and name.
     pub async fn extra_proxy(&self, suffix: &str) -> (String, String) {
         let name = format!("{}-{suffix}", self.proxy.name);
-        let p = self
-            .tp()
-            .create_proxy(&name, "127.0.0.1:0", &self.redis.addr())
-            .await
-            .expect("create proxy");
+        let p = self.tp().create_proxy(&name, "127.0.0.1:0", &self.redis.addr()).await.expect("create proxy");
         (format!("redis://{}/", p.listen), name)
     }
 
@@ -81,18 +65,11 @@ impl Rig {
 
 /// A multiplexed connection with a bounded connect time and the given response limit
 /// (`None`: wait forever, for tests that prove something hangs).
-pub async fn conn(
-    url: &str,
-    response_timeout_ms: Option<u64>,
-) -> redis::aio::MultiplexedConnection {
+pub async fn conn(url: &str, response_timeout_ms: Option<u64>) -> redis::aio::MultiplexedConnection {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(response_timeout_ms.map(Duration::from_millis));
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("connect")
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&config).await.expect("connect")
 }
 
 pub async fn ping(c: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<String> {
@@ -101,10 +78,7 @@ pub async fn ping(c: &mut redis::aio::MultiplexedConnection) -> redis::RedisResu
 
 /// Reads from `s` until EOF or an error, at most `limit` long. Returns the bytes and how the
 /// stream ended (`None` for a clean EOF).
-pub async fn read_to_end(
-    s: &mut TcpStream,
-    limit: Duration,
-) -> (Vec<u8>, Option<std::io::ErrorKind>) {
+pub async fn read_to_end(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Option<std::io::ErrorKind>) {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let read_all = async {
@@ -116,20 +90,12 @@ pub async fn read_to_end(
             }
         }
     };
-    let end = tokio::time::timeout(limit, read_all)
-        .await
-        .expect("stream did not end within the limit");
+    let end = tokio::time::timeout(limit, read_all).await.expect("stream did not end within the limit");
     (out, end)
 }
 
 /// One HTTP/1.1 request over a fresh connection; returns (status, body).
-pub async fn http(
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    user_agent: &str,
-) -> (u16, String) {
+pub async fn http(base: &str, method: &str, path: &str, body: Option<&str>, user_agent: &str) -> (u16, String) {
     let hostport = base.trim_start_matches("http://");
     let mut s = TcpStream::connect(hostport).await.expect("connect to API");
     let body = body.unwrap_or("");
@@ -140,29 +106,17 @@ pub async fn http(
     s.write_all(req.as_bytes()).await.unwrap();
     let (raw, _) = read_to_end(&mut s, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .expect("HTTP response has a head");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
+    let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response has a head");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
     (status, rest.to_string())
 }
 
 /// Waits (bounded) until `channel` has exactly `n` subscribers at the server.
 pub async fn await_numsub(url: &str, channel: &str, n: u64) -> bool {
-    harness::poll_until(
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async {
-            let got = harness::infra::admin::pubsub_numsub(url, &[channel])
-                .await
-                .ok()?;
-            (got[0].1 == n).then_some(())
-        },
-    )
+    harness::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
+        let got = harness::infra::admin::pubsub_numsub(url, &[channel]).await.ok()?;
+        (got[0].1 == n).then_some(())
+    })
     .await
     .is_some()
 }

@@ -23,10 +23,7 @@ type Reg = State<Arc<Registry>>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorJson {
-            error: self.message,
-            status: self.status.as_u16(),
-        };
+        let body = ErrorJson { error: self.message, status: self.status.as_u16() };
         (self.status, Json(body)).into_response()
     }
 }
@@ -43,23 +40,11 @@ pub(crate) fn router(registry: Arc<Registry>) -> Router {
         .route("/reset", post(reset))
         .route("/populate", post(populate))
         .route("/proxies", get(proxy_index).post(proxy_create))
-        .route(
-            "/proxies/{proxy}",
-            get(proxy_show)
-                .post(proxy_update)
-                .patch(proxy_update)
-                .delete(proxy_delete),
-        )
-        .route(
-            "/proxies/{proxy}/toxics",
-            get(toxic_index).post(toxic_create),
-        )
+        .route("/proxies/{proxy}", get(proxy_show).post(proxy_update).patch(proxy_update).delete(proxy_delete))
+        .route("/proxies/{proxy}/toxics", get(toxic_index).post(toxic_create))
         .route(
             "/proxies/{proxy}/toxics/{toxic}",
-            get(toxic_show)
-                .post(toxic_update)
-                .patch(toxic_update)
-                .delete(toxic_delete),
+            get(toxic_show).post(toxic_update).patch(toxic_update).delete(toxic_delete),
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn(stop_browsers))
@@ -81,8 +66,7 @@ async fn stop_browsers(req: Request, next: Next) -> Response {
 }
 
 fn parse_body(body: &Bytes) -> ApiResult<Value> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
 fn bad_field(msg: &str) -> ApiError {
@@ -107,31 +91,13 @@ fn opt_bool(obj: &serde_json::Map<String, Value>, key: &str) -> ApiResult<Option
 
 /// Reads a proxy definition (create or populate). `listen` defaults to a free loopback port.
 fn proxy_config(v: &Value) -> ApiResult<ProxyConfig> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad_field("expected a JSON object"))?;
-    let missing = |f: &str| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("missing required field: {f}"),
-        )
-    };
-    let name = opt_string(obj, "name")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("name"))?;
-    let upstream = opt_string(obj, "upstream")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("upstream"))?;
-    let listen = opt_string(obj, "listen")?
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let obj = v.as_object().ok_or_else(|| bad_field("expected a JSON object"))?;
+    let missing = |f: &str| ApiError::new(StatusCode::BAD_REQUEST, format!("missing required field: {f}"));
+    let name = opt_string(obj, "name")?.filter(|s| !s.is_empty()).ok_or_else(|| missing("name"))?;
+    let upstream = opt_string(obj, "upstream")?.filter(|s| !s.is_empty()).ok_or_else(|| missing("upstream"))?;
+    let listen = opt_string(obj, "listen")?.filter(|s| !s.is_empty()).unwrap_or_else(|| "127.0.0.1:0".into());
     let enabled = opt_bool(obj, "enabled")?.unwrap_or(true);
-    Ok(ProxyConfig {
-        name,
-        listen,
-        upstream,
-        enabled,
-    })
+    Ok(ProxyConfig { name, listen, upstream, enabled })
 }
 
 async fn version() -> Json<Value> {
@@ -145,10 +111,7 @@ async fn reset(State(reg): Reg) -> ApiResult<StatusCode> {
 
 async fn populate(State(reg): Reg, body: Bytes) -> Response {
     let configs = parse_body(&body).and_then(|v| match v {
-        Value::Array(items) => items
-            .iter()
-            .map(proxy_config)
-            .collect::<ApiResult<Vec<_>>>(),
+        Value::Array(items) => items.iter().map(proxy_config).collect::<ApiResult<Vec<_>>>(),
         _ => Err(bad_field("expected a JSON array of proxies")),
     });
     let configs = match configs {
@@ -156,9 +119,7 @@ async fn populate(State(reg): Reg, body: Bytes) -> Response {
         Err(e) => return with_proxies(e, Vec::new()),
     };
     match reg.populate(configs).await {
-        (proxies, None) => {
-            (StatusCode::CREATED, Json(json!({ "proxies": proxies }))).into_response()
-        }
+        (proxies, None) => (StatusCode::CREATED, Json(json!({ "proxies": proxies }))).into_response(),
         (proxies, Some(e)) => with_proxies(e, proxies),
     }
 }
@@ -183,15 +144,9 @@ async fn proxy_show(State(reg): Reg, Path(proxy): Path<String>) -> ApiResult<Res
     Ok(Json(reg.get(&proxy).await?).into_response())
 }
 
-async fn proxy_update(
-    State(reg): Reg,
-    Path(proxy): Path<String>,
-    body: Bytes,
-) -> ApiResult<Response> {
+async fn proxy_update(State(reg): Reg, Path(proxy): Path<String>, body: Bytes) -> ApiResult<Response> {
     let v = parse_body(&body)?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad_field("expected a JSON object"))?;
+    let obj = v.as_object().ok_or_else(|| bad_field("expected a JSON object"))?;
     let listen = opt_string(obj, "listen")?;
     let upstream = opt_string(obj, "upstream")?;
     let enabled = opt_bool(obj, "enabled")?;
@@ -203,39 +158,20 @@ async fn proxy_delete(State(reg): Reg, Path(proxy): Path<String>) -> ApiResult<S
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn toxic_index(
-    State(reg): Reg,
-    Path(proxy): Path<String>,
-) -> ApiResult<Json<Vec<ToxicJson>>> {
-    Ok(Json(
-        reg.toxics(&proxy)
-            .await?
-            .iter()
-            .map(Toxic::to_json)
-            .collect(),
-    ))
+async fn toxic_index(State(reg): Reg, Path(proxy): Path<String>) -> ApiResult<Json<Vec<ToxicJson>>> {
+    Ok(Json(reg.toxics(&proxy).await?.iter().map(Toxic::to_json).collect()))
 }
 
-async fn toxic_create(
-    State(reg): Reg,
-    Path(proxy): Path<String>,
-    body: Bytes,
-) -> ApiResult<Json<ToxicJson>> {
+async fn toxic_create(State(reg): Reg, Path(proxy): Path<String>, body: Bytes) -> ApiResult<Json<ToxicJson>> {
     // Toxiproxy answers 404 for an unknown proxy before it looks at the body.
     reg.get(&proxy).await?;
     let toxic = Toxic::from_request(&parse_body(&body)?)?;
     Ok(Json(reg.add_toxic(&proxy, toxic).await?.to_json()))
 }
 
-async fn toxic_show(
-    State(reg): Reg,
-    Path((proxy, toxic)): Path<(String, String)>,
-) -> ApiResult<Json<ToxicJson>> {
+async fn toxic_show(State(reg): Reg, Path((proxy, toxic)): Path<(String, String)>) -> ApiResult<Json<ToxicJson>> {
     let toxics = reg.toxics(&proxy).await?;
-    let found = toxics
-        .iter()
-        .find(|t| t.name == toxic)
-        .ok_or_else(ApiError::toxic_not_found)?;
+    let found = toxics.iter().find(|t| t.name == toxic).ok_or_else(ApiError::toxic_not_found)?;
     Ok(Json(found.to_json()))
 }
 
@@ -245,16 +181,11 @@ async fn toxic_update(
     body: Bytes,
 ) -> ApiResult<Json<ToxicJson>> {
     let v = parse_body(&body)?;
-    let updated = reg
-        .update_toxic(&proxy, &toxic, |current| Ok(current.updated(&v)?))
-        .await?;
+    let updated = reg.update_toxic(&proxy, &toxic, |current| Ok(current.updated(&v)?)).await?;
     Ok(Json(updated.to_json()))
 }
 
-async fn toxic_delete(
-    State(reg): Reg,
-    Path((proxy, toxic)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
+async fn toxic_delete(State(reg): Reg, Path((proxy, toxic)): Path<(String, String)>) -> ApiResult<StatusCode> {
     reg.remove_toxic(&proxy, &toxic).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -100,9 +100,7 @@ async fn connect_upstream(ctx: &LinkCtx) -> std::io::Result<TcpStream> {
     let addrs: Vec<_> = tokio::net::lookup_host(&ctx.upstream).await?.collect();
     // Checked again per connection because a name can resolve elsewhere later.
     if !ctx.allow_remote_upstream && addrs.iter().any(|a| !a.ip().is_loopback()) {
-        return Err(std::io::Error::other(
-            "upstream resolves to a non-loopback address",
-        ));
+        return Err(std::io::Error::other("upstream resolves to a non-loopback address"));
     }
     TcpStream::connect(&addrs[..]).await
 }
@@ -112,23 +110,12 @@ struct Chunk {
     at: Instant,
 }
 
-async fn pump<R, W>(
-    mut src: R,
-    mut dst: W,
-    stream: Stream,
-    mut toxics: watch::Receiver<ToxicList>,
-    rng: StdRng,
-) -> End
+async fn pump<R, W>(mut src: R, mut dst: W, stream: Stream, mut toxics: watch::Receiver<ToxicList>, rng: StdRng) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut shaper = Shaper {
-        stream,
-        states: HashMap::new(),
-        bandwidth_next: Instant::now(),
-        rng,
-    };
+    let mut shaper = Shaper { stream, states: HashMap::new(), bandwidth_next: Instant::now(), rng };
     let mut active = shaper.refresh(&toxics.borrow_and_update());
     let mut blackhole = is_blackhole(&active);
     let mut deadline = shaper.next_deadline(&active);
@@ -204,14 +191,8 @@ where
 }
 
 /// Writes every queued segment that is due now, in order.
-async fn write_due<W: AsyncWrite + Unpin>(
-    queue: &mut VecDeque<Segment>,
-    dst: &mut W,
-) -> std::io::Result<()> {
-    while queue
-        .front()
-        .is_some_and(|s| s.not_before <= Instant::now())
-    {
+async fn write_due<W: AsyncWrite + Unpin>(queue: &mut VecDeque<Segment>, dst: &mut W) -> std::io::Result<()> {
+    while queue.front().is_some_and(|s| s.not_before <= Instant::now()) {
         let seg = queue.pop_front().expect("front checked");
         dst.write_all(&seg.data).await?;
     }
@@ -219,9 +200,7 @@ async fn write_due<W: AsyncWrite + Unpin>(
 }
 
 fn is_blackhole(active: &[ActiveToxic]) -> bool {
-    active
-        .iter()
-        .any(|t| matches!(t.toxic.kind, ToxicKind::Timeout { .. }))
+    active.iter().any(|t| matches!(t.toxic.kind, ToxicKind::Timeout { .. }))
 }
 
 fn slow_close_ms(active: &[ActiveToxic]) -> Option<u64> {
@@ -261,8 +240,7 @@ impl Shaper {
     /// installation order.
     fn refresh(&mut self, list: &[ActiveToxic]) -> Vec<ActiveToxic> {
         let now = Instant::now();
-        self.states
-            .retain(|uid, _| list.iter().any(|t| t.uid == *uid));
+        self.states.retain(|uid, _| list.iter().any(|t| t.uid == *uid));
         let mut active = Vec::new();
         for t in list.iter().filter(|t| t.toxic.stream == self.stream) {
             let rng = &mut self.rng;
@@ -281,23 +259,13 @@ impl Shaper {
     /// Splits and schedules one chunk through the data-shaping toxics. Returns the segments
     /// and whether the connection must close after writing them (limit_data reached).
     fn shape(&mut self, chunk: Chunk, active: &[ActiveToxic]) -> (Vec<Segment>, bool) {
-        let mut segs = vec![Segment {
-            data: chunk.data,
-            not_before: chunk.at,
-        }];
+        let mut segs = vec![Segment { data: chunk.data, not_before: chunk.at }];
         let mut close_after = false;
         for t in active {
             match t.toxic.kind {
-                ToxicKind::Latency {
-                    latency_ms,
-                    jitter_ms,
-                } => {
-                    let jitter = if jitter_ms > 0 {
-                        self.rng
-                            .random_range(-(jitter_ms as i64)..=jitter_ms as i64)
-                    } else {
-                        0
-                    };
+                ToxicKind::Latency { latency_ms, jitter_ms } => {
+                    let jitter =
+                        if jitter_ms > 0 { self.rng.random_range(-(jitter_ms as i64)..=jitter_ms as i64) } else { 0 };
                     let delay_ms = (latency_ms as i64 + jitter).max(0) as u64;
                     let due = chunk.at + Duration::from_millis(delay_ms);
                     for s in &mut segs {
@@ -311,45 +279,30 @@ impl Shaper {
                     for s in segs {
                         for piece in split_every(s.data, slice) {
                             let start = self.bandwidth_next.max(s.not_before);
-                            let cost =
-                                Duration::from_nanos(piece.len() as u64 * 1_000_000 / rate_kb_s);
+                            let cost = Duration::from_nanos(piece.len() as u64 * 1_000_000 / rate_kb_s);
                             self.bandwidth_next = start + cost;
-                            out.push(Segment {
-                                data: piece,
-                                not_before: self.bandwidth_next,
-                            });
+                            out.push(Segment { data: piece, not_before: self.bandwidth_next });
                         }
                     }
                     segs = out;
                 }
-                ToxicKind::Slicer {
-                    average_size,
-                    size_variation,
-                    delay_us,
-                } if average_size > 0 => {
+                ToxicKind::Slicer { average_size, size_variation, delay_us } if average_size > 0 => {
                     let mut out = Vec::new();
                     for s in segs {
                         let mut rest = s.data;
                         let mut at = s.not_before;
                         while !rest.is_empty() {
                             let var = size_variation.min(average_size - 1) as i64;
-                            let size = (average_size as i64 + self.rng.random_range(-var..=var))
-                                .max(1) as usize;
+                            let size = (average_size as i64 + self.rng.random_range(-var..=var)).max(1) as usize;
                             let piece = rest.split_to(size.min(rest.len()));
-                            out.push(Segment {
-                                data: piece,
-                                not_before: at,
-                            });
+                            out.push(Segment { data: piece, not_before: at });
                             at += Duration::from_micros(delay_us);
                         }
                     }
                     segs = out;
                 }
                 ToxicKind::LimitData { bytes } => {
-                    let st = self
-                        .states
-                        .get_mut(&t.uid)
-                        .expect("refresh made state for every active toxic");
+                    let st = self.states.get_mut(&t.uid).expect("refresh made state for every active toxic");
                     let mut kept = Vec::new();
                     for mut s in segs {
                         let room = bytes.saturating_sub(st.passed_bytes) as usize;

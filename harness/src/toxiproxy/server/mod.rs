@@ -55,10 +55,7 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
     fn proxy_not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "proxy not found")
@@ -161,10 +158,7 @@ impl Registry {
             return Ok(());
         }
         let listener = TcpListener::bind(&entry.config.listen).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("listen tcp {}: {e}", entry.config.listen),
-            )
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("listen tcp {}: {e}", entry.config.listen))
         })?;
         if let Ok(actual) = listener.local_addr() {
             // Port 0 picks a free port; show the real one from now on, as Toxiproxy does.
@@ -200,11 +194,7 @@ impl Registry {
                 // The listener drops here: new connections are refused from now on.
             })
         };
-        entry.running = Some(Running {
-            cancel,
-            listener: listener_task,
-            connections,
-        });
+        entry.running = Some(Running { cancel, listener: listener_task, connections });
         Ok(())
     }
 
@@ -215,11 +205,8 @@ impl Registry {
             run.cancel.cancel();
             let _ = run.listener.await;
             run.connections.close();
-            let _ = tokio::time::timeout(
-                Duration::from_millis(CONNECTIONS_CLOSE_WAIT_MS),
-                run.connections.wait(),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(CONNECTIONS_CLOSE_WAIT_MS), run.connections.wait()).await;
         }
     }
 
@@ -239,12 +226,7 @@ impl Registry {
         config: ProxyConfig,
     ) -> ApiResult<ProxyJson> {
         let (toxics_tx, _) = watch::channel(Arc::new(Vec::new()));
-        let mut entry = ProxyEntry {
-            config,
-            toxics: Vec::new(),
-            toxics_tx,
-            running: None,
-        };
+        let mut entry = ProxyEntry { config, toxics: Vec::new(), toxics_tx, running: None };
         if entry.config.enabled {
             self.start(&mut entry).await?;
         }
@@ -261,9 +243,7 @@ impl Registry {
             }
             let mut proxies = self.proxies.lock().await;
             if let Some(existing) = proxies.get_mut(&config.name) {
-                if existing.config.listen == config.listen
-                    && existing.config.upstream == config.upstream
-                {
+                if existing.config.listen == config.listen && existing.config.upstream == config.upstream {
                     // Same proxy: leave it (and its open connections) alone, as Toxiproxy does.
                     if let Err(e) = self.set_enabled(existing, config.enabled).await {
                         return (out, Some(e));
@@ -293,21 +273,11 @@ impl Registry {
     }
 
     async fn list(&self) -> BTreeMap<String, ProxyJson> {
-        self.proxies
-            .lock()
-            .await
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect()
+        self.proxies.lock().await.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
     }
 
     async fn get(&self, name: &str) -> ApiResult<ProxyJson> {
-        self.proxies
-            .lock()
-            .await
-            .get(name)
-            .map(ProxyEntry::to_json)
-            .ok_or_else(ApiError::proxy_not_found)
+        self.proxies.lock().await.get(name).map(ProxyEntry::to_json).ok_or_else(ApiError::proxy_not_found)
     }
 
     async fn update(
@@ -321,13 +291,9 @@ impl Registry {
             self.check_upstream(u).await?;
         }
         let mut proxies = self.proxies.lock().await;
-        let entry = proxies
-            .get_mut(name)
-            .ok_or_else(ApiError::proxy_not_found)?;
+        let entry = proxies.get_mut(name).ok_or_else(ApiError::proxy_not_found)?;
         let moved = listen.as_ref().is_some_and(|l| *l != entry.config.listen)
-            || upstream
-                .as_ref()
-                .is_some_and(|u| *u != entry.config.upstream);
+            || upstream.as_ref().is_some_and(|u| *u != entry.config.upstream);
         if moved {
             // A new address or upstream means new connections: restart, as Toxiproxy does.
             Self::stop(entry).await;
@@ -344,12 +310,7 @@ impl Registry {
     }
 
     async fn remove(&self, name: &str) -> ApiResult<()> {
-        let mut entry = self
-            .proxies
-            .lock()
-            .await
-            .remove(name)
-            .ok_or_else(ApiError::proxy_not_found)?;
+        let mut entry = self.proxies.lock().await.remove(name).ok_or_else(ApiError::proxy_not_found)?;
         Self::stop(&mut entry).await;
         Ok(())
     }
@@ -372,17 +333,12 @@ impl Registry {
 
     async fn add_toxic(&self, proxy: &str, toxic: Toxic) -> ApiResult<Toxic> {
         let mut proxies = self.proxies.lock().await;
-        let entry = proxies
-            .get_mut(proxy)
-            .ok_or_else(ApiError::proxy_not_found)?;
+        let entry = proxies.get_mut(proxy).ok_or_else(ApiError::proxy_not_found)?;
         if entry.toxics.iter().any(|t| t.toxic.name == toxic.name) {
             return Err(ApiError::new(StatusCode::CONFLICT, "toxic already exists"));
         }
         let uid = self.next_uid.fetch_add(1, Ordering::Relaxed);
-        entry.toxics.push(ActiveToxic {
-            uid,
-            toxic: toxic.clone(),
-        });
+        entry.toxics.push(ActiveToxic { uid, toxic: toxic.clone() });
         entry.publish_toxics();
         Ok(toxic)
     }
@@ -394,14 +350,8 @@ impl Registry {
         update: impl FnOnce(&Toxic) -> ApiResult<Toxic>,
     ) -> ApiResult<Toxic> {
         let mut proxies = self.proxies.lock().await;
-        let entry = proxies
-            .get_mut(proxy)
-            .ok_or_else(ApiError::proxy_not_found)?;
-        let slot = entry
-            .toxics
-            .iter_mut()
-            .find(|t| t.toxic.name == name)
-            .ok_or_else(ApiError::toxic_not_found)?;
+        let entry = proxies.get_mut(proxy).ok_or_else(ApiError::proxy_not_found)?;
+        let slot = entry.toxics.iter_mut().find(|t| t.toxic.name == name).ok_or_else(ApiError::toxic_not_found)?;
         let next = update(&slot.toxic)?;
         if next.toxicity != slot.toxic.toxicity {
             // A new toxicity is rolled again on every connection.
@@ -414,9 +364,7 @@ impl Registry {
 
     async fn remove_toxic(&self, proxy: &str, name: &str) -> ApiResult<()> {
         let mut proxies = self.proxies.lock().await;
-        let entry = proxies
-            .get_mut(proxy)
-            .ok_or_else(ApiError::proxy_not_found)?;
+        let entry = proxies.get_mut(proxy).ok_or_else(ApiError::proxy_not_found)?;
         let before = entry.toxics.len();
         entry.toxics.retain(|t| t.toxic.name != name);
         if entry.toxics.len() == before {
@@ -438,10 +386,7 @@ pub struct EmbeddedToxiproxy {
 impl EmbeddedToxiproxy {
     /// Starts the REST API on `listen` (port 0 picks a free one). Must be called inside a
     /// tokio runtime; the server runs on it.
-    pub async fn start(
-        listen: SocketAddr,
-        options: ServerOptions,
-    ) -> std::io::Result<EmbeddedToxiproxy> {
+    pub async fn start(listen: SocketAddr, options: ServerOptions) -> std::io::Result<EmbeddedToxiproxy> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let root = CancellationToken::new();
@@ -449,18 +394,12 @@ impl EmbeddedToxiproxy {
         let app = api::router(registry);
         let shutdown = root.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
+            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "toxiproxy API server failed");
             }
         });
-        Ok(EmbeddedToxiproxy {
-            addr,
-            root,
-            task: Some(task),
-        })
+        Ok(EmbeddedToxiproxy { addr, root, task: Some(task) })
     }
 
     pub fn addr(&self) -> SocketAddr {
