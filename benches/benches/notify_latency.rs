@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion, SamplingMode};
 use futures_util::StreamExt;
 use harness::infra::{admin, RedisNode};
-use harness::reference::baselines::PollingOnly;
+use harness::reference::baselines::{PollingOnly, PubSubOnly};
 use harness::reference::feedback::Hybrid;
 use harness::reference::{response_fields, Config, FeedbackStrategy, WaitOutcome};
 use hybrid_chaos_benches::{quantiles_us, write_result, BenchRig};
@@ -83,6 +83,10 @@ fn bench(c: &mut Criterion) {
     let poll_interval = Duration::from_millis(cfg.poll_interval_ms);
     let hybrid: Arc<dyn FeedbackStrategy> = Arc::new(rt.block_on(Hybrid::connect(&url, &url, cfg.clone())).unwrap());
     let polling: Arc<dyn FeedbackStrategy> = Arc::new(rt.block_on(PollingOnly::connect(&url, cfg.clone())).unwrap());
+    // Same plumbing as the hybrid (hub, publisher) minus the storage write and read: the
+    // difference to the hybrid is what storage-as-truth costs.
+    let pubsub_only: Arc<dyn FeedbackStrategy> =
+        Arc::new(rt.block_on(PubSubOnly::connect(&url, &url, cfg.clone())).unwrap());
     let mut raw = rt.block_on(async {
         let channel = format!("{}raw", rig.redis.key_prefix());
         let mut ps = redis::Client::open(url.as_str()).unwrap().get_async_pubsub().await.unwrap();
@@ -138,34 +142,40 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // Interleaved: hybrid, raw, hybrid, raw ... under the same noise.
-    let (mut h, mut r, mut p) = rt.block_on(async {
-        let (mut h, mut r, mut p) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut h, mut r, mut p, mut o) = rt.block_on(async {
+        let (mut h, mut r, mut p, mut o) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..SAMPLES {
-            let id = id();
-            let ch = cfg.keys.feedback_channel(&id);
-            h.push(sample(hybrid.clone(), id, subscribed(url.clone(), ch), Duration::ZERO).await);
+            let hid = id();
+            let ch = cfg.keys.feedback_channel(&hid);
+            h.push(sample(hybrid.clone(), hid, subscribed(url.clone(), ch), Duration::ZERO).await);
             r.push(raw.sample().await);
+            let oid = id();
+            let ch = cfg.keys.feedback_channel(&oid);
+            o.push(sample(pubsub_only.clone(), oid, subscribed(url.clone(), ch), Duration::ZERO).await);
         }
         for _ in 0..POLLING_SAMPLES {
             let lead = Duration::from_millis(rng.random_range(0..poll_interval.as_millis() as u64));
             p.push(sample(polling.clone(), id(), waiting(polling.clone()), lead).await);
         }
-        (h, r, p)
+        (h, r, p, o)
     });
-    let (hq, rq, pq) = (quantiles_us(&mut h), quantiles_us(&mut r), quantiles_us(&mut p));
+    let (hq, rq, pq, oq) = (quantiles_us(&mut h), quantiles_us(&mut r), quantiles_us(&mut p), quantiles_us(&mut o));
+    let over_pubsub_only = hq["p50"].as_f64().unwrap() / oq["p50"].as_f64().unwrap();
     let ratio = hq["p50"].as_f64().unwrap() / rq["p50"].as_f64().unwrap();
     let polling_ratio = pq["p50"].as_f64().unwrap() / rq["p50"].as_f64().unwrap();
     println!("notify_latency interleaved: raw pub/sub {rq}");
+    println!("notify_latency interleaved: pubsub-only {oq}");
     println!("notify_latency interleaved: hybrid      {hq}");
     println!("notify_latency interleaved: polling-only {pq} (poll interval {} ms)", poll_interval.as_millis());
     println!(
-        "notify_latency: hybrid p50 / raw p50 = {ratio:.2}x (target <= {TARGET_P50_RATIO}x: {}); polling-only p50 / raw p50 = {polling_ratio:.0}x",
+        "notify_latency: hybrid p50 / raw p50 = {ratio:.2}x (target <= {TARGET_P50_RATIO}x: {}); hybrid / pubsub-only p50 = {over_pubsub_only:.2}x; polling-only p50 / raw p50 = {polling_ratio:.0}x",
         if ratio <= TARGET_P50_RATIO { "met" } else { "NOT met" }
     );
     let result = serde_json::json!({
         "bench": "notify_latency",
         "unit": "us",
-        "raw_pubsub": rq, "hybrid": hq, "polling_only": pq,
+        "raw_pubsub": rq, "hybrid": hq, "polling_only": pq, "pubsub_only": oq,
+        "hybrid_over_pubsub_only_p50": over_pubsub_only,
         "poll_interval_ms": poll_interval.as_millis() as u64,
         "hybrid_over_raw_p50": ratio,
         "polling_only_over_raw_p50": polling_ratio,
@@ -177,6 +187,7 @@ fn bench(c: &mut Criterion) {
     rt.block_on(async {
         hybrid.shutdown().await;
         polling.shutdown().await;
+        pubsub_only.shutdown().await;
     });
     drop(rig);
 }

@@ -21,6 +21,8 @@ const COUNTS: [usize; 3] = [100, 1_000, 10_000];
 /// Window over which idle Redis commands are counted, in ms.
 const IDLE_WINDOW_MS: u64 = 3_000;
 const TARGET_BYTES_PER_WAITER: f64 = 2048.0;
+/// Pause after the last confirmation before measuring, in ms.
+const SETTLE_MS: u64 = 500;
 
 async fn commands_processed(url: &str) -> u64 {
     admin::info(url, Some("stats")).await.unwrap()["total_commands_processed"].parse().unwrap()
@@ -37,11 +39,15 @@ async fn spawn_waiters(h: &Arc<Hybrid>, n: usize, tag: &str) -> Vec<tokio::task:
             })
         })
         .collect();
+    // Settled: every waiter registered with the poller and every channel confirmed, so the
+    // one re-read each waiter does on confirmation is over before anything is measured.
     let all = harness::poll_until(Duration::from_secs(120), Duration::from_millis(20), || async {
-        (h.stats().pending_polls >= n && h.stats().channels >= n).then_some(())
+        let s = h.stats();
+        (s.pending_polls >= n && s.channels >= n && h.hub().subscribed_count() >= n).then_some(())
     })
     .await;
     assert!(all.is_some(), "only {:?} of {n} waiters registered", h.stats());
+    tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
     handles
 }
 

@@ -56,17 +56,17 @@ struct Pending {
 
 /// The batched storage poller: the pending response keys and the task that checks them.
 struct Poller {
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<HashMap<Arc<str>, Pending>>,
 }
 
 /// A waiter's registration with the poller; releases it on drop.
 struct PollGuard {
     poller: Arc<Poller>,
-    key: String,
+    key: Arc<str>,
 }
 
 impl Poller {
-    fn register(self: &Arc<Self>, key: String, wake: &Arc<ChannelState>) -> PollGuard {
+    fn register(self: &Arc<Self>, key: Arc<str>, wake: &Arc<ChannelState>) -> PollGuard {
         let mut pending = self.pending.lock().expect("poller lock");
         let entry = pending.entry(key.clone()).or_insert_with(|| Pending { refs: 0, wake: wake.clone() });
         entry.refs += 1;
@@ -80,16 +80,17 @@ impl Poller {
     /// One tick: `EXISTS` over all pending keys in batches; only if some exist, find which
     /// (one pipelined `EXISTS` each, rare: it means a notification was missed) and wake them.
     async fn tick(&self, conn: &ConnectionManager, batch_max: usize) -> Result<()> {
-        let keys: Vec<String> = self.pending.lock().expect("poller lock").keys().cloned().collect();
+        let keys: Vec<Arc<str>> = self.pending.lock().expect("poller lock").keys().cloned().collect();
         for batch in keys.chunks(batch_max.max(1)) {
             let mut c = conn.clone();
-            let present: u64 = redis::cmd("EXISTS").arg(batch).query_async(&mut c).await?;
+            let names: Vec<&str> = batch.iter().map(|k| &**k).collect();
+            let present: u64 = redis::cmd("EXISTS").arg(&names).query_async(&mut c).await?;
             if present == 0 {
                 continue;
             }
             let mut pipe = redis::pipe();
-            for k in batch {
-                pipe.exists(k);
+            for k in &names {
+                pipe.exists(*k);
             }
             let each: Vec<bool> = pipe.query_async(&mut c).await?;
             let pending = self.pending.lock().expect("poller lock");
@@ -181,13 +182,13 @@ impl Hybrid {
     async fn wait_inner(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
         let deadline = Instant::now() + timeout;
         let _count = WaiterCount::new(&self.waiters);
-        let key = self.config.keys.feedback_response(id);
+        let key: Arc<str> = Arc::from(self.config.keys.feedback_response(id));
         let obtained = |fields, via: Via| {
             metrics::counter!(m::OBTAINED, "impl" => "hybrid", "via" => format!("{via:?}").to_lowercase()).increment(1);
             Ok(WaitOutcome::Obtained { fields, via })
         };
         // 1. Storage first: the resume case returns without touching Pub/Sub.
-        if let Some(f) = read_response(&self.conn, &key).await? {
+        if let Some(f) = Box::pin(read_response(&self.conn, &key)).await? {
             return obtained(f, Via::Immediate);
         }
         // 2. Subscribe, and only then read again: a response written between the first read
@@ -202,7 +203,9 @@ impl Hybrid {
         let mut control_open = true;
         loop {
             let seen = sub.state.snapshot();
-            match read_response(&self.conn, &key).await {
+            // Boxed: the read is the largest state of this future, and idle waiters (the
+            // many) should not carry its space while they sleep.
+            match Box::pin(read_response(&self.conn, &key)).await {
                 Ok(Some(f)) => return obtained(f, via),
                 Ok(None) => {}
                 // Storage unreachable for now: keep waiting, the poller retries every tick.

@@ -134,9 +134,11 @@ struct Inner {
     config: Config,
     url: String,
     label: &'static str,
-    channels: Mutex<HashMap<String, Entry>>,
+    /// Wanted channels. Names are `Arc<str>` shared with subscriptions, the kick queue and the
+    /// task's confirmed set: one allocation per channel, not four.
+    channels: Mutex<HashMap<Arc<str>, Entry>>,
     /// Channels whose wanted state changed; the task syncs just those.
-    kick: mpsc::UnboundedSender<String>,
+    kick: mpsc::UnboundedSender<Arc<str>>,
     connected: watch::Sender<bool>,
     control: broadcast::Sender<Control>,
     reconnects: AtomicU64,
@@ -144,8 +146,8 @@ struct Inner {
 }
 
 impl Inner {
-    fn kick(&self, channel: &str) {
-        let _ = self.kick.send(channel.to_string());
+    fn kick(&self, channel: &Arc<str>) {
+        let _ = self.kick.send(channel.clone());
     }
 
     fn mark_all(&self, subscribed: bool, resync: bool) {
@@ -180,7 +182,7 @@ impl Drop for Owner {
 /// A reference to one subscribed channel. Dropping it releases the reference.
 pub struct Subscription {
     inner: Arc<Inner>,
-    channel: String,
+    channel: Arc<str>,
     pub state: Arc<ChannelState>,
     pub messages: Option<broadcast::Receiver<Arc<str>>>,
     connected: watch::Receiver<bool>,
@@ -214,18 +216,20 @@ impl Hub {
     /// broadcast: a consumer that falls further behind sees `Lagged` and must re-read).
     pub fn subscribe(&self, channel: &str, messages_capacity: usize) -> Subscription {
         let mut channels = self.inner.channels.lock().expect("hub lock");
-        let mut first = false;
-        let entry = channels.entry(channel.to_string()).or_insert_with(|| {
-            first = true;
-            Entry { refs: 0, state: Arc::new(ChannelState::default()), messages: None }
-        });
+        let first = !channels.contains_key(channel);
+        if first {
+            let entry = Entry { refs: 0, state: Arc::new(ChannelState::default()), messages: None };
+            channels.insert(Arc::from(channel), entry);
+        }
+        let name = channels.get_key_value(channel).expect("inserted above").0.clone();
+        let entry = channels.get_mut(channel).expect("inserted above");
         entry.refs += 1;
         if messages_capacity > 0 && entry.messages.is_none() {
             entry.messages = Some(broadcast::channel(messages_capacity).0);
         }
         let sub = Subscription {
             inner: self.inner.clone(),
-            channel: channel.to_string(),
+            channel: name.clone(),
             state: entry.state.clone(),
             messages: (messages_capacity > 0).then(|| entry.messages.as_ref().expect("created above").subscribe()),
             connected: self.inner.connected.subscribe(),
@@ -234,7 +238,7 @@ impl Hub {
         drop(channels);
         if first {
             metrics::gauge!(m::ACTIVE_SUBSCRIPTIONS, "impl" => self.inner.label).set(count as f64);
-            self.inner.kick(channel);
+            self.inner.kick(&name);
         }
         sub
     }
@@ -247,6 +251,12 @@ impl Hub {
     /// Channels currently wanted (each with at least one subscription).
     pub fn channel_count(&self) -> usize {
         self.inner.channels.lock().expect("hub lock").len()
+    }
+
+    /// Channels confirmed subscribed on the live connection (O(channels): for checks and
+    /// benches, not hot paths).
+    pub fn subscribed_count(&self) -> usize {
+        self.inner.channels.lock().expect("hub lock").values().filter(|e| e.state.snapshot().subscribed).count()
     }
 
     pub fn reconnects(&self) -> u64 {
@@ -298,7 +308,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut channels = self.inner.channels.lock().expect("hub lock");
-        let last = match channels.get_mut(&self.channel) {
+        let last = match channels.get_mut(&*self.channel) {
             Some(e) => {
                 e.refs -= 1;
                 e.refs == 0
@@ -306,7 +316,7 @@ impl Drop for Subscription {
             None => false,
         };
         if last {
-            channels.remove(&self.channel);
+            channels.remove(&*self.channel);
             let count = channels.len();
             drop(channels);
             metrics::gauge!(m::ACTIVE_SUBSCRIPTIONS, "impl" => self.inner.label).set(count as f64);
@@ -320,7 +330,7 @@ enum Ended {
     Lost(&'static str),
 }
 
-async fn run(inner: Arc<Inner>, mut kick_rx: mpsc::UnboundedReceiver<String>) {
+async fn run(inner: Arc<Inner>, mut kick_rx: mpsc::UnboundedReceiver<Arc<str>>) {
     let mut attempt: u32 = 0;
     loop {
         match session(&inner, &mut kick_rx, &mut attempt).await {
@@ -345,7 +355,7 @@ async fn run(inner: Arc<Inner>, mut kick_rx: mpsc::UnboundedReceiver<String>) {
     inner.mark_all(false, false);
 }
 
-async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<String>, attempt: &mut u32) -> Ended {
+async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Arc<str>>, attempt: &mut u32) -> Ended {
     let cfg = &inner.config;
     let connect_limit = Duration::from_millis(cfg.connect_timeout_ms);
     let command_limit = Duration::from_millis(cfg.command_timeout_ms);
@@ -366,7 +376,7 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Strin
     if !matches!(tokio::time::timeout(command_limit, sink.subscribe(&control)).await, Ok(Ok(()))) {
         return Ended::Lost("subscribe failed");
     }
-    let mut confirmed: HashSet<String> = HashSet::new();
+    let mut confirmed: HashSet<Arc<str>> = HashSet::new();
     // A fresh connection syncs everything; changes queued while down are covered by it.
     while kick_rx.try_recv().is_ok() {}
     if sync(inner, &mut sink, &mut confirmed, None).await.is_err() {
@@ -411,13 +421,13 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Strin
 async fn sync(
     inner: &Inner,
     sink: &mut redis::aio::PubSubSink,
-    confirmed: &mut HashSet<String>,
-    changed: Option<HashSet<String>>,
+    confirmed: &mut HashSet<Arc<str>>,
+    changed: Option<HashSet<Arc<str>>>,
 ) -> Result<(), ()> {
     let limit = Duration::from_millis(inner.config.command_timeout_ms);
     let (to_sub, to_unsub, already) = {
         let channels = inner.channels.lock().expect("hub lock");
-        let candidates: HashSet<String> = match changed {
+        let candidates: HashSet<Arc<str>> = match changed {
             Some(names) => names,
             None => channels.keys().chain(confirmed.iter()).cloned().collect(),
         };
@@ -435,7 +445,8 @@ async fn sync(
         (to_sub, to_unsub, already)
     };
     if !to_unsub.is_empty() {
-        if !matches!(tokio::time::timeout(limit, sink.unsubscribe(&to_unsub)).await, Ok(Ok(()))) {
+        let names: Vec<&str> = to_unsub.iter().map(|n| &**n).collect();
+        if !matches!(tokio::time::timeout(limit, sink.unsubscribe(&names)).await, Ok(Ok(()))) {
             return Err(());
         }
         for c in &to_unsub {
@@ -443,7 +454,8 @@ async fn sync(
         }
     }
     if !to_sub.is_empty() {
-        if !matches!(tokio::time::timeout(limit, sink.subscribe(&to_sub)).await, Ok(Ok(()))) {
+        let names: Vec<&str> = to_sub.iter().map(|n| &**n).collect();
+        if !matches!(tokio::time::timeout(limit, sink.subscribe(&names)).await, Ok(Ok(()))) {
             return Err(());
         }
         confirmed.extend(to_sub.iter().cloned());
