@@ -32,6 +32,16 @@ fn fields(id: &str) -> harness::reference::Fields {
     response_fields(id, serde_json::json!({"comment": "ship it"}).as_object().unwrap())
 }
 
+/// Starts `s.wait(id, secs)` as a task.
+fn spawn_wait<S: FeedbackStrategy + 'static>(
+    s: &Arc<S>,
+    id: &'static str,
+    secs: u64,
+) -> tokio::task::JoinHandle<harness::reference::Result<WaitOutcome>> {
+    let s = s.clone();
+    tokio::spawn(async move { s.wait(id, Duration::from_secs(secs)).await })
+}
+
 async fn settled(s: &dyn FeedbackStrategy) -> bool {
     harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
         let st = s.stats();
@@ -61,10 +71,7 @@ async fn wait_then_respond_wakes_by_notification() {
     let cfg = no_polling(config(&rig));
     let channel = cfg.keys.feedback_channel("w1");
     let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap());
-    let waiter = tokio::spawn({
-        let h = h.clone();
-        async move { h.wait("w1", Duration::from_secs(30)).await }
-    });
+    let waiter = spawn_wait(&h, "w1", 30);
     assert!(await_numsub(&rig.redis_url(), &channel, 1).await);
     let t = Instant::now();
     assert_eq!(h.respond("w1", &fields("w1")).await, PublishOutcome::Notified { subscribers: 1 });
@@ -96,10 +103,7 @@ async fn a_dropped_waiting_future_leaves_nothing_behind() {
     let cfg = config(&rig);
     let channel = cfg.keys.feedback_channel("d1");
     let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap());
-    let waiter = tokio::spawn({
-        let h = h.clone();
-        async move { h.wait("d1", Duration::from_secs(60)).await }
-    });
+    let waiter = spawn_wait(&h, "d1", 60);
     assert!(await_numsub(&rig.redis_url(), &channel, 1).await);
     assert_eq!(h.stats().waiters, 1);
     waiter.abort();
@@ -116,14 +120,7 @@ async fn two_concurrent_resumers_both_get_the_response() {
     let channel = cfg.keys.feedback_channel("c1");
     let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap());
     // Before the response (both subscribe the same channel) and after it (both resume).
-    let early: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::spawn({
-                let h = h.clone();
-                async move { h.wait("c1", Duration::from_secs(30)).await }
-            })
-        })
-        .collect();
+    let early: Vec<_> = (0..2).map(|_| spawn_wait(&h, "c1", 30)).collect();
     let both = harness::poll_until(Duration::from_secs(5), Duration::from_millis(5), || async {
         (h.stats().waiters == 2).then_some(())
     })
@@ -149,10 +146,7 @@ async fn a_response_published_while_the_subscriber_is_cut_off_is_still_returned(
     let channel = cfg.keys.feedback_channel("o1");
     let h = Arc::new(Hybrid::connect(&rig.redis_url(), &sub_url, cfg).await.unwrap());
     let t = Instant::now();
-    let waiter = tokio::spawn({
-        let h = h.clone();
-        async move { h.wait("o1", Duration::from_secs(60)).await }
-    });
+    let waiter = spawn_wait(&h, "o1", 60);
     assert!(await_numsub(&rig.redis_url(), &channel, 1).await);
     rig.tp().set_enabled(&sub_proxy, false).await.unwrap();
     assert!(await_numsub(&rig.redis_url(), &channel, 0).await, "the cut subscriber is still subscribed");
@@ -205,10 +199,7 @@ async fn the_poll_fallback_finds_what_no_notification_announced() {
         .unwrap();
     let cfg = Config { poll_interval_ms: 100, subscribe_wait_ms_max: 100, ..config(&rig) };
     let h = Arc::new(Hybrid::connect(&rig.redis_url(), &sub_url, cfg).await.unwrap());
-    let waiter = tokio::spawn({
-        let h = h.clone();
-        async move { h.wait("p1", Duration::from_secs(30)).await }
-    });
+    let waiter = spawn_wait(&h, "p1", 30);
     assert!(harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
         (h.stats().pending_polls == 1).then_some(())
     })
@@ -225,10 +216,7 @@ async fn shutdown_on_the_control_channel_ends_waits() {
     let rig = Rig::new().await;
     let cfg = config(&rig);
     let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg.clone()).await.unwrap());
-    let waiter = tokio::spawn({
-        let h = h.clone();
-        async move { h.wait("s1", Duration::from_secs(30)).await }
-    });
+    let waiter = spawn_wait(&h, "s1", 30);
     assert!(await_numsub(&rig.redis_url(), &cfg.keys.feedback_channel("s1"), 1).await);
     let hub_publisher = FanoutPublisher::connect(&rig.redis_url(), cfg).await.unwrap();
     assert!(hub_publisher.control(Control::Shutdown).await.committed());
@@ -261,10 +249,7 @@ async fn pubsub_only_delivers_the_payload_live() {
     let cfg = config(&rig);
     let channel = cfg.keys.feedback_channel("b3");
     let ps = Arc::new(PubSubOnly::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap());
-    let waiter = tokio::spawn({
-        let ps = ps.clone();
-        async move { ps.wait("b3", Duration::from_secs(30)).await }
-    });
+    let waiter = spawn_wait(&ps, "b3", 30);
     assert!(await_numsub(&rig.redis_url(), &channel, 1).await);
     assert_eq!(ps.respond("b3", &fields("b3")).await, PublishOutcome::Notified { subscribers: 1 });
     let WaitOutcome::Obtained { fields: f, .. } = waiter.await.unwrap().unwrap() else { panic!() };
@@ -278,10 +263,7 @@ async fn polling_only_waits_for_its_tick() {
     let po = Arc::new(
         PollingOnly::connect(&rig.redis_url(), Config { poll_interval_ms: 100, ..config(&rig) }).await.unwrap(),
     );
-    let waiter = tokio::spawn({
-        let po = po.clone();
-        async move { po.wait("b4", Duration::from_secs(10)).await }
-    });
+    let waiter = spawn_wait(&po, "b4", 10);
     assert!(harness::poll_until(Duration::from_secs(5), Duration::from_millis(5), || async {
         (po.stats().waiters == 1).then_some(())
     })
