@@ -20,12 +20,18 @@
 //!   chunk streaming, fan-out, robust subscriber and publisher) and the pub/sub-only and
 //!   polling-only baselines behind one [`reference::FeedbackStrategy`] interface. It knows
 //!   nothing of faults or checkers, so an engineer can swap in another implementation.
+//! - [`history`]: the recorded run, Jepsen style (invoke / ok / fail / info with monotonic
+//!   timestamps), saved as JSON lines.
+//! - [`checker`]: pure functions of a history (lost, resume, duplicated, order, cleanup,
+//!   latency), each a verdict (valid / invalid / unknown) with its evidence.
 //! - [`smoke`]: a short end-to-end exercise of the above, what `./ci/chaos` runs until the
 //!   scenario suites exist.
 //!
-//! Workload, fault and checker stay apart: this crate will grow `workload/`, `nemesis/` and
-//! `checker/` (pure functions of a recorded history) as separate trees beside `reference/`.
+//! Workload, fault and checker stay apart: `workload/` and `nemesis/` (the scenario suites)
+//! come next, beside `reference/` and `checker`.
 
+pub mod checker;
+pub mod history;
 pub mod infra;
 pub mod reference;
 pub mod smoke;

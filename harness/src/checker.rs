@@ -1,0 +1,552 @@
+//! Checkers: pure functions of a recorded [`History`], each returning a [`Verdict`] (valid,
+//! invalid or unknown) with the evidence.
+//!
+//! Safety (what was lost, duplicated, reordered) is judged apart from liveness (how fast,
+//! whether resources came back). `Unknown` is an answer, not a failure to answer: a checker
+//! says it when the history cannot decide (nobody ever asked for an id, an observation is
+//! missing), and the run reports it instead of guessing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::history::{Event, History, Kind, Op, Reading};
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validity {
+    Valid,
+    Invalid,
+    Unknown,
+}
+
+impl Validity {
+    /// Invalid beats unknown beats valid: the combined verdict of several checks.
+    pub fn and(self, other: Validity) -> Validity {
+        match (self, other) {
+            (Validity::Invalid, _) | (_, Validity::Invalid) => Validity::Invalid,
+            (Validity::Unknown, _) | (_, Validity::Unknown) => Validity::Unknown,
+            _ => Validity::Valid,
+        }
+    }
+}
+
+/// A checker's verdict with its evidence (at most [`EVIDENCE_ITEMS_MAX`] lines) and, where it
+/// measures something, the figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub checker: &'static str,
+    pub validity: Validity,
+    pub evidence: Vec<String>,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub stats: serde_json::Value,
+}
+
+/// Evidence lines kept per verdict; the count of the rest is appended.
+pub const EVIDENCE_ITEMS_MAX: usize = 20;
+
+fn verdict(checker: &'static str, invalid: Vec<String>, unknown: Vec<String>) -> Verdict {
+    let validity = if !invalid.is_empty() {
+        Validity::Invalid
+    } else if !unknown.is_empty() {
+        Validity::Unknown
+    } else {
+        Validity::Valid
+    };
+    let mut evidence: Vec<String> = invalid.into_iter().chain(unknown).collect();
+    if evidence.len() > EVIDENCE_ITEMS_MAX {
+        let more = evidence.len() - EVIDENCE_ITEMS_MAX;
+        evidence.truncate(EVIDENCE_ITEMS_MAX);
+        evidence.push(format!("... and {more} more"));
+    }
+    Verdict { checker, validity, evidence, stats: serde_json::Value::Null }
+}
+
+/// A completed respond or wait, flattened for the feedback checkers.
+struct FeedbackOp<'a> {
+    invoke_us: u64,
+    end: Option<&'a Event>,
+}
+
+struct Responses<'a> {
+    /// id -> (respond op, token)
+    responds: BTreeMap<&'a str, Vec<(FeedbackOp<'a>, &'a str)>>,
+    /// id -> wait ops (resume flag on the invoke)
+    waits: BTreeMap<&'a str, Vec<(FeedbackOp<'a>, bool)>>,
+}
+
+fn feedback_ops(h: &History) -> Responses<'_> {
+    let mut r = Responses { responds: BTreeMap::new(), waits: BTreeMap::new() };
+    for op in h.operations() {
+        let fo = FeedbackOp { invoke_us: op.invoke.time_us, end: op.completion };
+        match &op.invoke.op {
+            Op::Respond { id, token } => r.responds.entry(id.as_str()).or_default().push((fo, token.as_str())),
+            Op::Wait { id, resume, .. } => r.waits.entry(id.as_str()).or_default().push((fo, *resume)),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn obtained_token(e: &Event) -> Option<&str> {
+    match (&e.kind, &e.op) {
+        (Kind::Ok, Op::Wait { token, .. }) => token.as_deref(),
+        _ => None,
+    }
+}
+
+fn acked_at(op: &FeedbackOp<'_>) -> Option<u64> {
+    op.end.filter(|e| e.kind == Kind::Ok).map(|e| e.time_us)
+}
+
+/// **lost**: an acknowledged response that no waiter or resumer obtained although one asked
+/// after it was acknowledged. Also invalid: a waiter obtaining a token nobody responded, or a
+/// response reported failed that was delivered anyway (the failure report lied).
+pub fn lost(h: &History) -> Verdict {
+    let ops = feedback_ops(h);
+    let (mut invalid, mut unknown) = (Vec::new(), Vec::new());
+    for (id, responds) in &ops.responds {
+        let waits = ops.waits.get(id).map(Vec::as_slice).unwrap_or(&[]);
+        let tokens: Vec<&str> = waits.iter().filter_map(|(w, _)| w.end.and_then(obtained_token)).collect();
+        for (r, token) in responds {
+            let delivered = tokens.contains(token);
+            match r.end.map(|e| e.kind) {
+                Some(Kind::Ok) if !delivered => {
+                    let ack = acked_at(r).expect("ok has a time");
+                    let asked_after = waits.iter().any(|(w, _)| w.end.is_some_and(|e| e.time_us >= ack));
+                    if asked_after {
+                        invalid.push(format!("{id}: response {token} acknowledged at {ack} us, never obtained"));
+                    } else {
+                        unknown.push(format!("{id}: response {token} acknowledged, but nobody asked afterwards"));
+                    }
+                }
+                Some(Kind::Fail) if delivered => {
+                    invalid.push(format!("{id}: response {token} reported failed, yet a waiter obtained it"))
+                }
+                _ => {}
+            }
+        }
+        let known: Vec<&str> = responds.iter().map(|(_, t)| *t).collect();
+        for t in tokens.iter().filter(|t| !known.contains(t)) {
+            invalid.push(format!("{id}: a waiter obtained {t}, which nobody responded"));
+        }
+    }
+    verdict("lost", invalid, unknown)
+}
+
+/// **resume**: a worker resuming after a checkpoint finds every response acknowledged before
+/// it started; a resumer that comes back empty-handed is invalid.
+pub fn resume(h: &History) -> Verdict {
+    let ops = feedback_ops(h);
+    let mut invalid = Vec::new();
+    let mut resumers = 0;
+    for (id, waits) in &ops.waits {
+        let acked: Vec<(u64, &str)> = ops
+            .responds
+            .get(id)
+            .map(|rs| rs.iter().filter_map(|(r, t)| acked_at(r).map(|a| (a, *t))).collect())
+            .unwrap_or_default();
+        for (w, is_resume) in waits.iter().filter(|(_, r)| *r) {
+            resumers += 1;
+            let _ = is_resume;
+            let Some(first_ack) = acked.iter().filter(|(a, _)| *a <= w.invoke_us).map(|(a, _)| *a).min() else {
+                continue;
+            };
+            match w.end {
+                Some(e) if obtained_token(e).is_some() => {}
+                Some(e) => invalid.push(format!(
+                    "{id}: resumed at {} us after the response was acknowledged at {first_ack} us, ended {:?}",
+                    w.invoke_us, e.kind
+                )),
+                None => invalid.push(format!("{id}: resumed at {} us and never returned", w.invoke_us)),
+            }
+        }
+    }
+    let mut v = verdict("resume", invalid, Vec::new());
+    if resumers == 0 {
+        v.validity = Validity::Unknown;
+        v.evidence.push("no resume in the history".into());
+    }
+    v
+}
+
+/// **duplicated**: a consumer handed the same chunk to the application more than once.
+pub fn duplicated(h: &History) -> Verdict {
+    let mut seen: HashMap<(&str, u32, u64), u32> = HashMap::new();
+    for e in &h.events {
+        if let (Kind::Ok, Op::Deliver { task, consumer, index }) = (&e.kind, &e.op) {
+            *seen.entry((task.as_str(), *consumer, *index)).or_default() += 1;
+        }
+    }
+    let mut invalid: Vec<String> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|((t, c, i), n)| format!("{t}: consumer {c} got chunk {i} {n} times"))
+        .collect();
+    invalid.sort();
+    verdict("duplicated", invalid, Vec::new())
+}
+
+/// **order**: each consumer's deliveries run `from, from+1, ...` with no gap or reordering,
+/// and a consumer that finished got every acknowledged chunk through the final one.
+pub fn order(h: &History) -> Verdict {
+    let mut invalid = Vec::new();
+    let mut last_acked: HashMap<&str, u64> = HashMap::new();
+    let mut final_index: HashMap<&str, u64> = HashMap::new();
+    for op in h.operations() {
+        if let (Op::Produce { task, index, last }, Some(end)) = (&op.invoke.op, op.completion) {
+            if end.kind == Kind::Ok {
+                let e = last_acked.entry(task.as_str()).or_default();
+                *e = (*e).max(*index);
+                if *last {
+                    final_index.insert(task.as_str(), *index);
+                }
+            }
+        }
+    }
+    let mut next: HashMap<(&str, u32), u64> = HashMap::new();
+    for op in h.operations() {
+        match (&op.invoke.op, op.completion) {
+            (Op::Follow { task, consumer, from }, _) if op.invoke.kind == Kind::Invoke => {
+                next.insert((task.as_str(), *consumer), *from);
+            }
+            _ => {}
+        }
+    }
+    let mut delivered_to: HashMap<(&str, u32), u64> = HashMap::new();
+    for e in &h.events {
+        match (&e.kind, &e.op) {
+            (Kind::Ok, Op::Deliver { task, consumer, index }) => {
+                let key = (task.as_str(), *consumer);
+                let expect = next.entry(key).or_insert(*index);
+                if *index != *expect {
+                    invalid.push(format!("{task}: consumer {consumer} got chunk {index}, expected {expect}"));
+                }
+                *expect = index + 1;
+                delivered_to.insert(key, *index);
+            }
+            (Kind::Ok, Op::Follow { task, consumer, from }) => {
+                let upto = final_index.get(task.as_str()).or_else(|| last_acked.get(task.as_str())).copied();
+                let got = delivered_to.get(&(task.as_str(), *consumer)).copied();
+                if let Some(upto) = upto {
+                    if upto >= *from && got != Some(upto) {
+                        invalid.push(format!(
+                            "{task}: consumer {consumer} finished at {got:?}, chunks through {upto} were acknowledged"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    verdict("order", invalid, Vec::new())
+}
+
+/// Limits the cleanup check allows.
+#[derive(Clone, Copy, Debug)]
+pub struct CleanupLimits {
+    /// Growth of `used_memory` from baseline to the end, in bytes.
+    pub memory_growth_bytes_max: u64,
+}
+
+impl Default for CleanupLimits {
+    fn default() -> Self {
+        CleanupLimits { memory_growth_bytes_max: 8 * 1024 * 1024 }
+    }
+}
+
+/// **cleanup**: after the run quiesced, subscriptions and connections are back to baseline,
+/// no key of the run lacks a TTL, no waiter is registered, memory growth is bounded.
+pub fn cleanup(h: &History, limits: CleanupLimits) -> Verdict {
+    let reading = |phase: &str| -> Option<&Reading> {
+        h.events.iter().rev().find_map(|e| match &e.op {
+            Op::Observe { phase: p, reading } if p == phase => Some(reading),
+            _ => None,
+        })
+    };
+    let (Some(base), Some(end)) = (reading("baseline"), reading("final")) else {
+        return verdict("cleanup", Vec::new(), vec!["no baseline and final observation in the history".into()]);
+    };
+    let mut invalid = Vec::new();
+    if end.subscriptions > base.subscriptions {
+        invalid.push(format!("subscriptions {} -> {}", base.subscriptions, end.subscriptions));
+    }
+    if end.connections > base.connections {
+        invalid.push(format!("connections {} -> {}", base.connections, end.connections));
+    }
+    if end.keys_without_ttl > 0 {
+        invalid.push(format!("{} keys without a TTL", end.keys_without_ttl));
+    }
+    if end.waiters > 0 {
+        invalid.push(format!("{} waiters still registered", end.waiters));
+    }
+    let growth = end.used_memory_bytes.saturating_sub(base.used_memory_bytes);
+    if growth > limits.memory_growth_bytes_max {
+        invalid.push(format!("used_memory grew by {growth} bytes (limit {})", limits.memory_growth_bytes_max));
+    }
+    let mut v = verdict("cleanup", invalid, Vec::new());
+    v.stats = serde_json::json!({ "baseline": base, "final": end });
+    v
+}
+
+/// Respond-to-obtain latency of waiters that were already waiting when the response came
+/// (resumers excluded: they measure the checkpoint gap, not the notification path).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencyStats {
+    pub samples: u64,
+    /// Obtained after a Pub/Sub notification.
+    pub notified: u64,
+    /// Obtained by a storage read not prompted by a notification (poll, resync, re-read).
+    pub rescued_by_polling: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Largest latency the histogram resolves, in microseconds (one hour); longer ones count as
+/// this.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+/// **latency**: quantiles of respond-to-obtain, split into notified vs rescued by polling.
+/// Invalid only when `bound_ms` is given and a sample exceeds it.
+pub fn latency(h: &History, bound_ms: Option<f64>) -> Verdict {
+    let ops = feedback_ops(h);
+    let mut hist =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).expect("static bounds are valid");
+    let mut stats = LatencyStats::default();
+    let mut invalid = Vec::new();
+    for (id, responds) in &ops.responds {
+        for (r, token) in responds {
+            for (w, is_resume) in ops.waits.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+                let Some(end) = w.end.filter(|e| obtained_token(e) == Some(*token)) else { continue };
+                if *is_resume || w.invoke_us > r.invoke_us {
+                    continue;
+                }
+                let us = end.time_us.saturating_sub(r.invoke_us);
+                hist.saturating_record(us.clamp(1, LATENCY_US_MAX));
+                stats.samples += 1;
+                match &end.op {
+                    Op::Wait { via: Some(v), .. } if v == "notified" => stats.notified += 1,
+                    _ => stats.rescued_by_polling += 1,
+                }
+                if let Some(b) = bound_ms {
+                    if us as f64 / 1000.0 > b {
+                        invalid.push(format!(
+                            "{id}: obtained {:.1} ms after the respond (bound {b} ms)",
+                            us as f64 / 1000.0
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if stats.samples > 0 {
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        (stats.p50_ms, stats.p90_ms, stats.p99_ms, stats.max_ms) =
+            (ms(0.5), ms(0.9), ms(0.99), hist.max() as f64 / 1000.0);
+    }
+    let mut v = verdict("latency", invalid, Vec::new());
+    v.stats = serde_json::to_value(&stats).expect("stats serialise");
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny history builder: each call appends one event at the next microsecond.
+    #[derive(Default)]
+    struct B {
+        h: History,
+        t: u64,
+    }
+
+    impl B {
+        fn at(mut self, t: u64) -> Self {
+            self.t = t;
+            self
+        }
+        fn e(mut self, process: u32, kind: Kind, op: Op) -> Self {
+            self.t += 1;
+            self.h.push(Event { time_us: self.t, process, kind, op, note: None });
+            self
+        }
+        fn respond(self, p: u32, kind: Kind, id: &str, token: &str) -> Self {
+            let op = || Op::Respond { id: id.into(), token: token.into() };
+            self.e(p, Kind::Invoke, op()).e(p, kind, op())
+        }
+        fn wait(self, p: u32, id: &str, resume: bool, got: Option<(&str, &str)>) -> Self {
+            let inv = Op::Wait { id: id.into(), token: None, via: None, resume };
+            let (kind, done) = match got {
+                Some((t, via)) => {
+                    (Kind::Ok, Op::Wait { id: id.into(), token: Some(t.into()), via: Some(via.into()), resume })
+                }
+                None => (Kind::Fail, inv.clone()),
+            };
+            self.e(p, Kind::Invoke, inv).e(p, kind, done)
+        }
+        fn wait_open(self, p: u32, id: &str) -> Self {
+            self.e(p, Kind::Invoke, Op::Wait { id: id.into(), token: None, via: None, resume: false })
+        }
+        fn wait_done(self, p: u32, id: &str, got: Option<(&str, &str)>) -> Self {
+            match got {
+                Some((t, via)) => self.e(
+                    p,
+                    Kind::Ok,
+                    Op::Wait { id: id.into(), token: Some(t.into()), via: Some(via.into()), resume: false },
+                ),
+                None => self.e(p, Kind::Fail, Op::Wait { id: id.into(), token: None, via: None, resume: false }),
+            }
+        }
+        fn deliver(self, consumer: u32, index: u64) -> Self {
+            self.e(100 + consumer, Kind::Ok, Op::Deliver { task: "s".into(), consumer, index })
+        }
+        fn produce(self, index: u64, last: bool) -> Self {
+            let op = || Op::Produce { task: "s".into(), index, last };
+            self.e(0, Kind::Invoke, op()).e(0, Kind::Ok, op())
+        }
+        fn follow(self, consumer: u32, from: u64, kind: Kind) -> Self {
+            let op = || Op::Follow { task: "s".into(), consumer, from };
+            self.e(200 + consumer, kind, op())
+        }
+        fn observe(self, phase: &str, reading: Reading) -> Self {
+            self.e(999, Kind::Ok, Op::Observe { phase: phase.into(), reading })
+        }
+    }
+
+    #[test]
+    fn lost_passes_when_every_ack_is_obtained() {
+        let h = B::default().respond(0, Kind::Ok, "a", "t1").wait(1, "a", true, Some(("t1", "immediate"))).h;
+        assert_eq!(lost(&h).validity, Validity::Valid);
+    }
+
+    #[test]
+    fn lost_fails_when_an_ack_is_never_obtained() {
+        let h = B::default().respond(0, Kind::Ok, "a", "t1").wait(1, "a", true, None).h;
+        let v = lost(&h);
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        assert!(v.evidence[0].contains("never obtained"));
+    }
+
+    #[test]
+    fn lost_is_unknown_when_nobody_asked_after_the_ack() {
+        let h = B::default().wait(1, "a", false, None).respond(0, Kind::Ok, "a", "t1").h;
+        assert_eq!(lost(&h).validity, Validity::Unknown);
+    }
+
+    #[test]
+    fn lost_does_not_blame_an_unknown_or_failed_respond() {
+        let h =
+            B::default().respond(0, Kind::Info, "a", "t1").respond(0, Kind::Fail, "b", "t2").wait(1, "a", true, None).h;
+        assert_eq!(lost(&h).validity, Validity::Valid);
+    }
+
+    #[test]
+    fn lost_catches_a_lying_failure_and_a_phantom_token() {
+        let h = B::default().respond(0, Kind::Fail, "a", "t1").wait(1, "a", true, Some(("t1", "immediate"))).h;
+        assert_eq!(lost(&h).validity, Validity::Invalid);
+        let h = B::default().respond(0, Kind::Ok, "a", "t1").wait(1, "a", true, Some(("zz", "immediate"))).h;
+        let v = lost(&h);
+        assert_eq!(v.validity, Validity::Invalid);
+        assert!(v.evidence.iter().any(|e| e.contains("nobody responded")), "{v:?}");
+    }
+
+    #[test]
+    fn resume_checks_only_what_was_acknowledged_before_it() {
+        let ok = B::default().respond(0, Kind::Ok, "a", "t1").wait(1, "a", true, Some(("t1", "immediate"))).h;
+        assert_eq!(resume(&ok).validity, Validity::Valid);
+        let bad = B::default().respond(0, Kind::Ok, "a", "t1").wait(1, "a", true, None).h;
+        assert_eq!(resume(&bad).validity, Validity::Invalid);
+        // Resumed before the response existed: an empty-handed resume is fine.
+        let early = B::default().wait(1, "a", true, None).respond(0, Kind::Ok, "a", "t1").h;
+        assert_eq!(resume(&early).validity, Validity::Valid);
+        let none = B::default().respond(0, Kind::Ok, "a", "t1").h;
+        assert_eq!(resume(&none).validity, Validity::Unknown);
+    }
+
+    #[test]
+    fn duplicated_flags_a_chunk_handed_over_twice() {
+        let ok = B::default().deliver(1, 0).deliver(1, 1).deliver(2, 0).h;
+        assert_eq!(duplicated(&ok).validity, Validity::Valid);
+        let bad = B::default().deliver(1, 0).deliver(1, 1).deliver(1, 1).h;
+        let v = duplicated(&bad);
+        assert_eq!(v.validity, Validity::Invalid);
+        assert!(v.evidence[0].contains("chunk 1 2 times"), "{v:?}");
+    }
+
+    #[test]
+    fn order_flags_gaps_reordering_and_a_short_finish() {
+        let base = || B::default().produce(0, false).produce(1, false).produce(2, true);
+        let ok = base().follow(1, 0, Kind::Invoke).deliver(1, 0).deliver(1, 1).deliver(1, 2).follow(1, 0, Kind::Ok).h;
+        assert_eq!(order(&ok).validity, Validity::Valid, "{:?}", order(&ok));
+        let late_joiner = base().follow(1, 1, Kind::Invoke).deliver(1, 1).deliver(1, 2).follow(1, 1, Kind::Ok).h;
+        assert_eq!(order(&late_joiner).validity, Validity::Valid);
+        let gap = base().follow(1, 0, Kind::Invoke).deliver(1, 0).deliver(1, 2).follow(1, 0, Kind::Ok).h;
+        assert_eq!(order(&gap).validity, Validity::Invalid);
+        let reordered = base().follow(1, 0, Kind::Invoke).deliver(1, 1).deliver(1, 0).h;
+        assert_eq!(order(&reordered).validity, Validity::Invalid);
+        let short = base().follow(1, 0, Kind::Invoke).deliver(1, 0).deliver(1, 1).follow(1, 0, Kind::Ok).h;
+        let v = order(&short);
+        assert_eq!(v.validity, Validity::Invalid);
+        assert!(v.evidence.iter().any(|e| e.contains("finished at Some(1)")), "{v:?}");
+    }
+
+    #[test]
+    fn cleanup_compares_final_to_baseline() {
+        let base =
+            Reading { subscriptions: 0, connections: 2, keys_without_ttl: 0, waiters: 0, used_memory_bytes: 1_000_000 };
+        let ok = B::default()
+            .observe("baseline", base.clone())
+            .observe("final", Reading { used_memory_bytes: 1_500_000, ..base.clone() })
+            .h;
+        assert_eq!(cleanup(&ok, CleanupLimits::default()).validity, Validity::Valid);
+        let leaky = Reading {
+            subscriptions: 3,
+            connections: 5,
+            keys_without_ttl: 1,
+            waiters: 2,
+            used_memory_bytes: 100_000_000,
+        };
+        let bad = B::default().observe("baseline", base.clone()).observe("final", leaky).h;
+        let v = cleanup(&bad, CleanupLimits::default());
+        assert_eq!(v.validity, Validity::Invalid);
+        assert_eq!(v.evidence.len(), 5, "every leak is named: {v:?}");
+        let missing = B::default().observe("baseline", base).h;
+        assert_eq!(cleanup(&missing, CleanupLimits::default()).validity, Validity::Unknown);
+    }
+
+    #[test]
+    fn latency_splits_notified_from_rescued_and_applies_a_bound() {
+        let h = B::default()
+            .wait_open(1, "a")
+            .wait_open(2, "b")
+            .at(1_000)
+            .respond(0, Kind::Ok, "a", "t1")
+            .respond(0, Kind::Ok, "b", "t2")
+            .at(3_000)
+            .wait_done(1, "a", Some(("t1", "notified")))
+            .at(500_000)
+            .wait_done(2, "b", Some(("t2", "polled")))
+            .wait(3, "a", true, Some(("t1", "immediate")))
+            .h;
+        let v = latency(&h, None);
+        assert_eq!(v.validity, Validity::Valid);
+        assert_eq!(
+            (v.stats["samples"].as_u64(), v.stats["notified"].as_u64(), v.stats["rescued_by_polling"].as_u64()),
+            (Some(2), Some(1), Some(1))
+        );
+        assert!(v.stats["max_ms"].as_f64().unwrap() > 490.0, "{v:?}");
+        let bounded = latency(&h, Some(100.0));
+        assert_eq!(bounded.validity, Validity::Invalid);
+        assert_eq!(bounded.evidence.len(), 1, "only the polled one breaks 100 ms: {bounded:?}");
+    }
+
+    #[test]
+    fn validity_combines_worst_first() {
+        assert_eq!(Validity::Valid.and(Validity::Unknown), Validity::Unknown);
+        assert_eq!(Validity::Unknown.and(Validity::Invalid), Validity::Invalid);
+        assert_eq!(Validity::Valid.and(Validity::Valid), Validity::Valid);
+    }
+}
