@@ -24,6 +24,10 @@
 //!   timestamps), saved as JSON lines.
 //! - [`checker`]: pure functions of a history (lost, resume, duplicated, order, cleanup,
 //!   latency), each a verdict (valid / invalid / unknown) with its evidence.
+//! - [`nemesis`]: faults through the infra provider and the Toxiproxy client, aimed at the
+//!   command connection, the subscriber connection, or both.
+//! - [`scenario`]: workload + faults + checkers composed under a name, with the verdict each
+//!   strategy is expected to get (canaries for the baselines).
 //! - [`smoke`]: a short end-to-end exercise of the above, what `./ci/chaos` runs until the
 //!   scenario suites exist.
 //!
@@ -33,7 +37,9 @@
 pub mod checker;
 pub mod history;
 pub mod infra;
+pub mod nemesis;
 pub mod reference;
+pub mod scenario;
 pub mod smoke;
 pub mod toxiproxy;
 

@@ -1,0 +1,387 @@
+//! Scenarios: a workload, a fault schedule and checkers composed under one name, run for one
+//! strategy against a real Redis behind two proxies (commands, subscriber).
+//!
+//! Every scenario has two phases, as Jepsen's tests do: faults while the workload runs, then
+//! heal, recovery and final reads (one more read of every id, by a fresh worker, after
+//! everything is healed). Safety (lost) and liveness (latency, cleanup) are judged apart.
+//! One seed drives the workload's timing; the same seed reproduces the same schedule.
+//!
+//! Each scenario declares the verdict it expects per strategy. The baselines are known to
+//! break in some: such an expectation is a canary, and a canary that passes means the
+//! harness lost its teeth.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::checker::{self, CleanupLimits, Validity, Verdict};
+use crate::history::{Event, History, Kind, Op, Reading};
+use crate::infra::{admin, Persistence, ProcessRedis, RedisNode, RedisSpec};
+use crate::nemesis::{Fault, Nemesis, Target};
+use crate::reference::baselines::{PollingOnly, PubSubOnly};
+use crate::reference::feedback::Hybrid;
+use crate::reference::{Config, FeedbackStrategy, PublishOutcome, WaitOutcome};
+use crate::toxiproxy::server::ServerOptions;
+use crate::toxiproxy::FaultProxy;
+
+/// The strategies every scenario runs.
+pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
+
+/// One scenario of the catalogue.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub persistence: Persistence,
+    /// Faults applied together when the fault window opens; all healed when it closes.
+    pub faults: Vec<Fault>,
+    /// Faults applied after every response was acknowledged, before the heal (e.g. a crash
+    /// that must find the writes already made).
+    pub late_faults: Vec<Fault>,
+    /// Live waiters wait through the window; without them every response is published to
+    /// nobody and found later by resumers (seed `000_*` scenario B).
+    pub live_waiters: bool,
+    /// Expected verdict per strategy, in [`STRATEGIES`] order.
+    pub expected: [Validity; 3],
+    /// Why a non-valid expectation holds.
+    pub why: &'static str,
+}
+
+/// The catalogue, in run order.
+pub fn catalogue() -> Vec<Scenario> {
+    use Validity::{Invalid, Valid};
+    let sub_gap = Fault::ProxyDown { target: Target::Subscriber };
+    vec![
+        Scenario {
+            name: "clean",
+            about: "no fault: every design delivers",
+            persistence: Persistence::None,
+            faults: vec![],
+            late_faults: vec![],
+            live_waiters: true,
+            expected: [Valid, Valid, Valid],
+            why: "",
+        },
+        Scenario {
+            name: "latency",
+            about: "50 ms +- 20 ms on both connections",
+            persistence: Persistence::None,
+            faults: vec![Fault::Latency { target: Target::Both, latency_ms: 50, jitter_ms: 20 }],
+            late_faults: vec![],
+            live_waiters: true,
+            expected: [Valid, Valid, Valid],
+            why: "",
+        },
+        Scenario {
+            name: "subscriber-blackhole",
+            about: "the subscriber connection goes silent (half-open) while storage works",
+            persistence: Persistence::None,
+            faults: vec![Fault::Blackhole { target: Target::Subscriber }],
+            late_faults: vec![],
+            live_waiters: true,
+            expected: [Valid, Invalid, Valid],
+            why: "pub/sub-only: hints sent into a dead subscription are gone",
+        },
+        Scenario {
+            name: "crash-restart-aof",
+            about: "SIGKILL + restart (AOF always) while the subscriber is cut off",
+            persistence: Persistence::AofAlways,
+            faults: vec![Fault::CrashRestart, sub_gap],
+            late_faults: vec![],
+            live_waiters: true,
+            expected: [Valid, Invalid, Valid],
+            why: "pub/sub-only: messages published during the reconnect gap are lost",
+        },
+        Scenario {
+            name: "crash-restart-no-persistence",
+            about: "responses acknowledged, then SIGKILL + restart with persistence none, then resume",
+            persistence: Persistence::None,
+            // Nobody waits live, so nothing is delivered before the crash wipes the writes:
+            // the loss is the configuration's, deterministically.
+            faults: vec![],
+            late_faults: vec![Fault::CrashRestart],
+            live_waiters: false,
+            expected: [Invalid, Invalid, Invalid],
+            why: "persistence none: acknowledged writes vanish in the crash (caused by the configuration)",
+        },
+        Scenario {
+            name: "resume-from-checkpoint",
+            about: "respond while no worker listens, then a new worker resumes (seed 000 scenario B)",
+            persistence: Persistence::None,
+            faults: vec![],
+            late_faults: vec![],
+            live_waiters: false,
+            expected: [Valid, Invalid, Valid],
+            why: "pub/sub-only: a message published while nobody listens is lost",
+        },
+    ]
+}
+
+/// Workload size and timing. `quick` shrinks everything for CI.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub ids: usize,
+    /// How long the fault window stays open, in ms.
+    pub fault_window_ms: u64,
+    /// Poll interval of the strategies, in ms.
+    pub poll_interval_ms: u64,
+}
+
+impl Budget {
+    pub fn new(quick: bool) -> Budget {
+        if quick {
+            Budget { ids: 12, fault_window_ms: 1_500, poll_interval_ms: 200 }
+        } else {
+            Budget { ids: 40, fault_window_ms: 3_000, poll_interval_ms: 500 }
+        }
+    }
+}
+
+/// Records events with a monotonic timestamp.
+struct Recorder {
+    start: Instant,
+    events: Mutex<Vec<Event>>,
+    next_process: AtomicU32,
+}
+
+impl Recorder {
+    fn process(&self) -> u32 {
+        self.next_process.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn record(&self, process: u32, kind: Kind, op: Op, note: Option<String>) {
+        let time_us = self.start.elapsed().as_micros() as u64;
+        self.events.lock().expect("recorder lock").push(Event { time_us, process, kind, op, note });
+    }
+
+    fn into_history(self) -> History {
+        let mut events = self.events.into_inner().expect("recorder lock");
+        events.sort_by_key(|e| e.time_us);
+        History { events }
+    }
+}
+
+/// What one (scenario, strategy) run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub scenario: String,
+    pub strategy: String,
+    pub verdict: Validity,
+    pub expected_verdict: Validity,
+    pub checks: Vec<Verdict>,
+    #[serde(skip)]
+    pub history: History,
+}
+
+async fn connect(
+    strategy: &str,
+    cmd_url: &str,
+    sub_url: &str,
+    cfg: Config,
+) -> anyhow::Result<Arc<dyn FeedbackStrategy>> {
+    Ok(match strategy {
+        "hybrid" => Arc::new(Hybrid::connect(cmd_url, sub_url, cfg).await?),
+        "pubsub-only" => Arc::new(PubSubOnly::connect(cmd_url, sub_url, cfg).await?),
+        "polling-only" => Arc::new(PollingOnly::connect(cmd_url, cfg).await?),
+        other => anyhow::bail!("unknown strategy {other:?}; valid: {}", STRATEGIES.join(", ")),
+    })
+}
+
+async fn observe(url: &str, prefix: &str, channels: &[String], waiters: u64) -> anyhow::Result<Reading> {
+    let refs: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let subscriptions = admin::pubsub_numsub(url, &refs).await?.iter().map(|(_, n)| n).sum();
+    let connections = admin::clients_under_test(url).await?.len() as u64;
+    let mut c = admin::connect(url).await?;
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut c).await?;
+    let mut keys_without_ttl = 0;
+    for k in keys {
+        let ttl: i64 = redis::cmd("TTL").arg(&k).query_async(&mut c).await?;
+        if ttl == -1 {
+            keys_without_ttl += 1;
+        }
+    }
+    let used_memory_bytes =
+        admin::info(url, Some("memory")).await?.get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(Reading { subscriptions, connections, keys_without_ttl, waiters, used_memory_bytes })
+}
+
+fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> (Kind, Op, Option<String>) {
+    match outcome {
+        Some(WaitOutcome::Obtained { fields, via }) => (
+            Kind::Ok,
+            Op::Wait {
+                id: id.into(),
+                token: fields.get("token").cloned(),
+                via: Some(format!("{via:?}").to_lowercase()),
+                resume,
+            },
+            None,
+        ),
+        Some(WaitOutcome::TimedOut) => {
+            (Kind::Fail, Op::Wait { id: id.into(), token: None, via: None, resume }, Some("timed out".into()))
+        }
+        Some(WaitOutcome::Shutdown) => {
+            (Kind::Info, Op::Wait { id: id.into(), token: None, via: None, resume }, Some("shutdown".into()))
+        }
+        None => (Kind::Info, Op::Wait { id: id.into(), token: None, via: None, resume }, Some("error".into())),
+    }
+}
+
+/// Runs one scenario for one strategy on a fresh Redis and proxies.
+pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
+    let mut redis = ProcessRedis::start(RedisSpec::default().persistence(scenario.persistence)).await?;
+    let faults = FaultProxy::from_env(ServerOptions { seed: Some(seed), ..Default::default() }).await?;
+    let tp = faults.client().clone();
+    let base = format!("{}-{}", scenario.name, redis.port());
+    let cmd_proxy = tp.create_proxy(&format!("{base}-cmd"), "127.0.0.1:0", &redis.addr()).await?;
+    let sub_proxy = tp.create_proxy(&format!("{base}-sub"), "127.0.0.1:0", &redis.addr()).await?;
+    let (cmd_url, sub_url) = (format!("redis://{}/", cmd_proxy.listen), format!("redis://{}/", sub_proxy.listen));
+    let prefix = redis.key_prefix().to_string();
+    let cfg = Config {
+        poll_interval_ms: budget.poll_interval_ms,
+        health_check_interval_ms: 250,
+        health_check_timeout_ms: 500,
+        reconnect_delay_ms_max: 500,
+        command_timeout_ms: 1_000,
+        connect_timeout_ms: 1_000,
+        ..Config::default().with_prefix(&prefix)
+    };
+    let ids: Vec<String> = (0..budget.ids).map(|i| format!("{}-{i}", scenario.name)).collect();
+    let channels: Vec<String> = ids.iter().map(|id| cfg.keys.feedback_channel(id)).collect();
+    let rec =
+        Arc::new(Recorder { start: Instant::now(), events: Mutex::new(Vec::new()), next_process: AtomicU32::new(0) });
+    let mut rng = StdRng::seed_from_u64(seed);
+    let window = Duration::from_millis(budget.fault_window_ms);
+    // Waits outlast the window and the recovery after it.
+    let wait_timeout = window * 3 + Duration::from_millis(budget.poll_interval_ms * 4);
+
+    rec.record(
+        rec.process(),
+        Kind::Ok,
+        Op::Observe { phase: "baseline".into(), reading: observe(&redis.url(), &prefix, &channels, 0).await? },
+        None,
+    );
+    let s = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
+
+    // Phase 1: live waiters (if any), then the fault window with responses spread across it.
+    let mut waiters = Vec::new();
+    if scenario.live_waiters {
+        for id in &ids {
+            let (s, rec, id) = (s.clone(), rec.clone(), id.clone());
+            let p = rec.process();
+            rec.record(p, Kind::Invoke, Op::Wait { id: id.clone(), token: None, via: None, resume: false }, None);
+            waiters.push(tokio::spawn(async move {
+                let got = s.wait(&id, wait_timeout).await;
+                let (kind, op, note) = wait_op(&id, got.as_ref().ok(), false);
+                rec.record(p, kind, op, note);
+            }));
+        }
+        let all = crate::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
+            let n = s.stats().waiters;
+            (n >= ids.len()).then_some(())
+        })
+        .await;
+        anyhow::ensure!(all.is_some(), "waiters did not start");
+        // Let subscriptions settle so the fault, not start-up, is what the run measures.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut nemesis = Nemesis::new(tp.clone(), &cmd_proxy.name, &sub_proxy.name);
+    let offsets: Vec<Duration> =
+        ids.iter().map(|_| Duration::from_millis(rng.random_range(100..budget.fault_window_ms.max(200)))).collect();
+    let window_start = Instant::now();
+    for f in &scenario.faults {
+        nemesis.apply(f, &mut redis).await?;
+    }
+    let mut responders = Vec::new();
+    for (id, offset) in ids.iter().zip(offsets) {
+        let (s, rec, id) = (s.clone(), rec.clone(), id.clone());
+        responders.push(tokio::spawn(async move {
+            tokio::time::sleep_until((window_start + offset).into()).await;
+            let p = rec.process();
+            let token = format!("{id}-{seed}");
+            let op = Op::Respond { id: id.clone(), token: token.clone() };
+            rec.record(p, Kind::Invoke, op.clone(), None);
+            let mut fields = crate::reference::response_fields(&id, &serde_json::Map::new());
+            fields.insert("token".into(), token);
+            let (kind, note) = match s.respond(&id, &fields).await {
+                PublishOutcome::Failed { reason } if reason.contains("circuit open") => (Kind::Fail, Some(reason)),
+                // A failed write may have executed before its reply was lost: unknown.
+                PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
+                other => (Kind::Ok, Some(other.status().to_string())),
+            };
+            rec.record(p, kind, op, note);
+        }));
+    }
+    for r in responders {
+        r.await?;
+    }
+    for f in &scenario.late_faults {
+        nemesis.apply(f, &mut redis).await?;
+    }
+    tokio::time::sleep_until((window_start + window).into()).await;
+    nemesis.heal(&mut redis).await?;
+    for w in waiters {
+        w.await?;
+    }
+    s.shutdown().await;
+    drop(s);
+
+    // Phase 2: final reads by a fresh worker after everything healed.
+    let resume = !scenario.live_waiters;
+    let worker = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
+    let final_timeout = Duration::from_millis(budget.poll_interval_ms * 3 + 500);
+    let mut finals = Vec::new();
+    for id in &ids {
+        let (w, rec, id) = (worker.clone(), rec.clone(), id.clone());
+        finals.push(tokio::spawn(async move {
+            let p = rec.process();
+            rec.record(p, Kind::Invoke, Op::Wait { id: id.clone(), token: None, via: None, resume }, None);
+            let got = w.wait(&id, final_timeout).await;
+            let (kind, op, note) = wait_op(&id, got.as_ref().ok(), resume);
+            rec.record(p, kind, op, note);
+        }));
+    }
+    for f in finals {
+        f.await?;
+    }
+    let left = worker.stats().waiters as u64;
+    worker.shutdown().await;
+    drop(worker);
+    // Quiesce: let the server notice closed connections before reading the final state.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rec.record(
+        rec.process(),
+        Kind::Ok,
+        Op::Observe { phase: "final".into(), reading: observe(&redis.url(), &prefix, &channels, left).await? },
+        None,
+    );
+    for p in [&cmd_proxy.name, &sub_proxy.name] {
+        let _ = tp.delete_proxy(p).await;
+    }
+    drop(faults);
+    drop(redis);
+
+    let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
+    let mut checks = vec![
+        checker::lost(&history),
+        checker::cleanup(&history, CleanupLimits::default()),
+        checker::latency(&history, None),
+    ];
+    if resume {
+        checks.push(checker::resume(&history));
+    }
+    let verdict = checks.iter().filter(|c| c.checker != "latency").fold(Validity::Valid, |acc, c| acc.and(c.validity));
+    let idx = STRATEGIES.iter().position(|s| *s == strategy).expect("strategy validated by connect");
+    Ok(Outcome {
+        scenario: scenario.name.into(),
+        strategy: strategy.into(),
+        verdict,
+        expected_verdict: scenario.expected[idx],
+        checks,
+        history,
+    })
+}

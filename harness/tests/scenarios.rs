@@ -1,0 +1,44 @@
+//! Scenario runs against real Redis through the proxies: each (scenario, strategy) gets the
+//! verdict the catalogue expects, including the canaries (baselines that must break).
+
+use harness::checker::Validity;
+use harness::scenario::{catalogue, run, Budget, STRATEGIES};
+
+async fn check(name: &str) {
+    let scenario = catalogue().into_iter().find(|s| s.name == name).expect("scenario exists");
+    for strategy in STRATEGIES {
+        let out = run(&scenario, strategy, 7, Budget::new(true)).await.unwrap();
+        let evidence: Vec<_> = out.checks.iter().filter(|c| c.validity != Validity::Valid).collect();
+        assert_eq!(out.verdict, out.expected_verdict, "{name}/{strategy}: {evidence:#?}");
+    }
+}
+
+#[tokio::test]
+async fn clean() {
+    check("clean").await;
+}
+
+#[tokio::test]
+async fn subscriber_blackhole() {
+    check("subscriber-blackhole").await;
+}
+
+#[tokio::test]
+async fn crash_restart_aof() {
+    check("crash-restart-aof").await;
+}
+
+#[tokio::test]
+async fn crash_restart_no_persistence() {
+    check("crash-restart-no-persistence").await;
+}
+
+#[tokio::test]
+async fn resume_from_checkpoint() {
+    check("resume-from-checkpoint").await;
+}
+
+#[tokio::test]
+async fn latency() {
+    check("latency").await;
+}
