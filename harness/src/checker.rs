@@ -495,8 +495,7 @@ mod tests {
 
     #[test]
     fn cleanup_compares_final_to_baseline() {
-        let base =
-            Reading { subscriptions: 0, connections: 2, keys_without_ttl: 0, waiters: 0, used_memory_bytes: 1_000_000 };
+        let base = Reading { connections: 2, used_memory_bytes: 1_000_000, ..Reading::default() };
         let ok = B::default()
             .observe("baseline", base.clone())
             .observe("final", Reading { used_memory_bytes: 1_500_000, ..base.clone() })
@@ -508,6 +507,7 @@ mod tests {
             keys_without_ttl: 1,
             waiters: 2,
             used_memory_bytes: 100_000_000,
+            commands_processed: 0,
         };
         let bad = B::default().observe("baseline", base.clone()).observe("final", leaky).h;
         let v = cleanup(&bad, CleanupLimits::default());

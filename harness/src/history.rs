@@ -47,6 +47,8 @@ pub enum Op {
     /// Resource readings; `phase` is `baseline` (before the workload) or `final` (after the
     /// run quiesced).
     Observe { phase: String, reading: Reading },
+    /// The nemesis opened (`apply`) or closed (`heal`) the fault window.
+    Nemesis { action: String, faults: String },
 }
 
 /// What cleanup checks compare between the baseline and the end of a run.
@@ -62,6 +64,9 @@ pub struct Reading {
     pub waiters: u64,
     /// `INFO memory` `used_memory`, in bytes.
     pub used_memory_bytes: u64,
+    /// `INFO stats` `total_commands_processed`.
+    #[serde(default)]
+    pub commands_processed: u64,
 }
 
 /// One event of the history.

@@ -28,6 +28,8 @@
 //!   command connection, the subscriber connection, or both.
 //! - [`scenario`]: workload + faults + checkers composed under a name, with the verdict each
 //!   strategy is expected to get (canaries for the baselines).
+//! - [`report`]: `report.json` (fixed field names), `report.md`, a self-contained
+//!   `report.html`, and `history.jsonl`, built from outcomes by pure functions.
 //! - [`smoke`]: a short end-to-end exercise of the above, what `./ci/chaos` runs until the
 //!   scenario suites exist.
 //!
@@ -39,6 +41,7 @@ pub mod history;
 pub mod infra;
 pub mod nemesis;
 pub mod reference;
+pub mod report;
 pub mod scenario;
 pub mod smoke;
 pub mod toxiproxy;

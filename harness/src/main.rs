@@ -52,6 +52,27 @@ enum Command {
     },
     /// End-to-end check of the foundation (real Redis, fault proxy, latency, crash + restart).
     Smoke,
+    /// List the scenarios and strategies.
+    List,
+    /// Run scenarios x strategies against a real Redis behind the fault proxy and write the
+    /// report. Exit 0: every verdict as expected; 1: a mismatch; 2: unknown or infra failure.
+    Run {
+        /// Scenario to run (repeatable); default all.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+        /// Strategy to run (repeatable): hybrid, pubsub-only, polling-only; default all.
+        #[arg(long = "strategy")]
+        strategies: Vec<String>,
+        /// Seed for the workload's schedule and the proxy's randomness; default a fresh one.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Smaller workload and shorter fault windows (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Where run directories go.
+        #[arg(long, default_value = "reports/out")]
+        out: PathBuf,
+    },
     /// Feedback request/response with the hybrid reference (seed 000 key schema).
     Feedback {
         #[command(subcommand)]
@@ -149,6 +170,120 @@ impl From<PersistenceArg> for Persistence {
     }
 }
 
+async fn run_suite(
+    scenarios: Vec<String>,
+    strategies: Vec<String>,
+    seed: Option<u64>,
+    quick: bool,
+    out: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    use harness::checker::Validity;
+    use harness::scenario::{catalogue, Budget, STRATEGIES};
+    let all = catalogue();
+    let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+    if let Some(bad) = scenarios.iter().find(|s| !names.contains(&s.as_str())) {
+        anyhow::bail!("unknown scenario {bad:?}; valid: {}", names.join(", "));
+    }
+    if let Some(bad) = strategies.iter().find(|s| !STRATEGIES.contains(&s.as_str())) {
+        anyhow::bail!("unknown strategy {bad:?}; valid: {}", STRATEGIES.join(", "));
+    }
+    let chosen: Vec<_> =
+        all.into_iter().filter(|s| scenarios.is_empty() || scenarios.iter().any(|n| n == s.name)).collect();
+    let strats: Vec<&str> =
+        STRATEGIES.iter().copied().filter(|s| strategies.is_empty() || strategies.iter().any(|n| n == s)).collect();
+    let seed = seed.unwrap_or_else(rand::random);
+    let run_id = format!(
+        "{}-{seed:x}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "")
+    );
+    let dir = out.join(&run_id);
+    // Fail on an unwritable --out before spending minutes on the run.
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?;
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let total = (chosen.len() * strats.len()) as u64;
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("static template"));
+        Some(b)
+    } else {
+        None
+    };
+    let budget = Budget::new(quick);
+    let mut outcomes = Vec::new();
+    let mut redis_version = String::new();
+    for sc in &chosen {
+        for st in &strats {
+            match &bar {
+                Some(b) => b.set_message(format!("{} / {st}", sc.name)),
+                None => eprintln!("running {} / {st}", sc.name),
+            }
+            let o = harness::scenario::run(sc, st, seed, budget)
+                .await
+                .map_err(|e| anyhow::anyhow!("{} / {st}: {e:#}", sc.name))?;
+            if let Some(b) = &bar {
+                b.inc(1);
+            } else {
+                eprintln!("  {} / {st}: {:?} (expected {:?})", sc.name, o.verdict, o.expected_verdict);
+            }
+            outcomes.push(o);
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if redis_version.is_empty() {
+        redis_version = redis_server_version();
+    }
+    let report = harness::report::Report {
+        run_id: run_id.clone(),
+        seed,
+        started_at,
+        redis_version,
+        toxiproxy: if std::env::var("TOXIPROXY_URL").is_ok_and(|u| !u.is_empty()) { "external" } else { "embedded" }
+            .into(),
+        scenarios: outcomes.iter().map(harness::report::row).collect(),
+    };
+    harness::report::write_dir(&dir, &report, &outcomes)?;
+    let latest = out.join("latest");
+    let _ = std::fs::remove_file(&latest);
+    let _ = std::os::unix::fs::symlink(&run_id, &latest);
+    print!("{}", harness::report::markdown(&report));
+    eprintln!("report: {}", dir.display());
+    let mut code = ExitCode::SUCCESS;
+    for r in &report.scenarios {
+        if r.verdict != r.expected_verdict {
+            eprintln!(
+                "MISMATCH {} / {}: {:?}, expected {:?}. Reproduce: hybrid-chaos run --scenario {} --strategy {} --seed {seed}{}",
+                r.scenario,
+                r.strategy,
+                r.verdict,
+                r.expected_verdict,
+                r.scenario,
+                r.strategy,
+                if quick { " --quick" } else { "" }
+            );
+            if code == ExitCode::SUCCESS {
+                code = ExitCode::from(1);
+            }
+        }
+        if r.verdict == Validity::Unknown {
+            code = ExitCode::from(2);
+        }
+    }
+    Ok(code)
+}
+
+fn redis_server_version() -> String {
+    let bin = harness::infra::RedisSpec::default().binary;
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().find_map(|w| w.strip_prefix("v=").map(str::to_string)))
+        .unwrap_or_default()
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn interrupted() {
     let mut term =
@@ -202,6 +337,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             interrupted().await;
             drop(redis);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::List => {
+            for s in harness::scenario::catalogue() {
+                let expected: Vec<String> = harness::scenario::STRATEGIES
+                    .iter()
+                    .zip(s.expected)
+                    .map(|(st, v)| format!("{st}={}", format!("{v:?}").to_lowercase()))
+                    .collect();
+                println!("{:<30} {}  [{}]", s.name, s.about, expected.join(" "));
+            }
+            println!("strategies: {}", harness::scenario::STRATEGIES.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { scenarios, strategies, seed, quick, out } => {
+            // Ctrl-C or SIGTERM drops the run: every redis-server it owns is killed on drop
+            // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short).
+            tokio::select! {
+                r = run_suite(scenarios, strategies, seed, quick, out) => r,
+                _ = interrupted() => anyhow::bail!("interrupted; no report written"),
+            }
         }
         Command::Smoke => {
             let report = harness::smoke::run().await?;

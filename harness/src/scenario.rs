@@ -204,9 +204,10 @@ async fn observe(url: &str, prefix: &str, channels: &[String], waiters: u64) -> 
             keys_without_ttl += 1;
         }
     }
-    let used_memory_bytes =
-        admin::info(url, Some("memory")).await?.get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok(Reading { subscriptions, connections, keys_without_ttl, waiters, used_memory_bytes })
+    let info = admin::info(url, None).await?;
+    let num = |k: &str| info.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (used_memory_bytes, commands_processed) = (num("used_memory"), num("total_commands_processed"));
+    Ok(Reading { subscriptions, connections, keys_without_ttl, waiters, used_memory_bytes, commands_processed })
 }
 
 fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> (Kind, Op, Option<String>) {
@@ -293,6 +294,8 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let offsets: Vec<Duration> =
         ids.iter().map(|_| Duration::from_millis(rng.random_range(100..budget.fault_window_ms.max(200)))).collect();
     let window_start = Instant::now();
+    let described = serde_json::to_string(&scenario.faults).expect("faults serialise");
+    rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
     for f in &scenario.faults {
         nemesis.apply(f, &mut redis).await?;
     }
@@ -324,6 +327,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     }
     tokio::time::sleep_until((window_start + window).into()).await;
     nemesis.heal(&mut redis).await?;
+    rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
     for w in waiters {
         w.await?;
     }

@@ -1,0 +1,333 @@
+//! Run reports: `report.json` (field names fixed: other tools read them), `report.md` and a
+//! self-contained `report.html` with SVG charts, all built from scenario outcomes, which are
+//! built from histories. Pure functions: the same outcomes give the same bytes, so the
+//! formats are snapshot-tested.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::checker::Validity;
+use crate::history::{History, Kind, Op, Reading};
+use crate::scenario::Outcome;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Leaks {
+    pub subscriptions: i64,
+    pub connections: i64,
+    pub keys_without_ttl: i64,
+    pub waiters: i64,
+}
+
+/// Evidence lines quoted per finding in a row; `history.jsonl` has everything.
+const FINDING_EXAMPLES_MAX: usize = 2;
+
+/// One row of `report.json`: a (scenario, strategy) pair.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub strategy: String,
+    pub verdict: Validity,
+    pub expected_verdict: Validity,
+    pub attempted: u64,
+    pub acknowledged: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub notified: u64,
+    pub rescued_by_polling: u64,
+    pub latency_ms: LatencyMs,
+    /// From the heal to the first response obtained after it; `null` without a fault window
+    /// or without an obtain after it.
+    pub recovery_ms: Option<f64>,
+    pub redis_commands_per_message: f64,
+    pub leaks: Leaks,
+    /// Non-valid checks with their evidence (not among the fixed fields; extra for humans).
+    pub findings: Vec<String>,
+}
+
+/// `report.json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub seed: u64,
+    pub started_at: String,
+    pub redis_version: String,
+    pub toxiproxy: String,
+    pub scenarios: Vec<Row>,
+}
+
+fn observed<'a>(h: &'a History, phase: &str) -> Option<&'a Reading> {
+    h.events.iter().find_map(|e| match &e.op {
+        Op::Observe { phase: p, reading } if p == phase => Some(reading),
+        _ => None,
+    })
+}
+
+/// Builds a row from an outcome and its history.
+pub fn row(o: &Outcome) -> Row {
+    let h = &o.history;
+    let ops = h.operations();
+    let (mut attempted, mut acked_tokens, mut obtained) = (0u64, Vec::new(), std::collections::BTreeSet::new());
+    for op in &ops {
+        match (&op.invoke.op, op.completion) {
+            (Op::Respond { token, .. }, c) if op.invoke.kind == Kind::Invoke => {
+                attempted += 1;
+                if c.is_some_and(|c| c.kind == Kind::Ok) {
+                    acked_tokens.push(token.clone());
+                }
+            }
+            (Op::Wait { .. }, Some(c)) => {
+                if let Op::Wait { token: Some(t), .. } = &c.op {
+                    obtained.insert(t.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let lost = acked_tokens.iter().filter(|t| !obtained.contains(*t)).count() as u64;
+    let check = |name: &str| o.checks.iter().find(|c| c.checker == name);
+    let lat = check("latency").map(|c| c.stats.clone()).unwrap_or_default();
+    let f = |k: &str| lat.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let heal =
+        h.events.iter().find(|e| matches!(&e.op, Op::Nemesis { action, .. } if action == "heal")).map(|e| e.time_us);
+    let recovery_ms = heal.and_then(|t| {
+        h.events
+            .iter()
+            .filter(|e| e.time_us >= t && e.kind == Kind::Ok && matches!(&e.op, Op::Wait { token: Some(_), .. }))
+            .map(|e| (e.time_us - t) as f64 / 1000.0)
+            .next()
+    });
+    let (base, end) =
+        (observed(h, "baseline").cloned().unwrap_or_default(), observed(h, "final").cloned().unwrap_or_default());
+    let d = |a: u64, b: u64| b as i64 - a as i64;
+    let commands = end.commands_processed.saturating_sub(base.commands_processed) as f64;
+    Row {
+        scenario: o.scenario.clone(),
+        strategy: o.strategy.clone(),
+        verdict: o.verdict,
+        expected_verdict: o.expected_verdict,
+        attempted,
+        acknowledged: acked_tokens.len() as u64,
+        delivered: obtained.len() as u64,
+        lost,
+        duplicated: 0,
+        notified: f("notified") as u64,
+        rescued_by_polling: f("rescued_by_polling") as u64,
+        latency_ms: LatencyMs { p50: f("p50_ms"), p90: f("p90_ms"), p99: f("p99_ms"), max: f("max_ms") },
+        recovery_ms,
+        redis_commands_per_message: if attempted > 0 {
+            (commands / attempted as f64 * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        leaks: Leaks {
+            subscriptions: d(base.subscriptions, end.subscriptions),
+            connections: d(base.connections, end.connections),
+            keys_without_ttl: end.keys_without_ttl as i64,
+            waiters: end.waiters as i64,
+        },
+        findings: o
+            .checks
+            .iter()
+            .filter(|c| c.validity != Validity::Valid)
+            .map(|c| {
+                let shown: Vec<&str> = c.evidence.iter().take(FINDING_EXAMPLES_MAX).map(String::as_str).collect();
+                let more = c.evidence.len().saturating_sub(FINDING_EXAMPLES_MAX);
+                let tail = if more > 0 { format!(" (+{more} more)") } else { String::new() };
+                format!("{} {}: {}{tail}", c.checker, v(c.validity), shown.join("; "))
+            })
+            .collect(),
+    }
+}
+
+fn v(x: Validity) -> &'static str {
+    match x {
+        Validity::Valid => "valid",
+        Validity::Invalid => "invalid",
+        Validity::Unknown => "unknown",
+    }
+}
+
+/// `report.md`: a summary line per verdict, then a table per scenario, a row per strategy.
+pub fn markdown(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# hybrid-chaos run {}\n", r.run_id);
+    let _ = writeln!(
+        out,
+        "seed {} | redis {} | toxiproxy {} | started {}\n",
+        r.seed, r.redis_version, r.toxiproxy, r.started_at
+    );
+    let mut counts: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for row in &r.scenarios {
+        let e = counts.entry(v(row.verdict)).or_default();
+        e.0 += 1;
+        if row.verdict == row.expected_verdict {
+            e.1 += 1;
+        }
+    }
+    for (verdict, (n, as_expected)) in &counts {
+        let _ = writeln!(out, "- **{verdict}**: {n} ({as_expected} as expected)");
+    }
+    let mismatches = r.scenarios.iter().filter(|x| x.verdict != x.expected_verdict).count();
+    let _ = writeln!(out, "- **mismatches**: {mismatches}\n");
+    let mut by_scenario: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    let order: Vec<&str> = r.scenarios.iter().map(|x| x.scenario.as_str()).collect();
+    for row in &r.scenarios {
+        by_scenario.entry(row.scenario.as_str()).or_default().push(row);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for name in order.into_iter().filter(|n| seen.insert(*n)) {
+        let _ = writeln!(out, "## {name}\n");
+        let _ = writeln!(
+            out,
+            "| strategy | verdict | expected | acked | delivered | lost | notified | rescued | p50 ms | p99 ms | recovery ms | cmds/msg | leaks (subs/conns/no-ttl/waiters) |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for x in &by_scenario[name] {
+            let mark = if x.verdict == x.expected_verdict { "" } else { " MISMATCH" };
+            let rec = x.recovery_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "| {} | {}{mark} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {rec} | {:.1} | {}/{}/{}/{} |",
+                x.strategy,
+                v(x.verdict),
+                v(x.expected_verdict),
+                x.acknowledged,
+                x.delivered,
+                x.lost,
+                x.notified,
+                x.rescued_by_polling,
+                x.latency_ms.p50,
+                x.latency_ms.p99,
+                x.redis_commands_per_message,
+                x.leaks.subscriptions,
+                x.leaks.connections,
+                x.leaks.keys_without_ttl,
+                x.leaks.waiters
+            );
+        }
+        let findings: Vec<String> = by_scenario[name]
+            .iter()
+            .flat_map(|x| x.findings.iter().map(move |f| format!("- {}: {f}", x.strategy)))
+            .collect();
+        if !findings.is_empty() {
+            let _ = writeln!(out, "\n{}", findings.join("\n"));
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Bar chart of p50/p90/p99 per strategy for one scenario, as inline SVG (log-free, scaled
+/// to the largest bar).
+fn svg_latency(rows: &[&Row]) -> String {
+    let (w, bar, gap, h) = (560.0, 14.0, 6.0, 20.0);
+    let max = rows.iter().map(|r| r.latency_ms.p99).fold(0.0_f64, f64::max).max(0.001);
+    let height = rows.len() as f64 * (3.0 * bar + gap + h) + 20.0;
+    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" role="img">"#);
+    let mut y = 10.0;
+    for r in rows {
+        let _ = write!(s, r#"<text x="0" y="{}" font-size="12">{}</text>"#, y + 12.0, esc(&r.strategy));
+        y += h;
+        for (label, val, color) in [
+            ("p50", r.latency_ms.p50, "#4c78a8"),
+            ("p90", r.latency_ms.p90, "#f58518"),
+            ("p99", r.latency_ms.p99, "#e45756"),
+        ] {
+            let len = (val / max * (w - 200.0)).max(1.0);
+            let _ = write!(
+                s,
+                r#"<rect x="40" y="{y}" width="{len:.1}" height="{bar}" fill="{color}"/><text x="0" y="{}" font-size="11">{label}</text><text x="{:.1}" y="{}" font-size="11">{val:.1} ms</text>"#,
+                y + 11.0,
+                45.0 + len,
+                y + 11.0
+            );
+            y += bar;
+        }
+        y += gap;
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// `report.html`: one self-contained file (no network): the markdown tables as HTML plus a
+/// latency chart per scenario.
+pub fn html(r: &Report) -> String {
+    let mut out = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>hybrid-chaos report</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}.bad{background:#fdd}</style></head><body>",
+    );
+    let _ = write!(
+        out,
+        "<h1>hybrid-chaos run {}</h1><p>seed {} | redis {} | toxiproxy {} | started {}</p>",
+        esc(&r.run_id),
+        r.seed,
+        esc(&r.redis_version),
+        esc(&r.toxiproxy),
+        esc(&r.started_at)
+    );
+    let mut names: Vec<&str> = Vec::new();
+    for x in &r.scenarios {
+        if !names.contains(&x.scenario.as_str()) {
+            names.push(&x.scenario);
+        }
+    }
+    for name in names {
+        let rows: Vec<&Row> = r.scenarios.iter().filter(|x| x.scenario == name).collect();
+        let _ = write!(out, "<h2>{}</h2><table><tr><th>strategy</th><th>verdict</th><th>expected</th><th>acked</th><th>delivered</th><th>lost</th><th>notified</th><th>rescued</th><th>p50 ms</th><th>p99 ms</th></tr>", esc(name));
+        for x in &rows {
+            let class = if x.verdict == x.expected_verdict { "" } else { " class=\"bad\"" };
+            let _ = write!(
+                out,
+                "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+                esc(&x.strategy),
+                v(x.verdict),
+                v(x.expected_verdict),
+                x.acknowledged,
+                x.delivered,
+                x.lost,
+                x.notified,
+                x.rescued_by_polling,
+                x.latency_ms.p50,
+                x.latency_ms.p99
+            );
+        }
+        out.push_str("</table>");
+        out.push_str(&svg_latency(&rows));
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// Writes `report.json`, `report.md`, `report.html` and `history.jsonl` (every event, tagged
+/// with its scenario and strategy) into `dir`, creating it.
+pub fn write_dir(dir: &std::path::Path, report: &Report, outcomes: &[Outcome]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(report)? + "\n")?;
+    std::fs::write(dir.join("report.md"), markdown(report))?;
+    std::fs::write(dir.join("report.html"), html(report))?;
+    let mut hist = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
+    for o in outcomes {
+        for e in &o.history.events {
+            let mut line = serde_json::to_value(e)?;
+            line["scenario"] = o.scenario.clone().into();
+            line["strategy"] = o.strategy.clone().into();
+            serde_json::to_writer(&mut hist, &line)?;
+            std::io::Write::write_all(&mut hist, b"\n")?;
+        }
+    }
+    std::io::Write::flush(&mut hist)
+}
