@@ -191,6 +191,11 @@ async fn run_suite(
         all.into_iter().filter(|s| scenarios.is_empty() || scenarios.iter().any(|n| n == s.name)).collect();
     let strats: Vec<&str> =
         STRATEGIES.iter().copied().filter(|s| strategies.is_empty() || strategies.iter().any(|n| n == s)).collect();
+    // Preflight: a missing redis-server fails before anything is created.
+    let binary = harness::infra::RedisSpec::default().binary;
+    if harness::infra::process::find_executable(&binary).is_none() {
+        return Err(harness::infra::Error::RedisServerMissing { binary: binary.display().to_string() }.into());
+    }
     let seed = seed.unwrap_or_else(rand::random);
     let run_id = format!(
         "{}-{seed:x}",

@@ -42,3 +42,26 @@ async fn resume_from_checkpoint() {
 async fn latency() {
     check("latency").await;
 }
+
+#[tokio::test]
+async fn two_workers_resume() {
+    check("two-workers-resume").await;
+}
+
+#[tokio::test]
+async fn graceful_restart() {
+    check("graceful-restart").await;
+}
+
+#[tokio::test]
+async fn reset_peer_subscriber() {
+    check("reset-peer-subscriber").await;
+}
+
+#[test]
+fn every_catalogued_scenario_has_a_test_here() {
+    let source = include_str!("scenarios.rs");
+    for s in catalogue() {
+        assert!(source.contains(&format!("check(\"{}\")", s.name)), "scenario {} is never run by the tests", s.name);
+    }
+}

@@ -1,0 +1,179 @@
+//! `hybrid-chaos run` / `list` end to end: report files and fields, exit codes, bad input,
+//! reproducibility of verdicts from a seed, and no redis-server left after Ctrl-C.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::infra::process::{is_alive, signal};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hybrid-chaos");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn verdicts(dir: &Path) -> Vec<(String, String, String)> {
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("latest/report.json")).unwrap()).unwrap();
+    report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap().into(),
+                r["strategy"].as_str().unwrap().into(),
+                r["verdict"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_writes_the_report_with_its_fixed_fields() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let (code, stdout, stderr) =
+        run(&["run", "--quick", "--scenario", "clean", "--strategy", "hybrid", "--seed", "5", "--out", dir], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("## clean"), "{stdout}");
+    let latest = out.path().join("latest");
+    for f in ["report.json", "report.md", "report.html", "history.jsonl"] {
+        assert!(latest.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(latest.join("report.json")).unwrap()).unwrap();
+    for k in ["run_id", "seed", "started_at", "redis_version", "toxiproxy", "scenarios"] {
+        assert!(report.get(k).is_some(), "report.json lacks {k}");
+    }
+    assert_eq!(report["seed"], 5);
+    assert_eq!(report["toxiproxy"], "embedded");
+    let row = &report["scenarios"][0];
+    for k in [
+        "scenario",
+        "strategy",
+        "verdict",
+        "expected_verdict",
+        "attempted",
+        "acknowledged",
+        "delivered",
+        "lost",
+        "duplicated",
+        "notified",
+        "rescued_by_polling",
+        "latency_ms",
+        "recovery_ms",
+        "redis_commands_per_message",
+        "leaks",
+    ] {
+        assert!(row.get(k).is_some(), "row lacks {k}: {row}");
+    }
+    for k in ["p50", "p90", "p99", "max"] {
+        assert!(row["latency_ms"].get(k).is_some());
+    }
+    for k in ["subscriptions", "connections", "keys_without_ttl", "waiters"] {
+        assert_eq!(row["leaks"][k], 0, "leak {k} in a clean run: {row}");
+    }
+    assert_eq!((row["verdict"].as_str(), row["lost"].as_u64()), (Some("valid"), Some(0)));
+    let html = std::fs::read_to_string(latest.join("report.html")).unwrap();
+    assert!(html.contains("<svg"), "no chart in report.html");
+    assert!(!html.contains("src=") && !html.contains("<link"), "report.html loads something from elsewhere");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_verdicts() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for d in [&a, &b] {
+        let (code, _, stderr) = run(
+            &[
+                "run",
+                "--quick",
+                "--scenario",
+                "resume-from-checkpoint",
+                "--seed",
+                "11",
+                "--out",
+                d.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let (va, vb) = (verdicts(a.path()), verdicts(b.path()));
+    assert_eq!(va.len(), 3);
+    assert_eq!(va, vb);
+    assert!(va.iter().any(|(_, s, v)| s == "pubsub-only" && v == "invalid"), "the canary was not caught: {va:?}");
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+        (&["run", "--scenario", "nope"], &[], "valid: clean, latency"),
+        (&["run", "--strategy", "carrier-pigeon"], &[], "valid: hybrid, pubsub-only, polling-only"),
+        (&["run", "--scenario", "clean", "--out", file.to_str().unwrap()], &[], "cannot write to"),
+        (
+            &["run", "--quick", "--scenario", "clean", "--out", out.path().to_str().unwrap()],
+            &[("HYBRID_CHAOS_REDIS_SERVER", "/nonexistent/redis-server")],
+            "apt-get install redis-server",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let (code, _, stderr) = run(args, env);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().filter(|l| l.starts_with("hybrid-chaos: error")).count(),
+            1,
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains(needle), "{args:?}: {stderr:?} lacks {needle:?}");
+    }
+}
+
+/// Pids of `redis-server` processes whose parent is `parent`.
+fn redis_children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let Some((name, rest)) = stat.split_once(") ") else { return false };
+            name.ends_with("(redis-server")
+                && rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ctrl_c_leaves_no_redis_server() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--quick", "--scenario", "latency", "--out", out.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let servers = harness::poll_until(Duration::from_secs(20), Duration::from_millis(10), || async {
+        let c = redis_children(pid);
+        (!c.is_empty()).then_some(c)
+    })
+    .await
+    .expect("the run never started a redis-server");
+    signal(pid, libc::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "an interrupted run is not a pass");
+    let gone = harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
+        servers.iter().all(|p| !is_alive(*p)).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "redis-server {servers:?} survived Ctrl-C");
+}
