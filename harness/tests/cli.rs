@@ -7,17 +7,10 @@ use std::process::{Command, Stdio};
 
 use harness::infra::{ProcessRedis, RedisNode, RedisSpec};
 use redis::AsyncCommands;
-use support::{await_numsub, conn};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hybrid-chaos");
+use support::{await_numsub, conn, BIN};
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    support::cli(args, &[])
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use harness::infra::process::is_alive;
 use harness::infra::{Error, ProcessRedis, RedisSpec};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hybrid-chaos");
+use support::BIN;
 
 async fn wait_dead(pid: u32) -> bool {
     harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async { (!is_alive(pid)).then_some(()) })
@@ -120,26 +120,13 @@ async fn a_bad_config_directive_is_reported_with_the_log() {
     assert!(empty_dir(parent.path()));
 }
 
-fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
-}
-
 #[test]
 fn cli_bad_input_is_one_line_and_exit_2() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    // (arguments, environment, what stderr must say)
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 3] = [
+    support::assert_bad_input(&[
         (&["redis", "--port", &port], &[], "already in use"),
         (&["redis"], &[("HYBRID_CHAOS_REDIS_SERVER", "/nonexistent/redis-server")], "apt-get install redis-server"),
         (&["toxiproxy", "--listen", &format!("127.0.0.1:{port}")], &[], "cannot listen"),
-    ];
-    for (args, env, needle) in cases {
-        let (code, stderr) = run_cli(args, env);
-        assert_eq!(code, 2, "{args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: not one line: {stderr}");
-        assert!(stderr.contains(needle), "{args:?}: {stderr:?} lacks {needle:?}");
-    }
+    ]);
 }

@@ -7,16 +7,9 @@ use std::time::Duration;
 
 use harness::infra::process::{is_alive, signal};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hybrid-chaos");
+mod support;
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use support::{assert_bad_input, cli as run, BIN};
 
 fn verdicts(dir: &Path) -> Vec<(String, String, String)> {
     let report: serde_json::Value =
@@ -116,7 +109,7 @@ fn bad_input_is_one_line_and_exit_2() {
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("a-file");
     std::fs::write(&file, "").unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    assert_bad_input(&[
         (&["run", "--scenario", "nope"], &[], "valid: clean, latency"),
         (&["run", "--strategy", "carrier-pigeon"], &[], "valid: hybrid, pubsub-only, polling-only"),
         (&["run", "--scenario", "clean", "--out", file.to_str().unwrap()], &[], "cannot write to"),
@@ -125,17 +118,7 @@ fn bad_input_is_one_line_and_exit_2() {
             &[("HYBRID_CHAOS_REDIS_SERVER", "/nonexistent/redis-server")],
             "apt-get install redis-server",
         ),
-    ];
-    for (args, env, needle) in cases {
-        let (code, _, stderr) = run(args, env);
-        assert_eq!(code, 2, "{args:?}: {stderr}");
-        assert_eq!(
-            stderr.trim().lines().filter(|l| l.starts_with("hybrid-chaos: error")).count(),
-            1,
-            "{args:?}: {stderr}"
-        );
-        assert!(stderr.contains(needle), "{args:?}: {stderr:?} lacks {needle:?}");
-    }
+    ]);
 }
 
 /// Pids of `redis-server` processes whose parent is `parent`.
