@@ -28,6 +28,10 @@ use crate::reference::{Config, FeedbackStrategy, PublishOutcome, WaitOutcome};
 use crate::toxiproxy::server::ServerOptions;
 use crate::toxiproxy::FaultProxy;
 
+/// How long a churn wait waits before timing out, in ms (a third of it before half are
+/// cancelled).
+const CHURN_WAIT_MS: u64 = 600;
+
 /// The strategies every scenario runs.
 pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
 
@@ -47,6 +51,9 @@ pub struct Scenario {
     pub live_waiters: bool,
     /// Final readers per id (2: two workers resume the same checkpoint).
     pub resumers: usize,
+    /// Extra waits on ids nobody answers, half timing out and half cancelled, before the
+    /// workload: what they leave behind is the cleanup check's business.
+    pub churn_waits: usize,
     /// Expected verdict per strategy, in [`STRATEGIES`] order.
     pub expected: [Validity; 3],
     /// Why a non-valid expectation holds.
@@ -66,6 +73,7 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![],
             live_waiters: true,
             resumers: 1,
+            churn_waits: 0,
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -77,6 +85,7 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![],
             live_waiters: true,
             resumers: 1,
+            churn_waits: 0,
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -88,6 +97,7 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![],
             live_waiters: true,
             resumers: 1,
+            churn_waits: 0,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: hints sent into a dead subscription are gone",
         },
@@ -99,6 +109,7 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![],
             live_waiters: true,
             resumers: 1,
+            churn_waits: 0,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: messages published during the reconnect gap are lost",
         },
@@ -112,6 +123,7 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![Fault::CrashRestart],
             live_waiters: false,
             resumers: 1,
+            churn_waits: 0,
             expected: [Invalid, Invalid, Invalid],
             why: "persistence none: acknowledged writes vanish in the crash (caused by the configuration)",
         },
@@ -123,6 +135,7 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![],
             live_waiters: false,
             resumers: 1,
+            churn_waits: 0,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: a message published while nobody listens is lost",
         },
@@ -134,6 +147,7 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![],
             live_waiters: false,
             resumers: 2,
+            churn_waits: 0,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: nothing to resume from",
         },
@@ -145,6 +159,7 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![],
             live_waiters: true,
             resumers: 1,
+            churn_waits: 0,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: messages published during the reconnect gap are lost",
         },
@@ -156,8 +171,45 @@ pub fn catalogue() -> Vec<Scenario> {
             late_faults: vec![],
             live_waiters: true,
             resumers: 1,
+            churn_waits: 0,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: no subscription survives the resets, so every hint is lost",
+        },
+        Scenario {
+            name: "redis-unreachable",
+            about: "Redis killed for the whole window (responses fail), then started again",
+            persistence: Persistence::None,
+            faults: vec![Fault::RedisDown],
+            late_faults: vec![],
+            live_waiters: true,
+            resumers: 1,
+            churn_waits: 0,
+            expected: [Valid, Valid, Valid],
+            why: "",
+        },
+        Scenario {
+            name: "publisher-outage",
+            about: "the command connection refused for the window: retries, then the circuit breaker",
+            persistence: Persistence::None,
+            faults: vec![Fault::ProxyDown { target: Target::Commands }],
+            late_faults: vec![],
+            live_waiters: true,
+            resumers: 1,
+            churn_waits: 0,
+            expected: [Valid, Valid, Valid],
+            why: "",
+        },
+        Scenario {
+            name: "waiter-churn-cleanup",
+            about: "1,000 waits that time out or are cancelled, then the usual workload",
+            persistence: Persistence::None,
+            faults: vec![],
+            late_faults: vec![],
+            live_waiters: true,
+            resumers: 1,
+            churn_waits: 1_000,
+            expected: [Valid, Valid, Valid],
+            why: "",
         },
     ]
 }
@@ -293,7 +345,13 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         ..Config::default().with_prefix(&prefix)
     };
     let ids: Vec<String> = (0..budget.ids).map(|i| format!("{}-{i}", scenario.name)).collect();
-    let channels: Vec<String> = ids.iter().map(|id| cfg.keys.feedback_channel(id)).collect();
+    // Every channel the run may subscribe: the workload's ids and the churn ids.
+    let channels: Vec<String> = ids
+        .iter()
+        .cloned()
+        .chain((0..scenario.churn_waits).map(|i| format!("{}-churn-{i}", scenario.name)))
+        .map(|id| cfg.keys.feedback_channel(&id))
+        .collect();
     let rec =
         Arc::new(Recorder { start: Instant::now(), events: Mutex::new(Vec::new()), next_process: AtomicU32::new(0) });
     let mut rng = StdRng::seed_from_u64(seed);
@@ -308,6 +366,36 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         None,
     );
     let s = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
+
+    // Churn: waits that time out or are cancelled, to see whether they leave anything behind.
+    let mut churn = Vec::new();
+    for i in 0..scenario.churn_waits {
+        let (s, rec) = (s.clone(), rec.clone());
+        let id = format!("{}-churn-{i}", scenario.name);
+        let p = rec.process();
+        rec.record(p, Kind::Invoke, Op::Wait { id: id.clone(), token: None, via: None, resume: false }, None);
+        let task = tokio::spawn({
+            let rec = rec.clone();
+            async move {
+                let got = s.wait(&id, Duration::from_millis(CHURN_WAIT_MS)).await;
+                let (kind, op, note) = wait_op(&id, got.as_ref().ok(), false);
+                rec.record(p, kind, op, note);
+            }
+        });
+        churn.push((p, task, i % 2 == 1, format!("{}-churn-{i}", scenario.name)));
+    }
+    if !churn.is_empty() {
+        tokio::time::sleep(Duration::from_millis(CHURN_WAIT_MS / 3)).await;
+        for (p, task, cancel, id) in churn {
+            if cancel && !task.is_finished() {
+                task.abort();
+                let cancelled = Op::Wait { id, token: None, via: None, resume: false };
+                rec.record(p, Kind::Info, cancelled, Some("cancelled".into()));
+            } else {
+                let _ = task.await;
+            }
+        }
+    }
 
     // Phase 1: live waiters (if any), then the fault window with responses spread across it.
     let mut waiters = Vec::new();
@@ -372,6 +460,12 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     for w in waiters {
         w.await?;
     }
+    // Settled, the first worker still running: its subscriptions and waiter maps must be
+    // back to baseline now (after shutdown the server would drop them anyway and hide a
+    // leak).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let settled = observe(&redis.url(), &prefix, &channels, s.stats().waiters as u64).await?;
+    rec.record(rec.process(), Kind::Ok, Op::Observe { phase: "settled".into(), reading: settled }, None);
     s.shutdown().await;
     drop(s);
 

@@ -65,3 +65,18 @@ fn every_catalogued_scenario_has_a_test_here() {
         assert!(source.contains(&format!("check(\"{}\")", s.name)), "scenario {} is never run by the tests", s.name);
     }
 }
+
+#[tokio::test]
+async fn redis_unreachable() {
+    check("redis-unreachable").await;
+}
+
+#[tokio::test]
+async fn publisher_outage() {
+    check("publisher-outage").await;
+}
+
+#[tokio::test]
+async fn waiter_churn_cleanup() {
+    check("waiter-churn-cleanup").await;
+}
