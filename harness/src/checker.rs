@@ -512,6 +512,7 @@ mod tests {
             waiters: 2,
             used_memory_bytes: 100_000_000,
             commands_processed: 0,
+            reconnects: 0,
         };
         let bad = B::default().observe("baseline", base.clone()).observe("final", leaky).h;
         let v = cleanup(&bad, CleanupLimits::default());

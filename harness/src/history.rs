@@ -67,6 +67,9 @@ pub struct Reading {
     /// `INFO stats` `total_commands_processed`.
     #[serde(default)]
     pub commands_processed: u64,
+    /// Subscriber reconnections the implementation made so far.
+    #[serde(default)]
+    pub reconnects: u64,
 }
 
 /// One event of the history.

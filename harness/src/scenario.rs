@@ -54,6 +54,10 @@ pub struct Scenario {
     /// Extra waits on ids nobody answers, half timing out and half cancelled, before the
     /// workload: what they leave behind is the cleanup check's business.
     pub churn_waits: usize,
+    /// Filler bytes added to every response (large messages for pub/sub-only).
+    pub payload_bytes: usize,
+    /// Redis config directives for the run's server.
+    pub redis_config: &'static [(&'static str, &'static str)],
     /// Expected verdict per strategy, in [`STRATEGIES`] order.
     pub expected: [Validity; 3],
     /// Why a non-valid expectation holds.
@@ -74,6 +78,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -86,6 +92,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -98,6 +106,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: hints sent into a dead subscription are gone",
         },
@@ -110,6 +120,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: messages published during the reconnect gap are lost",
         },
@@ -124,6 +136,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: false,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Invalid, Invalid, Invalid],
             why: "persistence none: acknowledged writes vanish in the crash (caused by the configuration)",
         },
@@ -136,6 +150,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: false,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: a message published while nobody listens is lost",
         },
@@ -148,6 +164,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: false,
             resumers: 2,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: nothing to resume from",
         },
@@ -160,6 +178,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: messages published during the reconnect gap are lost",
         },
@@ -172,6 +192,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: no subscription survives the resets, so every hint is lost",
         },
@@ -184,6 +206,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -196,6 +220,8 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -208,8 +234,24 @@ pub fn catalogue() -> Vec<Scenario> {
             live_waiters: true,
             resumers: 1,
             churn_waits: 1_000,
+            payload_bytes: 0,
+            redis_config: &[],
             expected: [Valid, Valid, Valid],
             why: "",
+        },
+        Scenario {
+            name: "slow-subscriber-cut-off",
+            about: "a slow subscriber (16 KB/s) is disconnected by client-output-buffer-limit pubsub 8kb",
+            persistence: Persistence::None,
+            faults: vec![Fault::Bandwidth { target: Target::Subscriber, rate_kb_s: 16 }],
+            late_faults: vec![],
+            live_waiters: true,
+            resumers: 1,
+            churn_waits: 0,
+            payload_bytes: 32 * 1024,
+            redis_config: &[("client-output-buffer-limit", "pubsub 8kb 8kb 0")],
+            expected: [Valid, Invalid, Valid],
+            why: "pub/sub-only: its payload-carrying messages overflow the buffer limit and the server cuts it off",
         },
     ]
 }
@@ -300,7 +342,15 @@ async fn observe(url: &str, prefix: &str, channels: &[String], waiters: u64) -> 
     let info = admin::info(url, None).await?;
     let num = |k: &str| info.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
     let (used_memory_bytes, commands_processed) = (num("used_memory"), num("total_commands_processed"));
-    Ok(Reading { subscriptions, connections, keys_without_ttl, waiters, used_memory_bytes, commands_processed })
+    Ok(Reading {
+        subscriptions,
+        connections,
+        keys_without_ttl,
+        waiters,
+        used_memory_bytes,
+        commands_processed,
+        reconnects: 0,
+    })
 }
 
 fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> (Kind, Op, Option<String>) {
@@ -327,7 +377,11 @@ fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> (Kind, Op, 
 
 /// Runs one scenario for one strategy on a fresh Redis and proxies.
 pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
-    let mut redis = ProcessRedis::start(RedisSpec::default().persistence(scenario.persistence)).await?;
+    let mut spec = RedisSpec::default().persistence(scenario.persistence);
+    for (name, value) in scenario.redis_config {
+        spec = spec.config(name, value);
+    }
+    let mut redis = ProcessRedis::start(spec).await?;
     let faults = FaultProxy::from_env(ServerOptions { seed: Some(seed), ..Default::default() }).await?;
     let tp = faults.client().clone();
     let base = format!("{}-{}", scenario.name, redis.port());
@@ -429,6 +483,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         nemesis.apply(f, &mut redis).await?;
     }
     let mut responders = Vec::new();
+    let payload_bytes = scenario.payload_bytes;
     for (id, offset) in ids.iter().zip(offsets) {
         let (s, rec, id) = (s.clone(), rec.clone(), id.clone());
         responders.push(tokio::spawn(async move {
@@ -439,6 +494,9 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
             rec.record(p, Kind::Invoke, op.clone(), None);
             let mut fields = crate::reference::response_fields(&id, &serde_json::Map::new());
             fields.insert("token".into(), token);
+            if payload_bytes > 0 {
+                fields.insert("padding".into(), "x".repeat(payload_bytes));
+            }
             let (kind, note) = match s.respond(&id, &fields).await {
                 PublishOutcome::Failed { reason } if reason.contains("circuit open") => (Kind::Fail, Some(reason)),
                 // A failed write may have executed before its reply was lost: unknown.
@@ -464,7 +522,8 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     // back to baseline now (after shutdown the server would drop them anyway and hide a
     // leak).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let settled = observe(&redis.url(), &prefix, &channels, s.stats().waiters as u64).await?;
+    let mut settled = observe(&redis.url(), &prefix, &channels, s.stats().waiters as u64).await?;
+    settled.reconnects = s.stats().reconnects;
     rec.record(rec.process(), Kind::Ok, Op::Observe { phase: "settled".into(), reading: settled }, None);
     s.shutdown().await;
     drop(s);

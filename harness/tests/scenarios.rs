@@ -80,3 +80,16 @@ async fn publisher_outage() {
 async fn waiter_churn_cleanup() {
     check("waiter-churn-cleanup").await;
 }
+
+#[tokio::test]
+async fn slow_subscriber_cut_off() {
+    check("slow-subscriber-cut-off").await;
+    // The mechanism, not just the verdict: the server cut pub/sub-only's subscriber off.
+    let scenario = catalogue().into_iter().find(|s| s.name == "slow-subscriber-cut-off").unwrap();
+    let out = run(&scenario, "pubsub-only", 7, Budget::new(true)).await.unwrap();
+    let reconnects = out.history.events.iter().find_map(|e| match &e.op {
+        harness::history::Op::Observe { phase, reading } if phase == "settled" => Some(reading.reconnects),
+        _ => None,
+    });
+    assert!(reconnects.is_some_and(|r| r > 0), "the subscriber was never cut off: {reconnects:?}");
+}

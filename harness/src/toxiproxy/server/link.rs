@@ -27,9 +27,10 @@ use crate::toxiproxy::model::{Stream, Toxic, ToxicKind};
 
 /// Read buffer per pump, in bytes.
 const READ_CHUNK_BYTES: usize = 32 * 1024;
-/// Segments shaped but not yet written, per pump. Past this the pump stops reading and TCP
-/// backpressure reaches the sender.
-const SEGMENTS_QUEUED_MAX: usize = 4096;
+/// Bytes shaped but not yet written, per pump. Past this the pump stops reading and TCP
+/// backpressure reaches the sender: a bandwidth toxic must make the *server* see a slow
+/// reader (e.g. so Redis's client-output-buffer-limit can fire), not an endless proxy buffer.
+const QUEUED_BYTES_MAX: usize = 256 * 1024;
 /// Largest piece a bandwidth toxic writes at once: 100 ms worth of data at its rate, as
 /// Toxiproxy paces it.
 const BANDWIDTH_SLICE_MS: u64 = 100;
@@ -135,7 +136,8 @@ where
             return End::Eof;
         }
         let next_write = queue.front().map(|s| s.not_before);
-        let can_read = !src_done && !close_when_drained && queue.len() < SEGMENTS_QUEUED_MAX;
+        let queued_bytes: usize = queue.iter().map(|s| s.data.len()).sum();
+        let can_read = !src_done && !close_when_drained && queued_bytes < QUEUED_BYTES_MAX;
         tokio::select! {
             biased;
             _ = sleep_until(deadline.map_or_else(Instant::now, |d| d.0)), if deadline.is_some() => {
