@@ -189,11 +189,14 @@ pub fn duplicated(h: &History) -> Verdict {
 }
 
 /// **order**: each consumer's deliveries run `from, from+1, ...` with no gap or reordering,
-/// and a consumer that finished got every acknowledged chunk through the final one.
+/// and a consumer that finished, or gave up after the final chunk was acknowledged, got every
+/// acknowledged chunk through the final one (a consumer stuck behind a gap times out: that
+/// is loss, not patience).
 pub fn order(h: &History) -> Verdict {
     let mut invalid = Vec::new();
     let mut last_acked: HashMap<&str, u64> = HashMap::new();
     let mut final_index: HashMap<&str, u64> = HashMap::new();
+    let mut final_acked_at: HashMap<&str, u64> = HashMap::new();
     for op in h.operations() {
         if let (Op::Produce { task, index, last }, Some(end)) = (&op.invoke.op, op.completion) {
             if end.kind == Kind::Ok {
@@ -201,6 +204,7 @@ pub fn order(h: &History) -> Verdict {
                 *e = (*e).max(*index);
                 if *last {
                     final_index.insert(task.as_str(), *index);
+                    final_acked_at.insert(task.as_str(), end.time_us);
                 }
             }
         }
@@ -226,7 +230,11 @@ pub fn order(h: &History) -> Verdict {
                 *expect = index + 1;
                 delivered_to.insert(key, *index);
             }
-            (Kind::Ok, Op::Follow { task, consumer, from }) => {
+            (Kind::Ok | Kind::Fail, Op::Follow { task, consumer, from }) => {
+                let settled = e.kind == Kind::Ok || final_acked_at.get(task.as_str()).is_some_and(|t| e.time_us >= *t);
+                if !settled {
+                    continue;
+                }
                 let upto = final_index.get(task.as_str()).or_else(|| last_acked.get(task.as_str())).copied();
                 let got = delivered_to.get(&(task.as_str(), *consumer)).copied();
                 if let Some(upto) = upto {
@@ -489,6 +497,15 @@ mod tests {
         assert_eq!(order(&late_joiner).validity, Validity::Valid);
         let gap = base().follow(1, 0, Kind::Invoke).deliver(1, 0).deliver(1, 2).follow(1, 0, Kind::Ok).h;
         assert_eq!(order(&gap).validity, Validity::Invalid);
+        let stuck = base().follow(1, 0, Kind::Invoke).deliver(1, 0).follow(1, 0, Kind::Fail).h;
+        assert_eq!(
+            order(&stuck).validity,
+            Validity::Invalid,
+            "a consumer that timed out after the final ack lost chunks"
+        );
+        let gave_up_early =
+            B::default().produce(0, false).follow(1, 0, Kind::Invoke).follow(1, 0, Kind::Fail).produce(1, true).h;
+        assert_eq!(order(&gave_up_early).validity, Validity::Valid, "a timeout before the stream ended says nothing");
         let reordered = base().follow(1, 0, Kind::Invoke).deliver(1, 1).deliver(1, 0).h;
         assert_eq!(order(&reordered).validity, Validity::Invalid);
         let short = base().follow(1, 0, Kind::Invoke).deliver(1, 0).deliver(1, 1).follow(1, 0, Kind::Ok).h;

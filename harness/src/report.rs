@@ -94,7 +94,15 @@ pub fn row(o: &Outcome) -> Row {
             _ => {}
         }
     }
-    let lost = acked_tokens.iter().filter(|t| !obtained.contains(*t)).count() as u64;
+    let mut lost = acked_tokens.iter().filter(|t| !obtained.contains(*t)).count() as u64;
+    let mut acknowledged = acked_tokens.len() as u64;
+    let mut delivered = obtained.len() as u64;
+    let mut duplicated = 0;
+    let stream = stream_counts(h);
+    if stream.attempted > 0 {
+        (attempted, acknowledged, delivered, duplicated, lost) =
+            (stream.attempted, stream.acknowledged, stream.delivered, stream.duplicated, stream.lost);
+    }
     let check = |name: &str| o.checks.iter().find(|c| c.checker == name);
     let lat = check("latency").map(|c| c.stats.clone()).unwrap_or_default();
     let f = |k: &str| lat.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
@@ -117,10 +125,10 @@ pub fn row(o: &Outcome) -> Row {
         verdict: o.verdict,
         expected_verdict: o.expected_verdict,
         attempted,
-        acknowledged: acked_tokens.len() as u64,
-        delivered: obtained.len() as u64,
+        acknowledged,
+        delivered,
         lost,
-        duplicated: 0,
+        duplicated,
         notified: f("notified") as u64,
         rescued_by_polling: f("rescued_by_polling") as u64,
         latency_ms: LatencyMs { p50: f("p50_ms"), p90: f("p90_ms"), p99: f("p99_ms"), max: f("max_ms") },
@@ -148,6 +156,49 @@ pub fn row(o: &Outcome) -> Row {
             })
             .collect(),
     }
+}
+
+#[derive(Default)]
+struct StreamCounts {
+    attempted: u64,
+    acknowledged: u64,
+    /// Distinct (consumer, chunk) deliveries.
+    delivered: u64,
+    /// Deliveries beyond the first of the same (consumer, chunk).
+    duplicated: u64,
+    /// Acknowledged chunks at or after a consumer's start that it never got.
+    lost: u64,
+}
+
+fn stream_counts(h: &History) -> StreamCounts {
+    let mut c = StreamCounts::default();
+    let mut acked = std::collections::BTreeSet::new();
+    let mut starts = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for op in h.operations() {
+        match (&op.invoke.op, op.invoke.kind) {
+            (Op::Produce { index, .. }, Kind::Invoke) => {
+                c.attempted += 1;
+                if op.completion.is_some_and(|e| e.kind == Kind::Ok) {
+                    c.acknowledged += 1;
+                    acked.insert(*index);
+                }
+            }
+            (Op::Follow { consumer, from, .. }, Kind::Invoke) => starts.push((*consumer, *from)),
+            (Op::Deliver { consumer, index, .. }, Kind::Ok) => {
+                if seen.insert((*consumer, *index)) {
+                    c.delivered += 1;
+                } else {
+                    c.duplicated += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    for (consumer, from) in starts {
+        c.lost += acked.iter().filter(|i| **i >= from && !seen.contains(&(consumer, **i))).count() as u64;
+    }
+    c
 }
 
 fn v(x: Validity) -> &'static str {

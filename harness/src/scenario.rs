@@ -22,9 +22,10 @@ use crate::checker::{self, CleanupLimits, Validity, Verdict};
 use crate::history::{Event, History, Kind, Op, Reading};
 use crate::infra::{admin, Persistence, ProcessRedis, RedisNode, RedisSpec};
 use crate::nemesis::{Fault, Nemesis, Target};
-use crate::reference::baselines::{PollingOnly, PubSubOnly};
+use crate::reference::baselines::{PollingOnly, PollingOnlyStream, PubSubOnly, PubSubOnlyStream};
 use crate::reference::feedback::Hybrid;
-use crate::reference::{Config, FeedbackStrategy, PublishOutcome, WaitOutcome};
+use crate::reference::stream::{FollowEnd, HybridStream};
+use crate::reference::{Config, FeedbackStrategy, PublishOutcome, StreamStrategy, WaitOutcome};
 use crate::toxiproxy::server::ServerOptions;
 use crate::toxiproxy::FaultProxy;
 
@@ -58,6 +59,8 @@ pub struct Scenario {
     pub payload_bytes: usize,
     /// Redis config directives for the run's server.
     pub redis_config: &'static [(&'static str, &'static str)],
+    /// A chunk-streaming workload (seed `003_*`) instead of feedback.
+    pub stream: bool,
     /// Expected verdict per strategy, in [`STRATEGIES`] order.
     pub expected: [Validity; 3],
     /// Why a non-valid expectation holds.
@@ -80,6 +83,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -94,6 +98,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -108,6 +113,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: hints sent into a dead subscription are gone",
         },
@@ -122,6 +128,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: messages published during the reconnect gap are lost",
         },
@@ -138,6 +145,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Invalid, Invalid, Invalid],
             why: "persistence none: acknowledged writes vanish in the crash (caused by the configuration)",
         },
@@ -152,6 +160,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: a message published while nobody listens is lost",
         },
@@ -166,6 +175,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: nothing to resume from",
         },
@@ -180,6 +190,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: messages published during the reconnect gap are lost",
         },
@@ -194,6 +205,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: no subscription survives the resets, so every hint is lost",
         },
@@ -208,6 +220,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -222,6 +235,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -236,6 +250,7 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 1_000,
             payload_bytes: 0,
             redis_config: &[],
+            stream: false,
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -250,8 +265,24 @@ pub fn catalogue() -> Vec<Scenario> {
             churn_waits: 0,
             payload_bytes: 32 * 1024,
             redis_config: &[("client-output-buffer-limit", "pubsub 8kb 8kb 0")],
+            stream: false,
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: its payload-carrying messages overflow the buffer limit and the server cuts it off",
+        },
+        Scenario {
+            name: "stream-late-joiner-reconnect",
+            about: "a stream with its subscriber reset mid-way, and a consumer joining late from index 0",
+            persistence: Persistence::None,
+            faults: vec![Fault::ResetPeer { target: Target::Subscriber }],
+            late_faults: vec![],
+            live_waiters: true,
+            resumers: 1,
+            churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
+            stream: true,
+            expected: [Valid, Invalid, Valid],
+            why: "pub/sub-only streaming: chunks published during the reset gap, and before the late joiner came, are gone",
         },
     ]
 }
@@ -376,28 +407,92 @@ fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> (Kind, Op, 
 }
 
 /// Runs one scenario for one strategy on a fresh Redis and proxies.
-pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
-    let mut spec = RedisSpec::default().persistence(scenario.persistence);
-    for (name, value) in scenario.redis_config {
-        spec = spec.config(name, value);
+/// One run's infrastructure: its own Redis, the fault proxy, two proxies in front of it.
+struct Rig {
+    redis: ProcessRedis,
+    faults: FaultProxy,
+    tp: crate::toxiproxy::ToxiproxyClient,
+    cmd_proxy: String,
+    sub_proxy: String,
+    cmd_url: String,
+    sub_url: String,
+    prefix: String,
+    cfg: Config,
+}
+
+impl Rig {
+    async fn start(scenario: &Scenario, seed: u64, budget: Budget) -> anyhow::Result<Rig> {
+        let mut spec = RedisSpec::default().persistence(scenario.persistence);
+        for (name, value) in scenario.redis_config {
+            spec = spec.config(name, value);
+        }
+        let redis = ProcessRedis::start(spec).await?;
+        let faults = FaultProxy::from_env(ServerOptions { seed: Some(seed), ..Default::default() }).await?;
+        let tp = faults.client().clone();
+        let base = format!("{}-{}", scenario.name, redis.port());
+        let cmd = tp.create_proxy(&format!("{base}-cmd"), "127.0.0.1:0", &redis.addr()).await?;
+        let sub = tp.create_proxy(&format!("{base}-sub"), "127.0.0.1:0", &redis.addr()).await?;
+        let prefix = redis.key_prefix().to_string();
+        // Faster health checks and reconnects than the defaults: fault windows are seconds.
+        let cfg = Config {
+            poll_interval_ms: budget.poll_interval_ms,
+            health_check_interval_ms: 250,
+            health_check_timeout_ms: 500,
+            reconnect_delay_ms_max: 500,
+            command_timeout_ms: 1_000,
+            connect_timeout_ms: 1_000,
+            ..Config::default().with_prefix(&prefix)
+        };
+        Ok(Rig {
+            cmd_url: format!("redis://{}/", cmd.listen),
+            sub_url: format!("redis://{}/", sub.listen),
+            cmd_proxy: cmd.name,
+            sub_proxy: sub.name,
+            redis,
+            faults,
+            tp,
+            prefix,
+            cfg,
+        })
     }
-    let mut redis = ProcessRedis::start(spec).await?;
-    let faults = FaultProxy::from_env(ServerOptions { seed: Some(seed), ..Default::default() }).await?;
-    let tp = faults.client().clone();
-    let base = format!("{}-{}", scenario.name, redis.port());
-    let cmd_proxy = tp.create_proxy(&format!("{base}-cmd"), "127.0.0.1:0", &redis.addr()).await?;
-    let sub_proxy = tp.create_proxy(&format!("{base}-sub"), "127.0.0.1:0", &redis.addr()).await?;
-    let (cmd_url, sub_url) = (format!("redis://{}/", cmd_proxy.listen), format!("redis://{}/", sub_proxy.listen));
-    let prefix = redis.key_prefix().to_string();
-    let cfg = Config {
-        poll_interval_ms: budget.poll_interval_ms,
-        health_check_interval_ms: 250,
-        health_check_timeout_ms: 500,
-        reconnect_delay_ms_max: 500,
-        command_timeout_ms: 1_000,
-        connect_timeout_ms: 1_000,
-        ..Config::default().with_prefix(&prefix)
-    };
+
+    fn nemesis(&self) -> Nemesis {
+        Nemesis::new(self.tp.clone(), &self.cmd_proxy, &self.sub_proxy)
+    }
+
+    async fn observe(
+        &self,
+        rec: &Recorder,
+        phase: &str,
+        channels: &[String],
+        waiters: u64,
+        reconnects: u64,
+    ) -> anyhow::Result<()> {
+        let mut reading = observe(&self.redis.url(), &self.prefix, channels, waiters).await?;
+        reading.reconnects = reconnects;
+        rec.record(rec.process(), Kind::Ok, Op::Observe { phase: phase.into(), reading }, None);
+        Ok(())
+    }
+
+    async fn teardown(self) {
+        for p in [&self.cmd_proxy, &self.sub_proxy] {
+            let _ = self.tp.delete_proxy(p).await;
+        }
+        drop(self.faults);
+        drop(self.redis);
+    }
+}
+
+fn recorder() -> Arc<Recorder> {
+    Arc::new(Recorder { start: Instant::now(), events: Mutex::new(Vec::new()), next_process: AtomicU32::new(0) })
+}
+
+pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
+    if scenario.stream {
+        return run_stream(scenario, strategy, seed, budget).await;
+    }
+    let mut rig = Rig::start(scenario, seed, budget).await?;
+    let (cmd_url, sub_url, cfg) = (rig.cmd_url.clone(), rig.sub_url.clone(), rig.cfg.clone());
     let ids: Vec<String> = (0..budget.ids).map(|i| format!("{}-{i}", scenario.name)).collect();
     // Every channel the run may subscribe: the workload's ids and the churn ids.
     let channels: Vec<String> = ids
@@ -406,19 +501,13 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         .chain((0..scenario.churn_waits).map(|i| format!("{}-churn-{i}", scenario.name)))
         .map(|id| cfg.keys.feedback_channel(&id))
         .collect();
-    let rec =
-        Arc::new(Recorder { start: Instant::now(), events: Mutex::new(Vec::new()), next_process: AtomicU32::new(0) });
+    let rec = recorder();
     let mut rng = StdRng::seed_from_u64(seed);
     let window = Duration::from_millis(budget.fault_window_ms);
     // Waits outlast the window and the recovery after it.
     let wait_timeout = window * 3 + Duration::from_millis(budget.poll_interval_ms * 4);
 
-    rec.record(
-        rec.process(),
-        Kind::Ok,
-        Op::Observe { phase: "baseline".into(), reading: observe(&redis.url(), &prefix, &channels, 0).await? },
-        None,
-    );
+    rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
 
     // Churn: waits that time out or are cancelled, to see whether they leave anything behind.
@@ -473,14 +562,14 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         // Let subscriptions settle so the fault, not start-up, is what the run measures.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let mut nemesis = Nemesis::new(tp.clone(), &cmd_proxy.name, &sub_proxy.name);
+    let mut nemesis = rig.nemesis();
     let offsets: Vec<Duration> =
         ids.iter().map(|_| Duration::from_millis(rng.random_range(100..budget.fault_window_ms.max(200)))).collect();
     let window_start = Instant::now();
     let described = serde_json::to_string(&scenario.faults).expect("faults serialise");
     rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
     for f in &scenario.faults {
-        nemesis.apply(f, &mut redis).await?;
+        nemesis.apply(f, &mut rig.redis).await?;
     }
     let mut responders = Vec::new();
     let payload_bytes = scenario.payload_bytes;
@@ -510,10 +599,10 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         r.await?;
     }
     for f in &scenario.late_faults {
-        nemesis.apply(f, &mut redis).await?;
+        nemesis.apply(f, &mut rig.redis).await?;
     }
     tokio::time::sleep_until((window_start + window).into()).await;
-    nemesis.heal(&mut redis).await?;
+    nemesis.heal(&mut rig.redis).await?;
     rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
     for w in waiters {
         w.await?;
@@ -522,9 +611,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     // back to baseline now (after shutdown the server would drop them anyway and hide a
     // leak).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut settled = observe(&redis.url(), &prefix, &channels, s.stats().waiters as u64).await?;
-    settled.reconnects = s.stats().reconnects;
-    rec.record(rec.process(), Kind::Ok, Op::Observe { phase: "settled".into(), reading: settled }, None);
+    rig.observe(&rec, "settled", &channels, s.stats().waiters as u64, s.stats().reconnects).await?;
     s.shutdown().await;
     drop(s);
 
@@ -551,31 +638,136 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     drop(worker);
     // Quiesce: let the server notice closed connections before reading the final state.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    rec.record(
-        rec.process(),
-        Kind::Ok,
-        Op::Observe { phase: "final".into(), reading: observe(&redis.url(), &prefix, &channels, left).await? },
-        None,
-    );
-    for p in [&cmd_proxy.name, &sub_proxy.name] {
-        let _ = tp.delete_proxy(p).await;
-    }
-    drop(faults);
-    drop(redis);
+    rig.observe(&rec, "final", &channels, left, 0).await?;
+    rig.teardown().await;
 
     let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
     Ok(judge(scenario, strategy, history))
 }
 
+async fn connect_stream(
+    strategy: &str,
+    cmd_url: &str,
+    sub_url: &str,
+    cfg: Config,
+) -> anyhow::Result<Arc<dyn StreamStrategy>> {
+    Ok(match strategy {
+        "hybrid" => Arc::new(HybridStream::connect(cmd_url, sub_url, cfg).await?),
+        "pubsub-only" => Arc::new(PubSubOnlyStream::connect(cmd_url, sub_url, cfg).await?),
+        "polling-only" => Arc::new(PollingOnlyStream::connect(cmd_url, cfg).await?),
+        other => anyhow::bail!("unknown strategy {other:?}; valid: {}", STRATEGIES.join(", ")),
+    })
+}
+
+/// The streaming workload: one producer across three fault windows (before, during, after
+/// the faults), a consumer following from the start, and a late joiner starting from index
+/// 0 after the heal.
+async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
+    let mut rig = Rig::start(scenario, seed, budget).await?;
+    let task = format!("{}-task", scenario.name);
+    let channels = vec![rig.cfg.keys.stream_channel(&task)];
+    let rec = recorder();
+    rig.observe(&rec, "baseline", &channels, 0, 0).await?;
+    let s = connect_stream(strategy, &rig.cmd_url, &rig.sub_url, rig.cfg.clone()).await?;
+    let chunks = (budget.ids * 2) as u64;
+    let window = Duration::from_millis(budget.fault_window_ms);
+    let follow_timeout = window * 5 + Duration::from_millis(budget.poll_interval_ms * 4);
+    let follower = |consumer: u32, from: u64| {
+        let (s, rec, task) = (s.clone(), rec.clone(), task.clone());
+        tokio::spawn(async move {
+            let p = rec.process();
+            let op = Op::Follow { task: task.clone(), consumer, from };
+            rec.record(p, Kind::Invoke, op.clone(), None);
+            let deliveries = rec.clone();
+            let mut on_chunk = |c: &crate::reference::stream::Chunk| {
+                let d = Op::Deliver { task: task.clone(), consumer, index: c.chunk_index };
+                deliveries.record(p + DELIVERY_PROCESS_OFFSET, Kind::Ok, d, None);
+            };
+            let (kind, note) = match s.follow(&task, from, follow_timeout, &mut on_chunk).await {
+                Ok(FollowEnd::Finished { .. }) => (Kind::Ok, None),
+                Ok(FollowEnd::TimedOut { .. }) => (Kind::Fail, Some("timed out".to_string())),
+                Err(e) => (Kind::Info, Some(e.to_string())),
+            };
+            rec.record(p, kind, op, note);
+        })
+    };
+    let first = follower(0, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut nemesis = rig.nemesis();
+    let (mut applied, mut healed, mut late) = (false, false, None);
+    let step = window * 3 / chunks as u32;
+    let start = Instant::now();
+    for i in 0..chunks {
+        let third = start.elapsed().as_millis() / window.as_millis().max(1);
+        if third >= 1 && !applied {
+            applied = true;
+            let described = serde_json::to_string(&scenario.faults).expect("faults serialise");
+            rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
+            for f in &scenario.faults {
+                nemesis.apply(f, &mut rig.redis).await?;
+            }
+        }
+        if third >= 2 && applied && !healed {
+            healed = true;
+            nemesis.heal(&mut rig.redis).await?;
+            rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
+            late = Some(follower(1, 0));
+        }
+        let last = i + 1 == chunks;
+        let chunk = if last {
+            crate::reference::stream::Chunk::last(i, format!("c{i}"))
+        } else {
+            crate::reference::stream::Chunk::content(i, format!("c{i}"))
+        };
+        let p = rec.process();
+        let op = Op::Produce { task: task.clone(), index: i, last };
+        rec.record(p, Kind::Invoke, op.clone(), None);
+        let (kind, note) = match s.publish(&task, &chunk).await {
+            PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
+            other => (Kind::Ok, Some(other.status().to_string())),
+        };
+        rec.record(p, kind, op, note);
+        tokio::time::sleep(step).await;
+    }
+    if !healed {
+        nemesis.heal(&mut rig.redis).await?;
+    }
+    first.await?;
+    if let Some(l) = late {
+        l.await?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.observe(&rec, "settled", &channels, 0, s.stats().reconnects).await?;
+    s.shutdown().await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.observe(&rec, "final", &channels, 0, 0).await?;
+    rig.teardown().await;
+    let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
+    Ok(judge(scenario, strategy, history))
+}
+
+/// Deliveries are recorded under their follower's process number plus this, so they do not
+/// pair with the follower's invoke (a delivery is an ok without an invoke of its own).
+const DELIVERY_PROCESS_OFFSET: u32 = 1_000_000;
+
 /// Runs the checkers over a history and compares with the scenario's expectation. Pure:
 /// recorded histories (`fixtures/`) are judged the same way as live ones.
 pub fn judge(scenario: &Scenario, strategy: &str, history: History) -> Outcome {
-    let mut checks = vec![
-        checker::lost(&history),
-        checker::cleanup(&history, CleanupLimits::default()),
-        checker::latency(&history, None),
-    ];
-    if !scenario.live_waiters {
+    let mut checks = if scenario.stream {
+        vec![
+            checker::duplicated(&history),
+            checker::order(&history),
+            checker::cleanup(&history, CleanupLimits::default()),
+        ]
+    } else {
+        vec![
+            checker::lost(&history),
+            checker::cleanup(&history, CleanupLimits::default()),
+            checker::latency(&history, None),
+        ]
+    };
+    if !scenario.live_waiters && !scenario.stream {
         checks.push(checker::resume(&history));
     }
     // Latency has no bound here: it is reported, not judged.

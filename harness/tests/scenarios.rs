@@ -93,3 +93,8 @@ async fn slow_subscriber_cut_off() {
     });
     assert!(reconnects.is_some_and(|r| r > 0), "the subscriber was never cut off: {reconnects:?}");
 }
+
+#[tokio::test]
+async fn stream_late_joiner_reconnect() {
+    check("stream-late-joiner-reconnect").await;
+}

@@ -249,6 +249,24 @@ pub trait FeedbackStrategy: Send + Sync {
     async fn shutdown(&self);
 }
 
+/// The chunk-streaming interface every strategy implements (seed `003_*`).
+#[async_trait::async_trait]
+pub trait StreamStrategy: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Makes chunk `chunk.chunk_index` of `task` available to consumers.
+    async fn publish(&self, task: &str, chunk: &stream::Chunk) -> PublishOutcome;
+    /// Hands every chunk of `task` from `from` to `on_chunk` until the final one or `timeout`.
+    async fn follow(
+        &self,
+        task: &str,
+        from: u64,
+        timeout: Duration,
+        on_chunk: &mut (dyn for<'c> FnMut(&'c stream::Chunk) + Send),
+    ) -> Result<stream::FollowEnd>;
+    fn stats(&self) -> ImplStats;
+    async fn shutdown(&self);
+}
+
 /// The standard response fields of seed `000_*` around a payload: `feedback_id`,
 /// `response_type` (default `approval`), `approved` (default `true`), `responded_at` (now,
 /// RFC 3339), then the payload's own fields (non-string values as JSON text).

@@ -229,3 +229,47 @@ mod tests {
         assert_eq!(cur.list_pos, 3);
     }
 }
+
+/// The hybrid streaming strategy: [`StreamProducer`] and [`StreamConsumer`] together.
+pub struct HybridStream {
+    producer: StreamProducer,
+    consumer: StreamConsumer,
+}
+
+impl HybridStream {
+    pub async fn connect(command_url: &str, subscriber_url: &str, config: Config) -> Result<HybridStream> {
+        let producer = StreamProducer::connect(command_url, config.clone()).await?;
+        let consumer = StreamConsumer::connect(command_url, subscriber_url, config).await?;
+        Ok(HybridStream { producer, consumer })
+    }
+}
+
+#[async_trait::async_trait]
+impl super::StreamStrategy for HybridStream {
+    fn name(&self) -> &'static str {
+        "hybrid"
+    }
+
+    async fn publish(&self, task: &str, chunk: &Chunk) -> PublishOutcome {
+        self.producer.publish(task, chunk).await
+    }
+
+    async fn follow(
+        &self,
+        task: &str,
+        from: u64,
+        timeout: Duration,
+        on_chunk: &mut (dyn for<'c> FnMut(&'c Chunk) + Send),
+    ) -> Result<FollowEnd> {
+        self.consumer.follow(task, from, timeout, on_chunk).await
+    }
+
+    fn stats(&self) -> super::ImplStats {
+        let hub = self.consumer.hub();
+        super::ImplStats { channels: hub.channel_count(), reconnects: hub.reconnects(), ..Default::default() }
+    }
+
+    async fn shutdown(&self) {
+        self.consumer.shutdown().await;
+    }
+}
