@@ -205,31 +205,6 @@ impl Cursor {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_delivers_in_order_once_and_stops_at_final() {
-        let mut got = Vec::new();
-        let mut cur = Cursor { next_index: 0, list_pos: 0, delivered: 0, finished: false };
-        let chunks = [
-            Chunk::content(0, "a"),
-            Chunk::content(0, "a"),
-            Chunk::content(2, "c"),
-            Chunk::content(1, "b"),
-            Chunk::last(2, "c"),
-            Chunk::content(3, "x"),
-        ];
-        for c in &chunks {
-            cur.offer(c, &mut |c: &Chunk| got.push(c.chunk_index));
-        }
-        assert_eq!(got, vec![0, 1, 2]);
-        assert!(cur.finished);
-        assert_eq!(cur.list_pos, 3);
-    }
-}
-
 /// The hybrid streaming strategy: [`StreamProducer`] and [`StreamConsumer`] together.
 pub struct HybridStream {
     producer: StreamProducer,
@@ -271,5 +246,30 @@ impl super::StreamStrategy for HybridStream {
 
     async fn shutdown(&self) {
         self.consumer.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_delivers_in_order_once_and_stops_at_final() {
+        let mut got = Vec::new();
+        let mut cur = Cursor { next_index: 0, list_pos: 0, delivered: 0, finished: false };
+        let chunks = [
+            Chunk::content(0, "a"),
+            Chunk::content(0, "a"),
+            Chunk::content(2, "c"),
+            Chunk::content(1, "b"),
+            Chunk::last(2, "c"),
+            Chunk::content(3, "x"),
+        ];
+        for c in &chunks {
+            cur.offer(c, &mut |c: &Chunk| got.push(c.chunk_index));
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+        assert!(cur.finished);
+        assert_eq!(cur.list_pos, 3);
     }
 }
