@@ -290,12 +290,19 @@ fn redis_server_version() -> String {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+///
+/// The handlers are installed when this is called, not when the future is first polled: a
+/// signal that arrives while a command is still setting up must not kill the process
+/// uncleanly (default action) before the handler exists.
+fn interrupted() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -303,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     use harness::reference::{FeedbackStrategy, PublishOutcome, WaitOutcome};
     match cli.command {
         Command::Toxiproxy { listen, config, seed, allow_remote_upstream } => {
+            let stop = interrupted();
             let options = ServerOptions { allow_remote_upstream, seed };
             let server = EmbeddedToxiproxy::start(listen, options)
                 .await
@@ -328,10 +336,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client.populate(packs).await?;
             }
             eprintln!("toxiproxy-compatible API listening on {}", server.url());
-            server.run_until(interrupted()).await;
+            server.run_until(stop).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Redis { port, persistence, print_pid } => {
+            let stop = interrupted();
             let spec = RedisSpec { port, persistence: persistence.into(), ..RedisSpec::default() };
             let redis = ProcessRedis::start(spec).await?;
             if print_pid {
@@ -339,7 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 eprintln!("redis-server ready at {} (data in {})", redis.url(), redis.data_dir().display());
             }
-            interrupted().await;
+            stop.await;
             drop(redis);
             Ok(ExitCode::SUCCESS)
         }
@@ -358,9 +367,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { scenarios, strategies, seed, quick, out } => {
             // Ctrl-C or SIGTERM drops the run: every redis-server it owns is killed on drop
             // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short).
+            let stop = interrupted();
             tokio::select! {
                 r = run_suite(scenarios, strategies, seed, quick, out) => r,
-                _ = interrupted() => anyhow::bail!("interrupted; no report written"),
+                _ = stop => anyhow::bail!("interrupted; no report written"),
             }
         }
         Command::Smoke => {
