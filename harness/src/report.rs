@@ -53,6 +53,9 @@ pub struct Row {
     pub leaks: Leaks,
     /// Non-valid checks with their evidence (not among the fixed fields; extra for humans).
     pub findings: Vec<String>,
+    /// Why a non-valid verdict is expected here, e.g. loss caused by the configuration.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub expectation: String,
 }
 
 /// `report.json`.
@@ -144,6 +147,7 @@ pub fn row(o: &Outcome) -> Row {
             keys_without_ttl: end.keys_without_ttl as i64,
             waiters: end.waiters as i64,
         },
+        expectation: o.expectation.clone(),
         findings: o
             .checks
             .iter()
@@ -266,6 +270,14 @@ pub fn markdown(r: &Report) -> String {
                 x.leaks.keys_without_ttl,
                 x.leaks.waiters
             );
+        }
+        let expectations: Vec<String> = by_scenario[name]
+            .iter()
+            .filter(|x| !x.expectation.is_empty())
+            .map(|x| format!("- {} is expected {}: {}", x.strategy, v(x.expected_verdict), x.expectation))
+            .collect();
+        if !expectations.is_empty() {
+            let _ = writeln!(out, "\n{}", expectations.join("\n"));
         }
         let findings: Vec<String> = by_scenario[name]
             .iter()

@@ -338,6 +338,8 @@ pub struct Outcome {
     pub strategy: String,
     pub verdict: Validity,
     pub expected_verdict: Validity,
+    /// Why a non-valid verdict is expected (e.g. loss caused by the configuration).
+    pub expectation: String,
     pub checks: Vec<Verdict>,
     #[serde(skip)]
     pub history: History,
@@ -778,6 +780,10 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History) -> Outcome {
         strategy: strategy.into(),
         verdict,
         expected_verdict: idx.map_or(Validity::Unknown, |i| scenario.expected[i]),
+        expectation: match idx.map(|i| scenario.expected[i]) {
+            Some(Validity::Valid) | None => String::new(),
+            Some(_) => scenario.why.to_string(),
+        },
         checks,
         history,
     }
