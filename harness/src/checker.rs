@@ -251,6 +251,56 @@ pub fn order(h: &History) -> Verdict {
     verdict("order", invalid, Vec::new())
 }
 
+/// **fanout**: a bounded consumer behind a slow worker accounts for every message it
+/// received (enqueued, dropped on overflow or lag, skipped as stale, malformed: nothing
+/// vanishes silently), its worker takes every enqueued message, in increasing sequence
+/// between resets. A run in which nothing overflowed is `unknown`: it tested nothing.
+pub fn fanout(h: &History) -> Verdict {
+    let counters = h.events.iter().rev().find_map(|e| match &e.op {
+        Op::FanoutCounters { counters } => Some(counters.clone()),
+        _ => None,
+    });
+    let Some(c) = counters else {
+        return verdict("fanout", Vec::new(), vec!["no fan-out counters in the history".into()]);
+    };
+    let mut invalid = Vec::new();
+    // RESET markers are queued (or dropped) like messages, so they count on both sides.
+    let accounted = c.enqueued + c.dropped_overflow + c.dropped_lagged + c.stale_skipped + c.malformed;
+    if accounted != c.received + c.resets {
+        invalid.push(format!("received {} (+{} resets) but accounted for {accounted}: {c:?}", c.received, c.resets));
+    }
+    let takes: Vec<(u64, bool)> = h
+        .events
+        .iter()
+        .filter_map(|e| match (&e.kind, &e.op) {
+            (Kind::Ok, Op::Take { seq, reset }) => Some((*seq, *reset)),
+            _ => None,
+        })
+        .collect();
+    if takes.len() as u64 != c.enqueued {
+        invalid.push(format!("{} enqueued, {} taken by the worker", c.enqueued, takes.len()));
+    }
+    let mut last: Option<u64> = None;
+    for (seq, reset) in takes {
+        if reset {
+            last = None;
+            continue;
+        }
+        if last.is_some_and(|l| seq <= l) {
+            invalid.push(format!("tick {seq} taken after {}", last.unwrap_or_default()));
+        }
+        last = Some(seq);
+    }
+    let unknown = if c.dropped_overflow == 0 && invalid.is_empty() {
+        vec!["nothing overflowed: the slow consumer was not slow enough to test the bound".to_string()]
+    } else {
+        Vec::new()
+    };
+    let mut v = verdict("fanout", invalid, unknown);
+    v.stats = serde_json::to_value(&c).expect("counters serialise");
+    v
+}
+
 /// Limits the cleanup check allows.
 #[derive(Clone, Copy, Debug)]
 pub struct CleanupLimits {
@@ -571,6 +621,38 @@ mod tests {
         let bounded = latency(&h, Some(100.0));
         assert_eq!(bounded.validity, Validity::Invalid);
         assert_eq!(bounded.evidence.len(), 1, "only the polled one breaks 100 ms: {bounded:?}");
+    }
+
+    fn fanout_history(c: crate::history::FanoutCounters, takes: &[(u64, bool)]) -> History {
+        let mut b = B::default();
+        for (seq, reset) in takes {
+            b = b.e(7, Kind::Ok, Op::Take { seq: *seq, reset: *reset });
+        }
+        b.e(8, Kind::Ok, Op::FanoutCounters { counters: c }).h
+    }
+
+    #[test]
+    fn fanout_accounts_for_every_message() {
+        use crate::history::FanoutCounters;
+        let c = FanoutCounters {
+            received: 5,
+            resets: 1,
+            enqueued: 3,
+            dropped_overflow: 2,
+            stale_skipped: 1,
+            ..Default::default()
+        };
+        let ok = fanout_history(c.clone(), &[(1, false), (2, false), (0, true), (1, false)]);
+        assert_eq!(fanout(&ok).validity, Validity::Invalid, "4 takes for 3 enqueued");
+        let ok = fanout_history(c.clone(), &[(1, false), (0, true), (1, false)]);
+        assert_eq!(fanout(&ok).validity, Validity::Valid, "{:?}", fanout(&ok));
+        let vanished = FanoutCounters { received: 7, ..c.clone() };
+        assert_eq!(fanout(&fanout_history(vanished, &[(1, false), (0, true), (1, false)])).validity, Validity::Invalid);
+        let reordered = fanout_history(c.clone(), &[(2, false), (1, false), (3, false)]);
+        assert_eq!(fanout(&reordered).validity, Validity::Invalid);
+        let idle = FanoutCounters { received: 2, enqueued: 2, ..Default::default() };
+        assert_eq!(fanout(&fanout_history(idle, &[(1, false), (2, false)])).validity, Validity::Unknown);
+        assert_eq!(fanout(&History::default()).validity, Validity::Unknown);
     }
 
     #[test]

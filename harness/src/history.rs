@@ -49,6 +49,25 @@ pub enum Op {
     Observe { phase: String, reading: Reading },
     /// The nemesis opened (`apply`) or closed (`heal`) the fault window.
     Nemesis { action: String, faults: String },
+    /// A fan-out tick with sequence `seq` was published (seed `004_*`).
+    Tick { seq: u64 },
+    /// The fan-out worker took tick `seq` from its queue, or a RESET marker.
+    Take { seq: u64, reset: bool },
+    /// The fan-out consumer's counters after it stopped.
+    FanoutCounters { counters: FanoutCounters },
+}
+
+/// What a fan-out consumer counted (see `reference::fanout::FanoutStats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanoutCounters {
+    pub received: u64,
+    pub enqueued: u64,
+    pub dropped_overflow: u64,
+    pub dropped_lagged: u64,
+    pub stale_skipped: u64,
+    pub malformed: u64,
+    /// RESET signals handled; each is queued for the worker like a message.
+    pub resets: u64,
 }
 
 /// What cleanup checks compare between the baseline and the end of a run.

@@ -205,7 +205,7 @@ async fn run_suite(
     // Fail on an unwritable --out before spending minutes on the run.
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let total = (chosen.len() * strats.len()) as u64;
+    let total = chosen.iter().map(|sc| strats.iter().filter(|st| sc.applies(st)).count()).sum::<usize>() as u64;
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("static template"));
@@ -217,7 +217,7 @@ async fn run_suite(
     let mut outcomes = Vec::new();
     let mut redis_version = String::new();
     for sc in &chosen {
-        for st in &strats {
+        for st in strats.iter().filter(|st| sc.applies(st)) {
             match &bar {
                 Some(b) => b.set_message(format!("{} / {st}", sc.name)),
                 None => eprintln!("running {} / {st}", sc.name),
@@ -357,6 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let expected: Vec<String> = harness::scenario::STRATEGIES
                     .iter()
                     .zip(s.expected)
+                    .filter(|(st, _)| s.applies(st))
                     .map(|(st, v)| format!("{st}={}", format!("{v:?}").to_lowercase()))
                     .collect();
                 println!("{:<30} {}  [{}]", s.name, s.about, expected.join(" "));

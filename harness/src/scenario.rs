@@ -36,6 +36,13 @@ const CHURN_WAIT_MS: u64 = 600;
 /// The strategies every scenario runs.
 pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
 
+impl Scenario {
+    /// Whether `strategy` runs in this scenario.
+    pub fn applies(&self, strategy: &str) -> bool {
+        self.applies_to.is_empty() || self.applies_to.contains(&strategy)
+    }
+}
+
 /// One scenario of the catalogue.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -61,6 +68,10 @@ pub struct Scenario {
     pub redis_config: &'static [(&'static str, &'static str)],
     /// A chunk-streaming workload (seed `003_*`) instead of feedback.
     pub stream: bool,
+    /// The fan-out workload (seed `004_*`) instead of feedback.
+    pub fanout: bool,
+    /// Strategies this scenario applies to; empty: all.
+    pub applies_to: &'static [&'static str],
     /// Expected verdict per strategy, in [`STRATEGIES`] order.
     pub expected: [Validity; 3],
     /// Why a non-valid expectation holds.
@@ -84,6 +95,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -99,6 +112,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -114,6 +129,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: hints sent into a dead subscription are gone",
         },
@@ -129,6 +146,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: messages published during the reconnect gap are lost",
         },
@@ -146,6 +165,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Invalid, Invalid, Invalid],
             why: "persistence none: acknowledged writes vanish in the crash (caused by the configuration)",
         },
@@ -161,6 +182,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: a message published while nobody listens is lost",
         },
@@ -176,6 +199,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: nothing to resume from",
         },
@@ -191,6 +216,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: messages published during the reconnect gap are lost",
         },
@@ -206,6 +233,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: no subscription survives the resets, so every hint is lost",
         },
@@ -221,6 +250,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -236,6 +267,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -251,6 +284,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Valid, Valid],
             why: "",
         },
@@ -266,6 +301,8 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 32 * 1024,
             redis_config: &[("client-output-buffer-limit", "pubsub 8kb 8kb 0")],
             stream: false,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only: its payload-carrying messages overflow the buffer limit and the server cuts it off",
         },
@@ -281,8 +318,28 @@ pub fn catalogue() -> Vec<Scenario> {
             payload_bytes: 0,
             redis_config: &[],
             stream: true,
+            fanout: false,
+            applies_to: &[],
             expected: [Valid, Invalid, Valid],
             why: "pub/sub-only streaming: chunks published during the reset gap, and before the late joiner came, are gone",
+        },
+        Scenario {
+            name: "fanout-overflow",
+            about: "a burst to a 64-deep fan-out queue behind a slow worker, a stale tick, RESET, SHUTDOWN",
+            persistence: Persistence::None,
+            faults: vec![],
+            late_faults: vec![],
+            live_waiters: true,
+            resumers: 1,
+            churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
+            stream: false,
+            fanout: true,
+            // Fan-out is Pub/Sub by nature (seed 004 stores no history): one implementation.
+            applies_to: &["hybrid"],
+            expected: [Valid, Valid, Valid],
+            why: "",
         },
     ]
 }
@@ -492,6 +549,9 @@ fn recorder() -> Arc<Recorder> {
 pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
     if scenario.stream {
         return run_stream(scenario, strategy, seed, budget).await;
+    }
+    if scenario.fanout {
+        return run_fanout(scenario, strategy, seed, budget).await;
     }
     let mut rig = Rig::start(scenario, seed, budget).await?;
     let (cmd_url, sub_url, cfg) = (rig.cmd_url.clone(), rig.sub_url.clone(), rig.cfg.clone());
@@ -753,10 +813,101 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
 /// pair with the follower's invoke (a delivery is an ok without an invoke of its own).
 const DELIVERY_PROCESS_OFFSET: u32 = 1_000_000;
 
+/// Fan-out queue depth in the fan-out scenario: small, so a slow worker overflows it.
+const FANOUT_QUEUE_MAX: usize = 64;
+/// Time the slow fan-out worker spends per message, in microseconds.
+const FANOUT_WORK_US: u64 = 2_000;
+
+/// The fan-out workload (seed `004_*`): a burst of ticks to a bounded consumer whose worker
+/// is slow, a stale tick, a RESET with fresh low sequences, then SHUTDOWN.
+async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
+    use crate::history::FanoutCounters;
+    use crate::reference::fanout::{Event as FanoutEvent, FanoutConsumer, FanoutPublisher};
+    use crate::reference::hub::{Control, Hub};
+    let rig = Rig::start(scenario, seed, budget).await?;
+    let channel = rig.cfg.keys.market_channel("ES", "1m");
+    let channels = vec![channel.clone()];
+    let rec = recorder();
+    rig.observe(&rec, "baseline", &channels, 0, 0).await?;
+    let hub = Hub::start(&rig.sub_url, rig.cfg.clone(), "fanout");
+    let mut consumer = FanoutConsumer::start(&hub, &channel, FANOUT_QUEUE_MAX);
+    let publisher = FanoutPublisher::connect(&rig.cmd_url, rig.cfg.clone()).await?;
+    let subscribed = crate::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
+        let n = admin::pubsub_numsub(&rig.redis.url(), &[&channel]).await.ok()?;
+        (n[0].1 == 1).then_some(())
+    })
+    .await;
+    anyhow::ensure!(subscribed.is_some(), "the fan-out consumer never subscribed");
+    let mut events = std::mem::replace(&mut consumer.events, tokio::sync::mpsc::channel(1).1);
+    let worker = {
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            let p = rec.process();
+            while let Some(e) = events.recv().await {
+                let op = match e {
+                    FanoutEvent::Tick(t) => Op::Take { seq: t.seq, reset: false },
+                    FanoutEvent::Reset => Op::Take { seq: 0, reset: true },
+                };
+                rec.record(p, Kind::Ok, op, None);
+                tokio::time::sleep(Duration::from_micros(FANOUT_WORK_US)).await;
+            }
+        })
+    };
+    let ticks = (budget.ids * 50) as u64;
+    for seq in 1..=ticks {
+        publish_tick(&publisher, &channel, &rec, seq).await;
+    }
+    publish_tick(&publisher, &channel, &rec, ticks / 2).await; // stale
+    publisher.control(Control::Reset).await;
+    for seq in 1..=10 {
+        publish_tick(&publisher, &channel, &rec, seq).await;
+    }
+    let expected = ticks + 11;
+    let all_in = crate::poll_until(Duration::from_secs(20), Duration::from_millis(10), || async {
+        (consumer.stats.received.load(std::sync::atomic::Ordering::Relaxed) >= expected).then_some(())
+    })
+    .await;
+    anyhow::ensure!(all_in.is_some(), "the fan-out consumer did not receive the burst");
+    publisher.control(Control::Shutdown).await;
+    worker.await?;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let st = &consumer.stats;
+    let counters = FanoutCounters {
+        received: load(&st.received),
+        enqueued: load(&st.enqueued),
+        dropped_overflow: load(&st.dropped_overflow),
+        dropped_lagged: load(&st.dropped_lagged),
+        stale_skipped: load(&st.stale_skipped),
+        malformed: load(&st.malformed),
+        resets: load(&st.resets),
+    };
+    rec.record(rec.process(), Kind::Ok, Op::FanoutCounters { counters }, None);
+    consumer.stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.observe(&rec, "settled", &channels, 0, hub.reconnects()).await?;
+    hub.shutdown().await;
+    drop(publisher);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.observe(&rec, "final", &channels, 0, 0).await?;
+    rig.teardown().await;
+    let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
+    Ok(judge(scenario, strategy, history))
+}
+
+async fn publish_tick(publisher: &crate::reference::fanout::FanoutPublisher, channel: &str, rec: &Recorder, seq: u64) {
+    let p = rec.process();
+    rec.record(p, Kind::Invoke, Op::Tick { seq }, None);
+    let tick = crate::reference::fanout::Tick { seq, payload: serde_json::json!({ "close": seq }) };
+    let out = publisher.publish(channel, &tick).await;
+    rec.record(p, if out.committed() { Kind::Ok } else { Kind::Info }, Op::Tick { seq }, None);
+}
+
 /// Runs the checkers over a history and compares with the scenario's expectation. Pure:
 /// recorded histories (`fixtures/`) are judged the same way as live ones.
 pub fn judge(scenario: &Scenario, strategy: &str, history: History) -> Outcome {
-    let mut checks = if scenario.stream {
+    let mut checks = if scenario.fanout {
+        vec![checker::fanout(&history), checker::cleanup(&history, CleanupLimits::default())]
+    } else if scenario.stream {
         vec![
             checker::duplicated(&history),
             checker::order(&history),
@@ -769,7 +920,7 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History) -> Outcome {
             checker::latency(&history, None),
         ]
     };
-    if !scenario.live_waiters && !scenario.stream {
+    if !scenario.live_waiters && !scenario.stream && !scenario.fanout {
         checks.push(checker::resume(&history));
     }
     // Latency has no bound here: it is reported, not judged.

@@ -6,7 +6,7 @@ use harness::scenario::{catalogue, run, Budget, STRATEGIES};
 
 async fn check(name: &str) {
     let scenario = catalogue().into_iter().find(|s| s.name == name).expect("scenario exists");
-    for strategy in STRATEGIES {
+    for strategy in STRATEGIES.into_iter().filter(|s| scenario.applies(s)) {
         let out = run(&scenario, strategy, 7, Budget::new(true)).await.unwrap();
         let evidence: Vec<_> = out.checks.iter().filter(|c| c.validity != Validity::Valid).collect();
         assert_eq!(out.verdict, out.expected_verdict, "{name}/{strategy}: {evidence:#?}");
@@ -97,4 +97,9 @@ async fn slow_subscriber_cut_off() {
 #[tokio::test]
 async fn stream_late_joiner_reconnect() {
     check("stream-late-joiner-reconnect").await;
+}
+
+#[tokio::test]
+async fn fanout_overflow() {
+    check("fanout-overflow").await;
 }

@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -21,6 +22,8 @@ use super::metrics as m;
 use super::publisher::{PublishOutcome, Publisher};
 use super::{command_connection, Config, Result};
 
+/// How long a control signal may wait for room in a full queue, in ms.
+const CONTROL_ENQUEUE_WAIT_MS: u64 = 5_000;
 /// Live messages buffered between the subscriber and this consumer's filter.
 const SUBSCRIPTION_MESSAGES_MAX: usize = 1024;
 
@@ -90,7 +93,16 @@ impl FanoutConsumer {
                         Ok(Control::Reset) => {
                             last_seq = None;
                             st.resets.fetch_add(1, Ordering::Relaxed);
-                            enqueue(&tx, &st, Event::Reset);
+                            // A dropped RESET would leave the worker seeing sequences go
+                            // backwards with no explanation (the seed's put_nowait does
+                            // drop it; the fanout-overflow scenario caught that). Wait for
+                            // room instead, bounded; data meanwhile lags and is counted.
+                            let room = Duration::from_millis(CONTROL_ENQUEUE_WAIT_MS);
+                            match tokio::time::timeout(room, tx.send(Event::Reset)).await {
+                                Ok(Ok(())) => { st.enqueued.fetch_add(1, Ordering::Relaxed); }
+                                Ok(Err(_)) => break,
+                                Err(_) => { st.dropped_overflow.fetch_add(1, Ordering::Relaxed); }
+                            }
                         }
                         Ok(Control::Shutdown) | Err(RecvError::Closed) => break,
                         Err(RecvError::Lagged(_)) => {}
