@@ -4,7 +4,7 @@
 //! last seen), puts the rest into a bounded queue (`queue_len_max`, default 1024) and counts
 //! what a full queue drops instead of growing without bound behind a slow worker. RESET on
 //! the control channel forgets the last sequence (a producer restarted and counts from 0
-//! again); SHUTDOWN stops the consumer. Fan-out is pure Pub/Sub by nature (the seed stores no
+//! again) and, unlike data, is never dropped for a full queue; SHUTDOWN stops the consumer. Fan-out is pure Pub/Sub by nature (the seed stores no
 //! history), so what is published while a consumer is away is not recovered: this is the
 //! one component where loss is reported, not prevented.
 
