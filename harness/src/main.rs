@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
 use harness::infra::{Persistence, ProcessRedis, RedisNode, RedisSpec};
 use harness::toxiproxy::server::{EmbeddedToxiproxy, ServerOptions};
 use harness::toxiproxy::ToxiproxyClient;
@@ -72,6 +73,9 @@ enum Command {
         /// Where run directories go.
         #[arg(long, default_value = "reports/out")]
         out: PathBuf,
+        /// (scenario, strategy) pairs run at once, each on its own Redis and proxies.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+        jobs: u16,
     },
     /// Feedback request/response with the hybrid reference (seed 000 key schema).
     Feedback {
@@ -176,6 +180,7 @@ async fn run_suite(
     seed: Option<u64>,
     quick: bool,
     out: PathBuf,
+    jobs: usize,
 ) -> anyhow::Result<ExitCode> {
     use harness::checker::Validity;
     use harness::scenario::{catalogue, Budget, STRATEGIES};
@@ -214,25 +219,37 @@ async fn run_suite(
         None
     };
     let budget = Budget::new(quick);
-    let mut outcomes = Vec::new();
+    let pairs: Vec<(&harness::scenario::Scenario, &str)> =
+        chosen.iter().flat_map(|sc| strats.iter().filter(|st| sc.applies(st)).map(move |st| (sc, *st))).collect();
+    let bar_ref = &bar;
+    // Pairs run `jobs` at a time, each on its own Redis and proxies; results keep catalogue order.
+    let results: Vec<anyhow::Result<harness::scenario::Outcome>> = futures_util::stream::iter(pairs)
+        .map(|(sc, st)| async move {
+            if bar_ref.is_none() {
+                eprintln!("running {} / {st}", sc.name);
+            }
+            let o = harness::scenario::run(sc, st, seed, budget).await.map_err(|e| {
+                let quick_flag = if quick { " --quick" } else { "" };
+                anyhow::anyhow!(
+                    "{} / {st}: {e:#} (reproduce: hybrid-chaos run --scenario {} --strategy {st} --seed {seed}{quick_flag})",
+                    sc.name,
+                    sc.name
+                )
+            })?;
+            match bar_ref {
+                Some(b) => {
+                    b.set_message(format!("{} / {st}", sc.name));
+                    b.inc(1);
+                }
+                None => eprintln!("  {} / {st}: {:?} (expected {:?})", sc.name, o.verdict, o.expected_verdict),
+            }
+            Ok(o)
+        })
+        .buffered(jobs)
+        .collect()
+        .await;
+    let outcomes = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let mut redis_version = String::new();
-    for sc in &chosen {
-        for st in strats.iter().filter(|st| sc.applies(st)) {
-            match &bar {
-                Some(b) => b.set_message(format!("{} / {st}", sc.name)),
-                None => eprintln!("running {} / {st}", sc.name),
-            }
-            let o = harness::scenario::run(sc, st, seed, budget)
-                .await
-                .map_err(|e| anyhow::anyhow!("{} / {st}: {e:#}", sc.name))?;
-            if let Some(b) = &bar {
-                b.inc(1);
-            } else {
-                eprintln!("  {} / {st}: {:?} (expected {:?})", sc.name, o.verdict, o.expected_verdict);
-            }
-            outcomes.push(o);
-        }
-    }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -365,12 +382,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("strategies: {}", harness::scenario::STRATEGIES.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { scenarios, strategies, seed, quick, out } => {
+        Command::Run { scenarios, strategies, seed, quick, out, jobs } => {
             // Ctrl-C or SIGTERM drops the run: every redis-server it owns is killed on drop
             // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short).
             let stop = interrupted();
             tokio::select! {
-                r = run_suite(scenarios, strategies, seed, quick, out) => r,
+                r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize) => r,
                 _ = stop => anyhow::bail!("interrupted; no report written"),
             }
         }

@@ -352,14 +352,19 @@ pub struct Budget {
     pub fault_window_ms: u64,
     /// Poll interval of the strategies, in ms.
     pub poll_interval_ms: u64,
+    /// How long after the heal a live waiter keeps waiting, in ms: enough for a reconnect
+    /// (backoff at most 500 ms here) and a poll tick, so a waiter that still times out is
+    /// evidence, not impatience.
+    pub recovery_ms: u64,
 }
 
 impl Budget {
     pub fn new(quick: bool) -> Budget {
         if quick {
-            Budget { ids: 12, fault_window_ms: 1_500, poll_interval_ms: 200 }
+            Budget { ids: 8, fault_window_ms: 1_000, poll_interval_ms: 100, recovery_ms: 1_000 }
         } else {
-            Budget { ids: 40, fault_window_ms: 3_000, poll_interval_ms: 500 }
+            // The seed's 0.5 s poll interval.
+            Budget { ids: 40, fault_window_ms: 2_500, poll_interval_ms: 500, recovery_ms: 2_000 }
         }
     }
 }
@@ -567,7 +572,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let mut rng = StdRng::seed_from_u64(seed);
     let window = Duration::from_millis(budget.fault_window_ms);
     // Waits outlast the window and the recovery after it.
-    let wait_timeout = window * 3 + Duration::from_millis(budget.poll_interval_ms * 4);
+    let wait_timeout = window + Duration::from_millis(budget.recovery_ms + 300);
 
     rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
@@ -680,7 +685,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     // Phase 2: final reads by a fresh worker after everything healed.
     let resume = !scenario.live_waiters;
     let worker = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
-    let final_timeout = Duration::from_millis(budget.poll_interval_ms * 3 + 500);
+    let final_timeout = Duration::from_millis(budget.poll_interval_ms * 2 + 500);
     let mut finals = Vec::new();
     for id in ids.iter().flat_map(|id| std::iter::repeat_n(id, scenario.resumers.max(1))) {
         let (w, rec, id) = (worker.clone(), rec.clone(), id.clone());
@@ -733,7 +738,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let s = connect_stream(strategy, &rig.cmd_url, &rig.sub_url, rig.cfg.clone()).await?;
     let chunks = (budget.ids * 2) as u64;
     let window = Duration::from_millis(budget.fault_window_ms);
-    let follow_timeout = window * 5 + Duration::from_millis(budget.poll_interval_ms * 4);
+    let follow_timeout = window * 3 + Duration::from_millis(budget.recovery_ms + 300);
     let follower = |consumer: u32, from: u64| {
         let (s, rec, task) = (s.clone(), rec.clone(), task.clone());
         tokio::spawn(async move {
