@@ -36,13 +36,6 @@ const CHURN_WAIT_MS: u64 = 600;
 /// The strategies every scenario runs.
 pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
 
-impl Scenario {
-    /// Whether `strategy` runs in this scenario.
-    pub fn applies(&self, strategy: &str) -> bool {
-        self.applies_to.is_empty() || self.applies_to.contains(&strategy)
-    }
-}
-
 /// One scenario of the catalogue.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -78,269 +71,189 @@ pub struct Scenario {
     pub why: &'static str,
 }
 
+impl Scenario {
+    /// Whether `strategy` runs in this scenario.
+    pub fn applies(&self, strategy: &str) -> bool {
+        self.applies_to.is_empty() || self.applies_to.contains(&strategy)
+    }
+
+    /// A feedback scenario with live waiters, no fault and no persistence; the builder
+    /// methods below change what differs.
+    fn new(name: &'static str, about: &'static str, expected: [Validity; 3]) -> Scenario {
+        Scenario {
+            name,
+            about,
+            persistence: Persistence::None,
+            faults: vec![],
+            late_faults: vec![],
+            live_waiters: true,
+            resumers: 1,
+            churn_waits: 0,
+            payload_bytes: 0,
+            redis_config: &[],
+            stream: false,
+            fanout: false,
+            applies_to: &[],
+            expected,
+            why: "",
+        }
+    }
+    fn persistence(mut self, p: Persistence) -> Self {
+        self.persistence = p;
+        self
+    }
+    fn faults(mut self, f: Vec<Fault>) -> Self {
+        self.faults = f;
+        self
+    }
+    fn late_faults(mut self, f: Vec<Fault>) -> Self {
+        self.late_faults = f;
+        self
+    }
+    /// Nobody waits while responses are published; final readers resume afterwards.
+    fn resume_only(mut self, resumers: usize) -> Self {
+        self.live_waiters = false;
+        self.resumers = resumers;
+        self
+    }
+    fn churn(mut self, waits: usize) -> Self {
+        self.churn_waits = waits;
+        self
+    }
+    fn payload(mut self, bytes: usize) -> Self {
+        self.payload_bytes = bytes;
+        self
+    }
+    fn redis_config(mut self, c: &'static [(&'static str, &'static str)]) -> Self {
+        self.redis_config = c;
+        self
+    }
+    fn stream(mut self) -> Self {
+        self.stream = true;
+        self
+    }
+    fn fanout(mut self, applies_to: &'static [&'static str]) -> Self {
+        self.fanout = true;
+        self.applies_to = applies_to;
+        self
+    }
+    fn why(mut self, why: &'static str) -> Self {
+        self.why = why;
+        self
+    }
+}
+
 /// The catalogue, in run order.
 pub fn catalogue() -> Vec<Scenario> {
     use Validity::{Invalid, Valid};
+    let all_valid = [Valid, Valid, Valid];
+    let pubsub_breaks = [Valid, Invalid, Valid];
     let sub_gap = Fault::ProxyDown { target: Target::Subscriber };
     vec![
-        Scenario {
-            name: "clean",
-            about: "no fault: every design delivers",
-            persistence: Persistence::None,
-            faults: vec![],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Valid, Valid],
-            why: "",
-        },
-        Scenario {
-            name: "latency",
-            about: "50 ms +- 20 ms on both connections",
-            persistence: Persistence::None,
-            faults: vec![Fault::Latency { target: Target::Both, latency_ms: 50, jitter_ms: 20 }],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Valid, Valid],
-            why: "",
-        },
-        Scenario {
-            name: "subscriber-blackhole",
-            about: "the subscriber connection goes silent (half-open) while storage works",
-            persistence: Persistence::None,
-            faults: vec![Fault::Blackhole { target: Target::Subscriber }],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Invalid, Valid],
-            why: "pub/sub-only: hints sent into a dead subscription are gone",
-        },
-        Scenario {
-            name: "crash-restart-aof",
-            about: "SIGKILL + restart (AOF always) while the subscriber is cut off",
-            persistence: Persistence::AofAlways,
-            faults: vec![Fault::CrashRestart, sub_gap],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Invalid, Valid],
-            why: "pub/sub-only: messages published during the reconnect gap are lost",
-        },
-        Scenario {
-            name: "crash-restart-no-persistence",
-            about: "responses acknowledged, then SIGKILL + restart with persistence none, then resume",
-            persistence: Persistence::None,
-            // Nobody waits live, so nothing is delivered before the crash wipes the writes:
-            // the loss is the configuration's, deterministically.
-            faults: vec![],
-            late_faults: vec![Fault::CrashRestart],
-            live_waiters: false,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Invalid, Invalid, Invalid],
-            why: "persistence none: acknowledged writes vanish in the crash (caused by the configuration)",
-        },
-        Scenario {
-            name: "resume-from-checkpoint",
-            about: "respond while no worker listens, then a new worker resumes (seed 000 scenario B)",
-            persistence: Persistence::None,
-            faults: vec![],
-            late_faults: vec![],
-            live_waiters: false,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Invalid, Valid],
-            why: "pub/sub-only: a message published while nobody listens is lost",
-        },
-        Scenario {
-            name: "two-workers-resume",
-            about: "respond while nobody listens, then two workers resume the same checkpoint",
-            persistence: Persistence::None,
-            faults: vec![],
-            late_faults: vec![],
-            live_waiters: false,
-            resumers: 2,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Invalid, Valid],
-            why: "pub/sub-only: nothing to resume from",
-        },
-        Scenario {
-            name: "graceful-restart",
-            about: "SHUTDOWN + restart (AOF everysec) under load while the subscriber reconnects",
-            persistence: Persistence::AofEverysec,
-            faults: vec![Fault::GracefulRestart, Fault::ProxyDown { target: Target::Subscriber }],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Invalid, Valid],
-            why: "pub/sub-only: messages published during the reconnect gap are lost",
-        },
-        Scenario {
-            name: "reset-peer-subscriber",
-            about: "the subscriber connection is reset (RST), and every reconnect too, for a while",
-            persistence: Persistence::None,
-            faults: vec![Fault::ResetPeer { target: Target::Subscriber }],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Invalid, Valid],
-            why: "pub/sub-only: no subscription survives the resets, so every hint is lost",
-        },
-        Scenario {
-            name: "redis-unreachable",
-            about: "Redis killed for the whole window (responses fail), then started again",
-            persistence: Persistence::None,
-            faults: vec![Fault::RedisDown],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Valid, Valid],
-            why: "",
-        },
-        Scenario {
-            name: "publisher-outage",
-            about: "the command connection refused for the window: retries, then the circuit breaker",
-            persistence: Persistence::None,
-            faults: vec![Fault::ProxyDown { target: Target::Commands }],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Valid, Valid],
-            why: "",
-        },
-        Scenario {
-            name: "waiter-churn-cleanup",
-            about: "1,000 waits that time out or are cancelled, then the usual workload",
-            persistence: Persistence::None,
-            faults: vec![],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 1_000,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Valid, Valid],
-            why: "",
-        },
-        Scenario {
-            name: "slow-subscriber-cut-off",
-            about: "a slow subscriber (16 KB/s) is disconnected by client-output-buffer-limit pubsub 8kb",
-            persistence: Persistence::None,
-            faults: vec![Fault::Bandwidth { target: Target::Subscriber, rate_kb_s: 16 }],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 32 * 1024,
-            redis_config: &[("client-output-buffer-limit", "pubsub 8kb 8kb 0")],
-            stream: false,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Invalid, Valid],
-            why: "pub/sub-only: its payload-carrying messages overflow the buffer limit and the server cuts it off",
-        },
-        Scenario {
-            name: "stream-late-joiner-reconnect",
-            about: "a stream with its subscriber reset mid-way, and a consumer joining late from index 0",
-            persistence: Persistence::None,
-            faults: vec![Fault::ResetPeer { target: Target::Subscriber }],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: true,
-            fanout: false,
-            applies_to: &[],
-            expected: [Valid, Invalid, Valid],
-            why: "pub/sub-only streaming: chunks published during the reset gap, and before the late joiner came, are gone",
-        },
-        Scenario {
-            name: "fanout-overflow",
-            about: "a burst to a 64-deep fan-out queue behind a slow worker, a stale tick, RESET, SHUTDOWN",
-            persistence: Persistence::None,
-            faults: vec![],
-            late_faults: vec![],
-            live_waiters: true,
-            resumers: 1,
-            churn_waits: 0,
-            payload_bytes: 0,
-            redis_config: &[],
-            stream: false,
-            fanout: true,
-            // Fan-out is Pub/Sub by nature (seed 004 stores no history): one implementation.
-            applies_to: &["hybrid"],
-            expected: [Valid, Valid, Valid],
-            why: "",
-        },
+        Scenario::new("clean", "no fault: every design delivers", all_valid),
+        Scenario::new("latency", "50 ms +- 20 ms on both connections", all_valid).faults(vec![Fault::Latency {
+            target: Target::Both,
+            latency_ms: 50,
+            jitter_ms: 20,
+        }]),
+        Scenario::new(
+            "subscriber-blackhole",
+            "the subscriber connection goes silent (half-open) while storage works",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::Blackhole { target: Target::Subscriber }])
+        .why("pub/sub-only: hints sent into a dead subscription are gone"),
+        Scenario::new(
+            "crash-restart-aof",
+            "SIGKILL + restart (AOF always) while the subscriber is cut off",
+            pubsub_breaks,
+        )
+        .persistence(Persistence::AofAlways)
+        .faults(vec![Fault::CrashRestart, sub_gap.clone()])
+        .why("pub/sub-only: messages published during the reconnect gap are lost"),
+        // Nobody waits live, so nothing is delivered before the crash wipes the writes: the
+        // loss is the configuration's, deterministically.
+        Scenario::new(
+            "crash-restart-no-persistence",
+            "responses acknowledged, then SIGKILL + restart with persistence none, then resume",
+            [Invalid, Invalid, Invalid],
+        )
+        .late_faults(vec![Fault::CrashRestart])
+        .resume_only(1)
+        .why("persistence none: acknowledged writes vanish in the crash (caused by the configuration)"),
+        Scenario::new(
+            "resume-from-checkpoint",
+            "respond while no worker listens, then a new worker resumes (seed 000 scenario B)",
+            pubsub_breaks,
+        )
+        .resume_only(1)
+        .why("pub/sub-only: a message published while nobody listens is lost"),
+        Scenario::new(
+            "two-workers-resume",
+            "respond while nobody listens, then two workers resume the same checkpoint",
+            pubsub_breaks,
+        )
+        .resume_only(2)
+        .why("pub/sub-only: nothing to resume from"),
+        Scenario::new(
+            "graceful-restart",
+            "SHUTDOWN + restart (AOF everysec) under load while the subscriber reconnects",
+            pubsub_breaks,
+        )
+        .persistence(Persistence::AofEverysec)
+        .faults(vec![Fault::GracefulRestart, sub_gap])
+        .why("pub/sub-only: messages published during the reconnect gap are lost"),
+        Scenario::new(
+            "reset-peer-subscriber",
+            "the subscriber connection is reset (RST), and every reconnect too, for a while",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::ResetPeer { target: Target::Subscriber }])
+        .why("pub/sub-only: no subscription survives the resets, so every hint is lost"),
+        Scenario::new(
+            "redis-unreachable",
+            "Redis killed for the whole window (responses fail), then started again",
+            all_valid,
+        )
+        .faults(vec![Fault::RedisDown]),
+        Scenario::new(
+            "publisher-outage",
+            "the command connection refused for the window: retries, then the circuit breaker",
+            all_valid,
+        )
+        .faults(vec![Fault::ProxyDown { target: Target::Commands }]),
+        Scenario::new(
+            "waiter-churn-cleanup",
+            "1,000 waits that time out or are cancelled, then the usual workload",
+            all_valid,
+        )
+        .churn(1_000),
+        Scenario::new(
+            "slow-subscriber-cut-off",
+            "a slow subscriber (16 KB/s) is disconnected by client-output-buffer-limit pubsub 8kb",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::Bandwidth { target: Target::Subscriber, rate_kb_s: 16 }])
+        .payload(32 * 1024)
+        .redis_config(&[("client-output-buffer-limit", "pubsub 8kb 8kb 0")])
+        .why("pub/sub-only: its payload-carrying messages overflow the buffer limit and the server cuts it off"),
+        Scenario::new(
+            "stream-late-joiner-reconnect",
+            "a stream with its subscriber reset mid-way, and a consumer joining late from index 0",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::ResetPeer { target: Target::Subscriber }])
+        .stream()
+        .why(
+            "pub/sub-only streaming: chunks published during the reset gap, and before the late joiner came, are gone",
+        ),
+        // Fan-out is Pub/Sub by nature (seed 004 stores no history): one implementation.
+        Scenario::new(
+            "fanout-overflow",
+            "a burst to a 64-deep fan-out queue behind a slow worker, a stale tick, RESET, SHUTDOWN",
+            all_valid,
+        )
+        .fanout(&["hybrid"]),
     ]
 }
 
