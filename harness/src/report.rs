@@ -235,43 +235,18 @@ pub fn markdown(r: &Report) -> String {
     }
     let mismatches = r.scenarios.iter().filter(|x| x.verdict != x.expected_verdict).count();
     let _ = writeln!(out, "- **mismatches**: {mismatches}\n");
-    let mut by_scenario: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
-    let order: Vec<&str> = r.scenarios.iter().map(|x| x.scenario.as_str()).collect();
-    for row in &r.scenarios {
-        by_scenario.entry(row.scenario.as_str()).or_default().push(row);
-    }
-    let mut seen = std::collections::HashSet::new();
-    for name in order.into_iter().filter(|n| seen.insert(*n)) {
+    for (name, rows) in groups(r) {
         let _ = writeln!(out, "## {name}\n");
-        let _ = writeln!(
-            out,
-            "| strategy | verdict | expected | acked | delivered | lost | notified | rescued | p50 ms | p99 ms | recovery ms | cmds/msg | leaks (subs/conns/no-ttl/waiters) |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        for x in &by_scenario[name] {
-            let mark = if x.verdict == x.expected_verdict { "" } else { " MISMATCH" };
-            let rec = x.recovery_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
-            let _ = writeln!(
-                out,
-                "| {} | {}{mark} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {rec} | {:.1} | {}/{}/{}/{} |",
-                x.strategy,
-                v(x.verdict),
-                v(x.expected_verdict),
-                x.acknowledged,
-                x.delivered,
-                x.lost,
-                x.notified,
-                x.rescued_by_polling,
-                x.latency_ms.p50,
-                x.latency_ms.p99,
-                x.redis_commands_per_message,
-                x.leaks.subscriptions,
-                x.leaks.connections,
-                x.leaks.keys_without_ttl,
-                x.leaks.waiters
-            );
+        let _ = writeln!(out, "| {} |", COLUMNS.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(COLUMNS.len()));
+        for x in &rows {
+            let mut c = cells(x);
+            if x.verdict != x.expected_verdict {
+                c[1].push_str(" MISMATCH");
+            }
+            let _ = writeln!(out, "| {} |", c.join(" | "));
         }
-        let expectations: Vec<String> = by_scenario[name]
+        let expectations: Vec<String> = rows
             .iter()
             .filter(|x| !x.expectation.is_empty())
             .map(|x| format!("- {} is expected {}: {}", x.strategy, v(x.expected_verdict), x.expectation))
@@ -279,14 +254,61 @@ pub fn markdown(r: &Report) -> String {
         if !expectations.is_empty() {
             let _ = writeln!(out, "\n{}", expectations.join("\n"));
         }
-        let findings: Vec<String> = by_scenario[name]
-            .iter()
-            .flat_map(|x| x.findings.iter().map(move |f| format!("- {}: {f}", x.strategy)))
-            .collect();
+        let findings: Vec<String> =
+            rows.iter().flat_map(|x| x.findings.iter().map(move |f| format!("- {}: {f}", x.strategy))).collect();
         if !findings.is_empty() {
             let _ = writeln!(out, "\n{}", findings.join("\n"));
         }
         let _ = writeln!(out);
+    }
+    out
+}
+
+/// The per-strategy table columns, shared by `report.md` and `report.html`.
+const COLUMNS: [&str; 13] = [
+    "strategy",
+    "verdict",
+    "expected",
+    "acked",
+    "delivered",
+    "lost",
+    "notified",
+    "rescued",
+    "p50 ms",
+    "p99 ms",
+    "recovery ms",
+    "cmds/msg",
+    "leaks (subs/conns/no-ttl/waiters)",
+];
+
+/// One row's cells, in [`COLUMNS`] order.
+fn cells(x: &Row) -> Vec<String> {
+    let l = &x.leaks;
+    vec![
+        x.strategy.clone(),
+        v(x.verdict).into(),
+        v(x.expected_verdict).into(),
+        x.acknowledged.to_string(),
+        x.delivered.to_string(),
+        x.lost.to_string(),
+        x.notified.to_string(),
+        x.rescued_by_polling.to_string(),
+        format!("{:.1}", x.latency_ms.p50),
+        format!("{:.1}", x.latency_ms.p99),
+        x.recovery_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
+        format!("{:.1}", x.redis_commands_per_message),
+        format!("{}/{}/{}/{}", l.subscriptions, l.connections, l.keys_without_ttl, l.waiters),
+    ]
+}
+
+/// Rows grouped by scenario, scenarios in the order they ran.
+fn groups(r: &Report) -> Vec<(&str, Vec<&Row>)> {
+    let mut out: Vec<(&str, Vec<&Row>)> = Vec::new();
+    for x in &r.scenarios {
+        match out.iter_mut().find(|(n, _)| *n == x.scenario) {
+            Some((_, rows)) => rows.push(x),
+            None => out.push((&x.scenario, vec![x])),
+        }
     }
     out
 }
@@ -342,31 +364,13 @@ pub fn html(r: &Report) -> String {
         esc(&r.toxiproxy),
         esc(&r.started_at)
     );
-    let mut names: Vec<&str> = Vec::new();
-    for x in &r.scenarios {
-        if !names.contains(&x.scenario.as_str()) {
-            names.push(&x.scenario);
-        }
-    }
-    for name in names {
-        let rows: Vec<&Row> = r.scenarios.iter().filter(|x| x.scenario == name).collect();
-        let _ = write!(out, "<h2>{}</h2><table><tr><th>strategy</th><th>verdict</th><th>expected</th><th>acked</th><th>delivered</th><th>lost</th><th>notified</th><th>rescued</th><th>p50 ms</th><th>p99 ms</th></tr>", esc(name));
+    for (name, rows) in groups(r) {
+        let head: String = COLUMNS.iter().map(|c| format!("<th>{}</th>", esc(c))).collect();
+        let _ = write!(out, "<h2>{}</h2><table><tr>{head}</tr>", esc(name));
         for x in &rows {
             let class = if x.verdict == x.expected_verdict { "" } else { " class=\"bad\"" };
-            let _ = write!(
-                out,
-                "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td></tr>",
-                esc(&x.strategy),
-                v(x.verdict),
-                v(x.expected_verdict),
-                x.acknowledged,
-                x.delivered,
-                x.lost,
-                x.notified,
-                x.rescued_by_polling,
-                x.latency_ms.p50,
-                x.latency_ms.p99
-            );
+            let tds: String = cells(x).iter().map(|c| format!("<td>{}</td>", esc(c))).collect();
+            let _ = write!(out, "<tr{class}>{tds}</tr>");
         }
         out.push_str("</table>");
         out.push_str(&svg_latency(&rows));
