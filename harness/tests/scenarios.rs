@@ -21,6 +21,25 @@ async fn clean() {
 #[tokio::test]
 async fn subscriber_blackhole() {
     check("subscriber-blackhole").await;
+    // The stale (half-open) subscription must be detected, not just outlived by polling.
+    assert!(
+        settled_reconnects("subscriber-blackhole", "hybrid").await > 0,
+        "the blackholed subscriber was never replaced"
+    );
+}
+
+/// Subscriber reconnections the implementation reported while the run settled.
+async fn settled_reconnects(name: &str, strategy: &str) -> u64 {
+    let scenario = catalogue().into_iter().find(|s| s.name == name).unwrap();
+    let out = run(&scenario, strategy, 7, Budget::new(true)).await.unwrap();
+    out.history
+        .events
+        .iter()
+        .find_map(|e| match &e.op {
+            harness::history::Op::Observe { phase, reading } if phase == "settled" => Some(reading.reconnects),
+            _ => None,
+        })
+        .expect("a settled reading")
 }
 
 #[tokio::test]
@@ -85,13 +104,7 @@ async fn waiter_churn_cleanup() {
 async fn slow_subscriber_cut_off() {
     check("slow-subscriber-cut-off").await;
     // The mechanism, not just the verdict: the server cut pub/sub-only's subscriber off.
-    let scenario = catalogue().into_iter().find(|s| s.name == "slow-subscriber-cut-off").unwrap();
-    let out = run(&scenario, "pubsub-only", 7, Budget::new(true)).await.unwrap();
-    let reconnects = out.history.events.iter().find_map(|e| match &e.op {
-        harness::history::Op::Observe { phase, reading } if phase == "settled" => Some(reading.reconnects),
-        _ => None,
-    });
-    assert!(reconnects.is_some_and(|r| r > 0), "the subscriber was never cut off: {reconnects:?}");
+    assert!(settled_reconnects("slow-subscriber-cut-off", "pubsub-only").await > 0, "the subscriber was never cut off");
 }
 
 #[tokio::test]
