@@ -249,18 +249,14 @@ async fn run_suite(
         .collect()
         .await;
     let outcomes = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    let mut redis_version = String::new();
     if let Some(b) = &bar {
         b.finish_and_clear();
-    }
-    if redis_version.is_empty() {
-        redis_version = redis_server_version();
     }
     let report = harness::report::Report {
         run_id: run_id.clone(),
         seed,
         started_at,
-        redis_version,
+        redis_version: redis_server_version(),
         toxiproxy: if std::env::var("TOXIPROXY_URL").is_ok_and(|u| !u.is_empty()) { "external" } else { "embedded" }
             .into(),
         scenarios: outcomes.iter().map(harness::report::row).collect(),
