@@ -18,15 +18,21 @@ hc_ensure_packages() {
   local missing
   missing=$(hc_missing_packages)
   [ -z "$missing" ] && return 0
-  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  # Root installs directly; a user with passwordless sudo (CI runners) through sudo;
+  # anyone else is told what to install.
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo="sudo -n"
+  fi
+  if { [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; } || ! command -v apt-get >/dev/null 2>&1; then
     echo "ci: missing:$missing. Install the Debian packages ($HC_PACKAGES) or equivalents, then run again." >&2
     exit 2
   fi
   echo "ci: installing$missing with apt-get" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $missing >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  # shellcheck disable=SC2086
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >&2
   # Debian's package may start a system redis-server where an init system runs; the harness
   # starts its own servers and does not use it.
 }
