@@ -29,6 +29,12 @@ use crate::reference::{Config, FeedbackStrategy, PublishOutcome, StreamStrategy,
 use crate::toxiproxy::server::ServerOptions;
 use crate::toxiproxy::FaultProxy;
 
+/// Longest wait for the server to reflect closed connections and released subscriptions
+/// before a reading is taken anyway, in ms.
+const QUIESCE_WAIT_MS: u64 = 3_000;
+/// Pause between such readings, in ms.
+const QUIESCE_POLL_MS: u64 = 20;
+
 /// How long a churn wait waits before timing out, in ms (a third of it before half are
 /// cancelled).
 const CHURN_WAIT_MS: u64 = 600;
@@ -444,11 +450,37 @@ impl Rig {
         channels: &[String],
         waiters: u64,
         reconnects: u64,
-    ) -> anyhow::Result<()> {
-        let mut reading = observe(&self.redis.url(), &self.prefix, channels, waiters).await?;
-        reading.reconnects = reconnects;
-        rec.record(rec.process(), Kind::Ok, Op::Observe { phase: phase.into(), reading }, None);
-        Ok(())
+    ) -> anyhow::Result<Reading> {
+        self.observe_when(rec, phase, channels, || waiters, reconnects, |_| true).await
+    }
+
+    /// Reads until `settled` holds or [`QUIESCE_WAIT_MS`] passes, and records the last
+    /// reading either way: one that never settles is the evidence of a leak. (A fixed sleep
+    /// here would either hide slow cleanup or make the check flaky.)
+    async fn observe_when(
+        &self,
+        rec: &Recorder,
+        phase: &str,
+        channels: &[String],
+        waiters: impl Fn() -> u64,
+        reconnects: u64,
+        settled: impl Fn(&Reading) -> bool,
+    ) -> anyhow::Result<Reading> {
+        let deadline = Instant::now() + Duration::from_millis(QUIESCE_WAIT_MS);
+        loop {
+            let mut reading = observe(&self.redis.url(), &self.prefix, channels, waiters()).await?;
+            reading.reconnects = reconnects;
+            if settled(&reading) || Instant::now() >= deadline {
+                rec.record(
+                    rec.process(),
+                    Kind::Ok,
+                    Op::Observe { phase: phase.into(), reading: reading.clone() },
+                    None,
+                );
+                return Ok(reading);
+            }
+            tokio::time::sleep(Duration::from_millis(QUIESCE_POLL_MS)).await;
+        }
     }
 
     async fn teardown(self) {
@@ -487,7 +519,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     // Waits outlast the window and the recovery after it.
     let wait_timeout = window + Duration::from_millis(budget.recovery_ms + 300);
 
-    rig.observe(&rec, "baseline", &channels, 0, 0).await?;
+    let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
 
     // Churn: waits that time out or are cancelled, to see whether they leave anything behind.
@@ -590,8 +622,9 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     // Settled, the first worker still running: its subscriptions and waiter maps must be
     // back to baseline now (after shutdown the server would drop them anyway and hide a
     // leak).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    rig.observe(&rec, "settled", &channels, s.stats().waiters as u64, s.stats().reconnects).await?;
+    let reconnects = s.stats().reconnects;
+    let back = |r: &Reading| r.subscriptions <= base.subscriptions && r.waiters == 0;
+    rig.observe_when(&rec, "settled", &channels, || s.stats().waiters as u64, reconnects, back).await?;
     s.shutdown().await;
     drop(s);
 
@@ -616,9 +649,9 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let left = worker.stats().waiters as u64;
     worker.shutdown().await;
     drop(worker);
-    // Quiesce: let the server notice closed connections before reading the final state.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    rig.observe(&rec, "final", &channels, left, 0).await?;
+    // The server notices closed connections asynchronously: read until it has (bounded).
+    let closed = |r: &Reading| r.connections <= base.connections;
+    rig.observe_when(&rec, "final", &channels, || left, 0, closed).await?;
     rig.teardown().await;
 
     let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
@@ -647,7 +680,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let task = format!("{}-task", scenario.name);
     let channels = vec![rig.cfg.keys.stream_channel(&task)];
     let rec = recorder();
-    rig.observe(&rec, "baseline", &channels, 0, 0).await?;
+    let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = connect_stream(strategy, &rig.cmd_url, &rig.sub_url, rig.cfg.clone()).await?;
     let chunks = (budget.ids * 2) as u64;
     let window = Duration::from_millis(budget.fault_window_ms);
@@ -716,12 +749,12 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     if let Some(l) = late {
         l.await?;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    rig.observe(&rec, "settled", &channels, 0, s.stats().reconnects).await?;
+    let back = |r: &Reading| r.subscriptions <= base.subscriptions;
+    rig.observe_when(&rec, "settled", &channels, || 0, s.stats().reconnects, back).await?;
     s.shutdown().await;
     drop(s);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    rig.observe(&rec, "final", &channels, 0, 0).await?;
+    let closed = |r: &Reading| r.connections <= base.connections;
+    rig.observe_when(&rec, "final", &channels, || 0, 0, closed).await?;
     rig.teardown().await;
     let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
     Ok(judge(scenario, strategy, history))
@@ -746,7 +779,7 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let channel = rig.cfg.keys.market_channel("ES", "1m");
     let channels = vec![channel.clone()];
     let rec = recorder();
-    rig.observe(&rec, "baseline", &channels, 0, 0).await?;
+    let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let hub = Hub::start(&rig.sub_url, rig.cfg.clone(), "fanout");
     let mut consumer = FanoutConsumer::start(&hub, &channel, FANOUT_QUEUE_MAX);
     let publisher = FanoutPublisher::connect(&rig.cmd_url, rig.cfg.clone()).await?;
@@ -801,12 +834,13 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     };
     rec.record(rec.process(), Kind::Ok, Op::FanoutCounters { counters }, None);
     consumer.stop().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    rig.observe(&rec, "settled", &channels, 0, hub.reconnects()).await?;
+    // The stopped consumer released its channel: nothing of the run is subscribed now.
+    let back = |r: &Reading| r.subscriptions <= base.subscriptions;
+    rig.observe_when(&rec, "settled", &channels, || 0, hub.reconnects(), back).await?;
     hub.shutdown().await;
     drop(publisher);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    rig.observe(&rec, "final", &channels, 0, 0).await?;
+    let closed = |r: &Reading| r.connections <= base.connections;
+    rig.observe_when(&rec, "final", &channels, || 0, 0, closed).await?;
     rig.teardown().await;
     let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
     Ok(judge(scenario, strategy, history))
