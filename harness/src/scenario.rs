@@ -654,8 +654,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     rig.observe_when(&rec, "final", &channels, || left, 0, closed).await?;
     rig.teardown().await;
 
-    let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
-    Ok(judge(scenario, strategy, history))
+    finish(rec, scenario, strategy)
 }
 
 async fn connect_stream(
@@ -756,8 +755,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let closed = |r: &Reading| r.connections <= base.connections;
     rig.observe_when(&rec, "final", &channels, || 0, 0, closed).await?;
     rig.teardown().await;
-    let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
-    Ok(judge(scenario, strategy, history))
+    finish(rec, scenario, strategy)
 }
 
 /// Deliveries are recorded under their follower's process number plus this, so they do not
@@ -842,8 +840,7 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let closed = |r: &Reading| r.connections <= base.connections;
     rig.observe_when(&rec, "final", &channels, || 0, 0, closed).await?;
     rig.teardown().await;
-    let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
-    Ok(judge(scenario, strategy, history))
+    finish(rec, scenario, strategy)
 }
 
 async fn publish_tick(publisher: &crate::reference::fanout::FanoutPublisher, channel: &str, rec: &Recorder, seq: u64) {
@@ -852,6 +849,12 @@ async fn publish_tick(publisher: &crate::reference::fanout::FanoutPublisher, cha
     let tick = crate::reference::fanout::Tick { seq, payload: serde_json::json!({ "close": seq }) };
     let out = publisher.publish(channel, &tick).await;
     rec.record(p, if out.committed() { Kind::Ok } else { Kind::Info }, Op::Tick { seq }, None);
+}
+
+/// Closes the recording (every task holding the recorder has ended) and judges it.
+fn finish(rec: Arc<Recorder>, scenario: &Scenario, strategy: &str) -> anyhow::Result<Outcome> {
+    let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
+    Ok(judge(scenario, strategy, history))
 }
 
 /// Runs the checkers over a history and compares with the scenario's expectation. Pure:
