@@ -109,3 +109,118 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         p
     }
 }
+
+/// The benches whose results the summary gathers, in report order.
+pub const BENCHES: [&str; 4] = ["notify_latency", "stream_catchup", "waiters_scale", "proxy_overhead"];
+
+fn bench_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../reports/out/bench")
+}
+
+/// `p50` of `v[key]`, when present.
+fn p50(v: &serde_json::Value, key: &str) -> Option<f64> {
+    v.get(key)?.get("p50")?.as_f64()
+}
+
+/// Rebuilds `summary.json` and `summary.md` in `reports/out/bench/` from every bench
+/// result there: p50s and ratios against pub/sub-only (the design the hybrid replaces),
+/// plus the figures of the benches without a pub/sub-only side. Benches not run yet are
+/// listed as missing. Returns the Markdown file's path.
+pub fn write_summary() -> std::io::Result<std::path::PathBuf> {
+    let dir = bench_dir();
+    let load = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?).ok()
+    };
+    let mut md = String::from("# Bench summary\n\nRatios are p50 against pub/sub-only (the design the hybrid replaces), measured side by side in one run; below 1 is faster. Absolute times depend on the machine; compare ratios.\n");
+    let mut json = serde_json::json!({ "baseline": "pubsub-only", "missing": [] });
+    let ratio_row = |md: &mut String, label: &str, base: f64, cols: &[(&str, Option<f64>)]| -> serde_json::Value {
+        let mut r = serde_json::Map::new();
+        md.push_str(&format!("| {label} | {base:.1} |"));
+        for (name, v) in cols {
+            match v {
+                Some(v) => {
+                    md.push_str(&format!(" {v:.1} ({:.2}x) |", v / base));
+                    r.insert(name.to_string(), serde_json::json!({ "p50_us": v, "ratio": v / base }));
+                }
+                None => md.push_str(" n/a |"),
+            }
+        }
+        md.push('\n');
+        serde_json::Value::Object(r)
+    };
+    for name in BENCHES {
+        let Some(v) = load(name) else {
+            json["missing"].as_array_mut().expect("array").push(name.into());
+            continue;
+        };
+        match name {
+            "notify_latency" => {
+                md.push_str("\n## notify_latency (respond to wake, through the proxy, us)\n\n| condition | pub/sub-only p50 | hybrid p50 (ratio) | polling-only p50 (ratio) | raw Pub/Sub p50 (ratio) |\n|---|---|---|---|---|\n");
+                let mut out = serde_json::Map::new();
+                for (cond, c) in v["conditions"].as_object().into_iter().flatten() {
+                    let Some(base) = p50(c, "pubsub_only") else { continue };
+                    let cols = [
+                        ("hybrid", p50(c, "hybrid")),
+                        ("polling_only", p50(c, "polling_only")),
+                        ("raw_pubsub", p50(c, "raw_pubsub")),
+                    ];
+                    let mut r = ratio_row(&mut md, cond, base, &cols);
+                    r["pubsub_only_p50_us"] = base.into();
+                    out.insert(cond.clone(), r);
+                }
+                json["notify_latency"] = out.into();
+            }
+            "stream_catchup" => {
+                md.push_str("\n## stream_catchup (us)\n\n| measure | pub/sub-only p50 | hybrid p50 (ratio) | polling-only p50 (ratio) |\n|---|---|---|---|\n");
+                let live = &v["live_chunk"];
+                let mut out = serde_json::Map::new();
+                if let Some(base) = p50(live, "pubsub_only") {
+                    let cols = [("hybrid", p50(live, "hybrid")), ("polling_only", p50(live, "polling_only"))];
+                    let mut r = ratio_row(&mut md, "live chunk: publish to delivered", base, &cols);
+                    r["pubsub_only_p50_us"] = base.into();
+                    out.insert("live_chunk".into(), r);
+                }
+                let late = &v["late_joiner"];
+                let chunks = late["chunks"].as_u64().unwrap_or(0);
+                md.push_str(&format!(
+                    "| late joiner: {chunks} stored chunks from index 0 | delivered {} of {chunks} | {} | {} |\n",
+                    late["pubsub_only_delivered"],
+                    p50(late, "hybrid").map_or("n/a".into(), |x| format!("{x:.1}")),
+                    p50(late, "polling_only").map_or("n/a".into(), |x| format!("{x:.1}")),
+                ));
+                out.insert("late_joiner".into(), late.clone());
+                json["stream_catchup"] = out.into();
+            }
+            "waiters_scale" => {
+                md.push_str("\n## waiters_scale (hybrid)\n\n| waiters | Redis connections | idle commands/s | heap bytes per waiter |\n|---|---|---|---|\n");
+                for r in v["rows"].as_array().into_iter().flatten() {
+                    md.push_str(&format!(
+                        "| {} | {} | {:.1} | {:.0} |\n",
+                        r["waiters"],
+                        r["connections"],
+                        r["idle_commands_per_s"].as_f64().unwrap_or(0.0),
+                        r["bytes_per_waiter"].as_f64().unwrap_or(0.0)
+                    ));
+                }
+                json["waiters_scale"] = v["rows"].clone();
+            }
+            _ => {
+                let ratio = v["p50_ratio"].as_f64().unwrap_or(f64::NAN);
+                md.push_str(&format!(
+                    "\n## proxy_overhead\n\nPING p50 direct {} us, through the proxy {} us: **{ratio:.2}x**.\n",
+                    v["direct_us"]["p50"], v["proxied_us"]["p50"]
+                ));
+                json["proxy_overhead"] = serde_json::json!({ "p50_ratio": ratio });
+            }
+        }
+    }
+    let missing = json["missing"].as_array().map_or(0, Vec::len);
+    if missing > 0 {
+        md.push_str(&format!("\nNot run yet: {}.\n", json["missing"]));
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    let path = dir.join("summary.md");
+    std::fs::write(&path, md)?;
+    Ok(path)
+}

@@ -371,10 +371,84 @@ pub struct LatencyStats {
 /// this.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
 
+/// The wake-latency bound a run must meet, with what faults excuse. A notification-woken
+/// waiter should have its response within `base_ms`; a latency fault adds `latency_factor`
+/// times its delay (latency + jitter) per hop it may sit on; every other fault (restarts,
+/// outages, resets, blackholes...) excuses samples that overlap it or the `recovery_ms` after
+/// its heal, since reconnecting is allowed to take a poll interval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatencyBound {
+    pub base_ms: f64,
+    pub latency_factor: f64,
+    pub recovery_ms: f64,
+}
+
+/// A fault window read from the history's nemesis events, in microseconds.
+struct FaultWindow {
+    from_us: u64,
+    to_us: u64,
+    /// `Some(delay_ms)` when every fault of the window only delays (latency toxics).
+    delay_ms: Option<f64>,
+}
+
+/// The fault windows of a history: each `apply` up to the next `heal` (or the end).
+fn fault_windows(h: &History) -> Vec<FaultWindow> {
+    let mut windows: Vec<FaultWindow> = Vec::new();
+    let mut open: Option<(u64, Option<f64>)> = None;
+    for e in &h.events {
+        let Op::Nemesis { action, faults } = &e.op else { continue };
+        match action.as_str() {
+            "apply" => {
+                // Unparseable descriptions count as disruptive: never excuse less than we know.
+                let parsed: Vec<crate::nemesis::Fault> = serde_json::from_str(faults).unwrap_or_default();
+                let delay = parsed
+                    .iter()
+                    .map(|f| match f {
+                        crate::nemesis::Fault::Latency { latency_ms, jitter_ms, .. } => {
+                            Some((latency_ms + jitter_ms) as f64)
+                        }
+                        _ => None,
+                    })
+                    .try_fold(0.0f64, |acc, d| d.map(|d| acc.max(d)))
+                    .filter(|_| !parsed.is_empty());
+                open = Some((e.time_us, delay));
+            }
+            _ => {
+                if let Some((from_us, delay_ms)) = open.take() {
+                    windows.push(FaultWindow { from_us, to_us: e.time_us, delay_ms });
+                }
+            }
+        }
+    }
+    if let Some((from_us, delay_ms)) = open {
+        windows.push(FaultWindow { from_us, to_us: u64::MAX, delay_ms });
+    }
+    windows
+}
+
+/// The bound for a sample spanning `[from_us, to_us]`, or `None` when a fault excuses it.
+fn bound_for(b: &LatencyBound, windows: &[FaultWindow], from_us: u64, to_us: u64) -> Option<f64> {
+    let recovery_us = (b.recovery_ms * 1000.0) as u64;
+    let mut allowance = 0.0f64;
+    for w in windows {
+        if from_us > w.to_us.saturating_add(recovery_us) || to_us < w.from_us {
+            continue;
+        }
+        match w.delay_ms {
+            Some(d) => allowance = allowance.max(b.latency_factor * d),
+            None => return None,
+        }
+    }
+    Some(b.base_ms + allowance)
+}
+
 /// **latency**: quantiles of respond-to-obtain, split into notified vs rescued by polling.
-/// Invalid only when `bound_ms` is given and a sample exceeds it.
-pub fn latency(h: &History, bound_ms: Option<f64>) -> Verdict {
+/// Invalid only when a `bound` is given and a sample outside every excusing fault exceeds
+/// it.
+pub fn latency(h: &History, bound: Option<&LatencyBound>) -> Verdict {
     let ops = feedback_ops(h);
+    let windows = fault_windows(h);
+    let mut excused = 0u64;
     let mut hist =
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).expect("static bounds are valid");
     let mut stats = LatencyStats::default();
@@ -393,12 +467,14 @@ pub fn latency(h: &History, bound_ms: Option<f64>) -> Verdict {
                     Op::Wait { via: Some(v), .. } if v == "notified" => stats.notified += 1,
                     _ => stats.rescued_by_polling += 1,
                 }
-                if let Some(b) = bound_ms {
-                    if us as f64 / 1000.0 > b {
-                        invalid.push(format!(
-                            "{id}: obtained {:.1} ms after the respond (bound {b} ms)",
+                if let Some(b) = bound {
+                    match bound_for(b, &windows, r.invoke_us, end.time_us) {
+                        Some(limit) if us as f64 / 1000.0 > limit => invalid.push(format!(
+                            "{id}: obtained {:.1} ms after the respond (bound {limit:.0} ms)",
                             us as f64 / 1000.0
-                        ));
+                        )),
+                        Some(_) => {}
+                        None => excused += 1,
                     }
                 }
             }
@@ -411,6 +487,9 @@ pub fn latency(h: &History, bound_ms: Option<f64>) -> Verdict {
     }
     let mut v = verdict("latency", invalid, Vec::new());
     v.stats = serde_json::to_value(&stats).expect("stats serialise");
+    if bound.is_some() {
+        v.stats["excused_by_faults"] = excused.into();
+    }
     v
 }
 
@@ -618,9 +697,39 @@ mod tests {
             (Some(2), Some(1), Some(1))
         );
         assert!(v.stats["max_ms"].as_f64().unwrap() > 490.0, "{v:?}");
-        let bounded = latency(&h, Some(100.0));
+        let b = LatencyBound { base_ms: 100.0, latency_factor: 2.0, recovery_ms: 50.0 };
+        let bounded = latency(&h, Some(&b));
         assert_eq!(bounded.validity, Validity::Invalid);
         assert_eq!(bounded.evidence.len(), 1, "only the polled one breaks 100 ms: {bounded:?}");
+    }
+
+    fn nemesis(b: B, action: &str, faults: &str) -> B {
+        b.e(9, Kind::Ok, Op::Nemesis { action: action.into(), faults: faults.into() })
+    }
+
+    /// A waiter rescued 300 ms after the respond, inside a fault window of `faults`.
+    fn slow_sample_under(faults: &str) -> History {
+        let b = B::default().wait_open(1, "a").at(1_000);
+        let b = nemesis(b, "apply", faults).respond(0, Kind::Ok, "a", "t1").at(301_000);
+        let b = b.wait_done(1, "a", Some(("t1", "polled")));
+        nemesis(b, "heal", "").h
+    }
+
+    #[test]
+    fn latency_bound_is_excused_by_disruptive_faults_only() {
+        let b = LatencyBound { base_ms: 50.0, latency_factor: 2.0, recovery_ms: 100.0 };
+        let down = slow_sample_under(r#"[{"fault":"redis_down"}]"#);
+        assert_eq!(latency(&down, Some(&b)).validity, Validity::Valid);
+        assert_eq!(latency(&down, Some(&b)).stats["excused_by_faults"], 1);
+        // 20 + 10 ms of delay allows 50 + 2 * 30 = 110 ms, not 300.
+        let slow = slow_sample_under(r#"[{"fault":"latency","target":"commands","latency_ms":20,"jitter_ms":10}]"#);
+        let v = latency(&slow, Some(&b));
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        assert!(v.evidence[0].contains("bound 110 ms"), "{v:?}");
+        let heavy = slow_sample_under(r#"[{"fault":"latency","target":"both","latency_ms":150,"jitter_ms":0}]"#);
+        assert_eq!(latency(&heavy, Some(&b)).validity, Validity::Valid);
+        // A description the checker cannot read excuses, as an unknown fault must.
+        assert_eq!(latency(&slow_sample_under("garbage"), Some(&b)).validity, Validity::Valid);
     }
 
     fn fanout_history(c: crate::history::FanoutCounters, takes: &[(u64, bool)]) -> History {

@@ -36,6 +36,7 @@
 //! Workload, fault and checker stay apart: `workload/` and `nemesis/` (the scenario suites)
 //! come next, beside `reference/` and `checker`.
 
+pub mod case;
 pub mod checker;
 pub mod history;
 pub mod infra;

@@ -289,23 +289,23 @@ impl Budget {
 }
 
 /// Records events with a monotonic timestamp.
-struct Recorder {
+pub(crate) struct Recorder {
     start: Instant,
     events: Mutex<Vec<Event>>,
     next_process: AtomicU32,
 }
 
 impl Recorder {
-    fn process(&self) -> u32 {
+    pub(crate) fn process(&self) -> u32 {
         self.next_process.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn record(&self, process: u32, kind: Kind, op: Op, note: Option<String>) {
+    pub(crate) fn record(&self, process: u32, kind: Kind, op: Op, note: Option<String>) {
         let time_us = self.start.elapsed().as_micros() as u64;
         self.events.lock().expect("recorder lock").push(Event { time_us, process, kind, op, note });
     }
 
-    fn into_history(self) -> History {
+    pub(crate) fn into_history(self) -> History {
         let mut events = self.events.into_inner().expect("recorder lock");
         events.sort_by_key(|e| e.time_us);
         History { events }
@@ -326,7 +326,7 @@ pub struct Outcome {
     pub history: History,
 }
 
-async fn connect(
+pub(crate) async fn connect(
     strategy: &str,
     cmd_url: &str,
     sub_url: &str,
@@ -367,7 +367,7 @@ async fn observe(url: &str, prefix: &str, channels: &[String], waiters: u64) -> 
     })
 }
 
-fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> (Kind, Op, Option<String>) {
+pub(crate) fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> (Kind, Op, Option<String>) {
     match outcome {
         Some(WaitOutcome::Obtained { fields, via }) => (
             Kind::Ok,
@@ -389,18 +389,20 @@ fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> (Kind, Op, 
     }
 }
 
-/// Runs one scenario for one strategy on a fresh Redis and proxies.
 /// One run's infrastructure: its own Redis, the fault proxy, two proxies in front of it.
-struct Rig {
-    redis: ProcessRedis,
+pub(crate) struct Rig {
+    pub(crate) redis: ProcessRedis,
     faults: FaultProxy,
     tp: crate::toxiproxy::ToxiproxyClient,
     cmd_proxy: String,
     sub_proxy: String,
-    cmd_url: String,
-    sub_url: String,
-    prefix: String,
-    cfg: Config,
+    pub(crate) cmd_url: String,
+    pub(crate) sub_url: String,
+    /// Prefix of the keys the readings count (the run's, or one case's).
+    pub(crate) prefix: String,
+    pub(crate) cfg: Config,
+    /// Longest wait for a reading to settle, in ms.
+    pub(crate) quiesce_wait_ms: u64,
 }
 
 impl Rig {
@@ -409,16 +411,26 @@ impl Rig {
         for (name, value) in scenario.redis_config {
             spec = spec.config(name, value);
         }
+        Rig::start_with(scenario.name, spec, seed, budget.poll_interval_ms).await
+    }
+
+    /// A Redis from `spec`, a fault proxy seeded with `seed`, and the two proxies.
+    pub(crate) async fn start_with(
+        name: &str,
+        spec: RedisSpec,
+        seed: u64,
+        poll_interval_ms: u64,
+    ) -> anyhow::Result<Rig> {
         let redis = ProcessRedis::start(spec).await?;
         let faults = FaultProxy::from_env(ServerOptions { seed: Some(seed), ..Default::default() }).await?;
         let tp = faults.client().clone();
-        let base = format!("{}-{}", scenario.name, redis.port());
+        let base = format!("{name}-{}", redis.port());
         let cmd = tp.create_proxy(&format!("{base}-cmd"), "127.0.0.1:0", &redis.addr()).await?;
         let sub = tp.create_proxy(&format!("{base}-sub"), "127.0.0.1:0", &redis.addr()).await?;
         let prefix = redis.key_prefix().to_string();
         // Faster health checks and reconnects than the defaults: fault windows are seconds.
         let cfg = Config {
-            poll_interval_ms: budget.poll_interval_ms,
+            poll_interval_ms,
             health_check_interval_ms: 250,
             health_check_timeout_ms: 500,
             reconnect_delay_ms_max: 500,
@@ -436,14 +448,15 @@ impl Rig {
             tp,
             prefix,
             cfg,
+            quiesce_wait_ms: QUIESCE_WAIT_MS,
         })
     }
 
-    fn nemesis(&self) -> Nemesis {
+    pub(crate) fn nemesis(&self) -> Nemesis {
         Nemesis::new(self.tp.clone(), &self.cmd_proxy, &self.sub_proxy)
     }
 
-    async fn observe(
+    pub(crate) async fn observe(
         &self,
         rec: &Recorder,
         phase: &str,
@@ -454,10 +467,10 @@ impl Rig {
         self.observe_when(rec, phase, channels, || waiters, reconnects, |_| true).await
     }
 
-    /// Reads until `settled` holds or [`QUIESCE_WAIT_MS`] passes, and records the last
-    /// reading either way: one that never settles is the evidence of a leak. (A fixed sleep
-    /// here would either hide slow cleanup or make the check flaky.)
-    async fn observe_when(
+    /// Reads until `settled` holds or `quiesce_wait_ms` passes, and records the last reading
+    /// either way: one that never settles is the evidence of a leak. (A fixed sleep here
+    /// would either hide slow cleanup or make the check flaky.)
+    pub(crate) async fn observe_when(
         &self,
         rec: &Recorder,
         phase: &str,
@@ -466,7 +479,7 @@ impl Rig {
         reconnects: u64,
         settled: impl Fn(&Reading) -> bool,
     ) -> anyhow::Result<Reading> {
-        let deadline = Instant::now() + Duration::from_millis(QUIESCE_WAIT_MS);
+        let deadline = Instant::now() + Duration::from_millis(self.quiesce_wait_ms);
         loop {
             let mut reading = observe(&self.redis.url(), &self.prefix, channels, waiters()).await?;
             reading.reconnects = reconnects;
@@ -483,7 +496,7 @@ impl Rig {
         }
     }
 
-    async fn teardown(self) {
+    pub(crate) async fn teardown(self) {
         for p in [&self.cmd_proxy, &self.sub_proxy] {
             let _ = self.tp.delete_proxy(p).await;
         }
@@ -492,7 +505,7 @@ impl Rig {
     }
 }
 
-fn recorder() -> Arc<Recorder> {
+pub(crate) fn recorder() -> Arc<Recorder> {
     Arc::new(Recorder { start: Instant::now(), events: Mutex::new(Vec::new()), next_process: AtomicU32::new(0) })
 }
 
@@ -525,29 +538,17 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     // Churn: waits that time out or are cancelled, to see whether they leave anything behind.
     let mut churn = Vec::new();
     for i in 0..scenario.churn_waits {
-        let (s, rec) = (s.clone(), rec.clone());
         let id = format!("{}-churn-{i}", scenario.name);
-        let p = rec.process();
-        rec.record(p, Kind::Invoke, Op::Wait { id: id.clone(), token: None, via: None, resume: false }, None);
-        let task = tokio::spawn({
-            let rec = rec.clone();
-            async move {
-                let got = s.wait(&id, Duration::from_millis(CHURN_WAIT_MS)).await;
-                let (kind, op, note) = wait_op(&id, got.as_ref().ok(), false);
-                rec.record(p, kind, op, note);
-            }
-        });
-        churn.push((p, task, i % 2 == 1, format!("{}-churn-{i}", scenario.name)));
+        let wait = spawn_wait(&s, &rec, &id, Duration::from_millis(CHURN_WAIT_MS), false);
+        churn.push((wait, i % 2 == 1));
     }
     if !churn.is_empty() {
         tokio::time::sleep(Duration::from_millis(CHURN_WAIT_MS / 3)).await;
-        for (p, task, cancel, id) in churn {
-            if cancel && !task.is_finished() {
-                task.abort();
-                let cancelled = Op::Wait { id, token: None, via: None, resume: false };
-                rec.record(p, Kind::Info, cancelled, Some("cancelled".into()));
+        for (wait, cancel) in churn {
+            if cancel {
+                wait.cancel(&rec).await;
             } else {
-                let _ = task.await;
+                wait.join().await?;
             }
         }
     }
@@ -556,14 +557,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let mut waiters = Vec::new();
     if scenario.live_waiters {
         for id in &ids {
-            let (s, rec, id) = (s.clone(), rec.clone(), id.clone());
-            let p = rec.process();
-            rec.record(p, Kind::Invoke, Op::Wait { id: id.clone(), token: None, via: None, resume: false }, None);
-            waiters.push(tokio::spawn(async move {
-                let got = s.wait(&id, wait_timeout).await;
-                let (kind, op, note) = wait_op(&id, got.as_ref().ok(), false);
-                rec.record(p, kind, op, note);
-            }));
+            waiters.push(spawn_wait(&s, &rec, id, wait_timeout, false));
         }
         let all = crate::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
             let n = s.stats().waiters;
@@ -589,22 +583,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         let (s, rec, id) = (s.clone(), rec.clone(), id.clone());
         responders.push(tokio::spawn(async move {
             tokio::time::sleep_until((window_start + offset).into()).await;
-            let p = rec.process();
-            let token = format!("{id}-{seed}");
-            let op = Op::Respond { id: id.clone(), token: token.clone() };
-            rec.record(p, Kind::Invoke, op.clone(), None);
-            let mut fields = crate::reference::response_fields(&id, &serde_json::Map::new());
-            fields.insert("token".into(), token);
-            if payload_bytes > 0 {
-                fields.insert("padding".into(), "x".repeat(payload_bytes));
-            }
-            let (kind, note) = match s.respond(&id, &fields).await {
-                PublishOutcome::Failed { reason } if reason.contains("circuit open") => (Kind::Fail, Some(reason)),
-                // A failed write may have executed before its reply was lost: unknown.
-                PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
-                other => (Kind::Ok, Some(other.status().to_string())),
-            };
-            rec.record(p, kind, op, note);
+            respond_recorded(&*s, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
         }));
     }
     for r in responders {
@@ -617,7 +596,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     nemesis.heal(&mut rig.redis).await?;
     rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
     for w in waiters {
-        w.await?;
+        w.join().await?;
     }
     // Settled, the first worker still running: its subscriptions and waiter maps must be
     // back to baseline now (after shutdown the server would drop them anyway and hide a
@@ -634,17 +613,10 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let final_timeout = Duration::from_millis(budget.poll_interval_ms * 2 + 500);
     let mut finals = Vec::new();
     for id in ids.iter().flat_map(|id| std::iter::repeat_n(id, scenario.resumers.max(1))) {
-        let (w, rec, id) = (worker.clone(), rec.clone(), id.clone());
-        finals.push(tokio::spawn(async move {
-            let p = rec.process();
-            rec.record(p, Kind::Invoke, Op::Wait { id: id.clone(), token: None, via: None, resume }, None);
-            let got = w.wait(&id, final_timeout).await;
-            let (kind, op, note) = wait_op(&id, got.as_ref().ok(), resume);
-            rec.record(p, kind, op, note);
-        }));
+        finals.push(spawn_wait(&worker, &rec, id, final_timeout, resume));
     }
     for f in finals {
-        f.await?;
+        f.join().await?;
     }
     let left = worker.stats().waiters as u64;
     worker.shutdown().await;
@@ -657,7 +629,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     finish(rec, scenario, strategy)
 }
 
-async fn connect_stream(
+pub(crate) async fn connect_stream(
     strategy: &str,
     cmd_url: &str,
     sub_url: &str,
@@ -684,25 +656,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let chunks = (budget.ids * 2) as u64;
     let window = Duration::from_millis(budget.fault_window_ms);
     let follow_timeout = window * 3 + Duration::from_millis(budget.recovery_ms + 300);
-    let follower = |consumer: u32, from: u64| {
-        let (s, rec, task) = (s.clone(), rec.clone(), task.clone());
-        tokio::spawn(async move {
-            let p = rec.process();
-            let op = Op::Follow { task: task.clone(), consumer, from };
-            rec.record(p, Kind::Invoke, op.clone(), None);
-            let deliveries = rec.clone();
-            let mut on_chunk = |c: &crate::reference::stream::Chunk| {
-                let d = Op::Deliver { task: task.clone(), consumer, index: c.chunk_index };
-                deliveries.record(p + DELIVERY_PROCESS_OFFSET, Kind::Ok, d, None);
-            };
-            let (kind, note) = match s.follow(&task, from, follow_timeout, &mut on_chunk).await {
-                Ok(FollowEnd::Finished { .. }) => (Kind::Ok, None),
-                Ok(FollowEnd::TimedOut { .. }) => (Kind::Fail, Some("timed out".to_string())),
-                Err(e) => (Kind::Info, Some(e.to_string())),
-            };
-            rec.record(p, kind, op, note);
-        })
-    };
+    let follower = |consumer: u32, from: u64| spawn_follower(&s, &rec, &task, consumer, from, follow_timeout);
     let first = follower(0, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut nemesis = rig.nemesis();
@@ -725,20 +679,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
             rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
             late = Some(follower(1, 0));
         }
-        let last = i + 1 == chunks;
-        let chunk = if last {
-            crate::reference::stream::Chunk::last(i, format!("c{i}"))
-        } else {
-            crate::reference::stream::Chunk::content(i, format!("c{i}"))
-        };
-        let p = rec.process();
-        let op = Op::Produce { task: task.clone(), index: i, last };
-        rec.record(p, Kind::Invoke, op.clone(), None);
-        let (kind, note) = match s.publish(&task, &chunk).await {
-            PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
-            other => (Kind::Ok, Some(other.status().to_string())),
-        };
-        rec.record(p, kind, op, note);
+        produce_recorded(&*s, &rec, &task, i, i + 1 == chunks).await;
         tokio::time::sleep(step).await;
     }
     if !healed {
@@ -756,6 +697,122 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     rig.observe_when(&rec, "final", &channels, || 0, 0, closed).await?;
     rig.teardown().await;
     finish(rec, scenario, strategy)
+}
+
+/// A recorded wait running in its own task.
+pub(crate) struct RecordedWait {
+    process: u32,
+    id: String,
+    resume: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordedWait {
+    pub(crate) async fn join(self) -> anyhow::Result<()> {
+        Ok(self.task.await?)
+    }
+
+    /// Drops the waiting future (as a worker that gives up does); recorded as `info`
+    /// "cancelled" unless it had already ended.
+    pub(crate) async fn cancel(self, rec: &Recorder) {
+        if self.task.is_finished() {
+            let _ = self.task.await;
+            return;
+        }
+        self.task.abort();
+        let _ = self.task.await;
+        let op = Op::Wait { id: self.id, token: None, via: None, resume: self.resume };
+        rec.record(self.process, Kind::Info, op, Some("cancelled".into()));
+    }
+}
+
+/// Starts a wait for `id`, recording its invoke now and its end when it comes.
+pub(crate) fn spawn_wait(
+    s: &Arc<dyn FeedbackStrategy>,
+    rec: &Arc<Recorder>,
+    id: &str,
+    timeout: Duration,
+    resume: bool,
+) -> RecordedWait {
+    let (s, rec2, id2) = (s.clone(), rec.clone(), id.to_string());
+    let process = rec.process();
+    rec.record(process, Kind::Invoke, Op::Wait { id: id.into(), token: None, via: None, resume }, None);
+    let task = tokio::spawn(async move {
+        let got = s.wait(&id2, timeout).await;
+        let (kind, op, note) = wait_op(&id2, got.as_ref().ok(), resume);
+        rec2.record(process, kind, op, note);
+    });
+    RecordedWait { process, id: id.into(), resume, task }
+}
+
+/// Responds `token` to `id` (plus `payload_bytes` of filler), recorded. A failure refused by
+/// the circuit breaker certainly did not write (`fail`); any other may have (`info`).
+pub(crate) async fn respond_recorded(
+    s: &dyn FeedbackStrategy,
+    rec: &Recorder,
+    id: &str,
+    token: String,
+    payload_bytes: usize,
+) {
+    let p = rec.process();
+    let op = Op::Respond { id: id.into(), token: token.clone() };
+    rec.record(p, Kind::Invoke, op.clone(), None);
+    let mut fields = crate::reference::response_fields(id, &serde_json::Map::new());
+    fields.insert("token".into(), token);
+    if payload_bytes > 0 {
+        fields.insert("padding".into(), "x".repeat(payload_bytes));
+    }
+    let (kind, note) = match s.respond(id, &fields).await {
+        PublishOutcome::Failed { reason } if reason.contains("circuit open") => (Kind::Fail, Some(reason)),
+        PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
+        other => (Kind::Ok, Some(other.status().to_string())),
+    };
+    rec.record(p, kind, op, note);
+}
+
+/// Follows stream `task` from `from` in its own task, recording every delivery.
+pub(crate) fn spawn_follower(
+    s: &Arc<dyn StreamStrategy>,
+    rec: &Arc<Recorder>,
+    task: &str,
+    consumer: u32,
+    from: u64,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (s, rec, task) = (s.clone(), rec.clone(), task.to_string());
+    tokio::spawn(async move {
+        let p = rec.process();
+        let op = Op::Follow { task: task.clone(), consumer, from };
+        rec.record(p, Kind::Invoke, op.clone(), None);
+        let deliveries = rec.clone();
+        let mut on_chunk = |c: &crate::reference::stream::Chunk| {
+            let d = Op::Deliver { task: task.clone(), consumer, index: c.chunk_index };
+            deliveries.record(p + DELIVERY_PROCESS_OFFSET, Kind::Ok, d, None);
+        };
+        let (kind, note) = match s.follow(&task, from, timeout, &mut on_chunk).await {
+            Ok(FollowEnd::Finished { .. }) => (Kind::Ok, None),
+            Ok(FollowEnd::TimedOut { .. }) => (Kind::Fail, Some("timed out".to_string())),
+            Err(e) => (Kind::Info, Some(e.to_string())),
+        };
+        rec.record(p, kind, op, note);
+    })
+}
+
+/// Publishes chunk `index` of `task` (`last`: the final one), recorded.
+pub(crate) async fn produce_recorded(s: &dyn StreamStrategy, rec: &Recorder, task: &str, index: u64, last: bool) {
+    let chunk = if last {
+        crate::reference::stream::Chunk::last(index, format!("c{index}"))
+    } else {
+        crate::reference::stream::Chunk::content(index, format!("c{index}"))
+    };
+    let p = rec.process();
+    let op = Op::Produce { task: task.into(), index, last };
+    rec.record(p, Kind::Invoke, op.clone(), None);
+    let (kind, note) = match s.publish(task, &chunk).await {
+        PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
+        other => (Kind::Ok, Some(other.status().to_string())),
+    };
+    rec.record(p, kind, op, note);
 }
 
 /// Deliveries are recorded under their follower's process number plus this, so they do not

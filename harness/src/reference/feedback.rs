@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::hub::{ChannelState, Control, Hub};
 use super::metrics as m;
 use super::publisher::{PublishOutcome, Publisher};
-use super::{command_connection, Config, FeedbackStrategy, Fields, ImplStats, Result, Via, WaitOutcome, WaiterCount};
+use super::{
+    command_connection, Config, FeedbackStrategy, Fields, ImplStats, Mutation, Result, Via, WaitOutcome, WaiterCount,
+};
 
 /// The hint published after a response is stored (the seed publishes the same word).
 pub const NOTIFY_MESSAGE: &str = "completed";
@@ -44,7 +46,9 @@ pub(crate) fn store_response(config: &Config, id: &str, fields: &Fields) -> redi
     let key = config.keys.feedback_response(id);
     let mut pipe = redis::pipe();
     pipe.hset_multiple(&key, &fields.iter().collect::<Vec<_>>()).ignore();
-    pipe.expire(&key, config.response_ttl_s as i64).ignore();
+    if config.mutation != Some(Mutation::NoTtl) {
+        pipe.expire(&key, config.response_ttl_s as i64).ignore();
+    }
     pipe
 }
 
@@ -245,7 +249,12 @@ impl FeedbackStrategy for Hybrid {
 
     async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
         let channel = self.config.keys.feedback_channel(id);
-        self.publisher.commit(Some(store_response(&self.config, id, fields)), Some((&channel, NOTIFY_MESSAGE))).await
+        let store = store_response(&self.config, id, fields);
+        if self.config.mutation == Some(Mutation::PublishBeforeStore) {
+            self.publisher.commit(None, Some((&channel, NOTIFY_MESSAGE))).await;
+            return self.publisher.commit(Some(store), None).await;
+        }
+        self.publisher.commit(Some(store), Some((&channel, NOTIFY_MESSAGE))).await
     }
 
     async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {

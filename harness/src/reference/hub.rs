@@ -444,7 +444,12 @@ async fn sync(
         }
         (to_sub, to_unsub, already)
     };
-    if !to_unsub.is_empty() {
+    // The never-unsubscribe mutation forgets the channel here but leaves it subscribed.
+    if !to_unsub.is_empty() && inner.config.mutation == Some(super::Mutation::NeverUnsubscribe) {
+        for c in &to_unsub {
+            confirmed.remove(c);
+        }
+    } else if !to_unsub.is_empty() {
         let names: Vec<&str> = to_unsub.iter().map(|n| &**n).collect();
         if !matches!(tokio::time::timeout(limit, sink.unsubscribe(&names)).await, Ok(Ok(()))) {
             return Err(());

@@ -116,6 +116,41 @@ pub struct Config {
     pub breaker_reset_ms: u64,
     /// Fan-out consumer queue depth (seed `004_*`: 1024).
     pub queue_len_max: usize,
+    /// **Test-only.** A deliberately broken variant of the hybrid, which the property tests
+    /// must catch (the harness's own teeth). `None` in every real use.
+    pub mutation: Option<Mutation>,
+}
+
+/// Deliberately broken variants of the hybrid, switched on through [`Config::mutation`] by
+/// tests that prove the checkers catch them. Each is a flaw seen in real code (the seeds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mutation {
+    /// The hub never sends UNSUBSCRIBE when a channel's last waiter leaves (the seed's
+    /// listener thread per waiter): subscriptions pile up at the server.
+    NeverUnsubscribe,
+    /// Responses are stored without a TTL: keys pile up forever.
+    NoTtl,
+    /// The hint is published before the response is stored: a waiter woken by it reads
+    /// nothing and sleeps until the next poll tick.
+    PublishBeforeStore,
+}
+
+impl Mutation {
+    pub const ALL: [Mutation; 3] = [Mutation::NeverUnsubscribe, Mutation::NoTtl, Mutation::PublishBeforeStore];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::NeverUnsubscribe => "never-unsubscribe",
+            Mutation::NoTtl => "no-ttl",
+            Mutation::PublishBeforeStore => "publish-before-store",
+        }
+    }
+
+    /// Parses [`Mutation::name`].
+    pub fn parse(name: &str) -> Option<Mutation> {
+        Mutation::ALL.into_iter().find(|m| m.name() == name)
+    }
 }
 
 impl Default for Config {
@@ -138,6 +173,7 @@ impl Default for Config {
             breaker_failures_max: 5,
             breaker_reset_ms: 5_000,
             queue_len_max: 1024,
+            mutation: None,
         }
     }
 }

@@ -1,0 +1,13 @@
+//! Property tests over fault schedules: proptest generates a workload and a schedule of
+//! faults from the nemesis catalogue ([`gen`]), each case runs on a real `redis-server`
+//! behind the fault proxy ([`harness::case`]), and a failing case shrinks to the smallest
+//! schedule that still breaks an invariant ([`search`]).
+//!
+//! Regressions (the seeds of failing cases) are committed under `regressions/` and replayed
+//! before any new case. The budget is `PROPTEST_CASES`: small in `./ci/test`, large at
+//! night. One seed (`PROPTEST_RNG_SEED`) reproduces a search.
+
+pub mod gen;
+pub mod search;
+
+pub use search::{Found, Search, SearchReport};
