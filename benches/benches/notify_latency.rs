@@ -18,7 +18,7 @@ use harness::reference::baselines::{PollingOnly, PubSubOnly};
 use harness::reference::feedback::Hybrid;
 use harness::reference::{response_fields, Config, FeedbackStrategy, WaitOutcome};
 use harness::toxiproxy::{Stream, Toxic, ToxicKind};
-use hybrid_chaos_benches::{quantiles_us, write_result, write_summary, BenchRig};
+use hybrid_chaos_benches::{quantiles_us, record, BenchRig};
 use rand::{Rng, SeedableRng};
 
 /// Interleaved samples per fast strategy and condition.
@@ -236,10 +236,7 @@ fn bench(c: &mut Criterion) {
         "target_hybrid_over_raw_p50": TARGET_P50_RATIO,
         "conditions": results,
     });
-    match write_result("notify_latency", &result).and_then(|_| write_summary()) {
-        Ok(path) => println!("summary written to {}", path.display()),
-        Err(e) => eprintln!("could not write the bench result: {e}"),
-    }
+    record("notify_latency", &result);
     rt.block_on(async {
         subj.hybrid.shutdown().await;
         subj.polling.shutdown().await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, Criterion};
 use harness::infra::RedisNode;
-use hybrid_chaos_benches::{connect, ping, quantile, write_result, BenchRig};
+use hybrid_chaos_benches::{connect, ping, quantile, record, BenchRig};
 
 /// PING pairs in the interleaved ratio run.
 const INTERLEAVED_PAIRS: usize = 5_000;
@@ -50,10 +50,7 @@ fn bench(c: &mut Criterion) {
         "p50_ratio": ratio,
         "target_p50_ratio": TARGET_P50_RATIO,
     });
-    match write_result("proxy_overhead", &result) {
-        Ok(path) => println!("written to {}", path.display()),
-        Err(e) => eprintln!("could not write the bench result: {e}"),
-    }
+    record("proxy_overhead", &result);
     drop((direct, proxied));
     drop(rig);
 }

@@ -12,7 +12,7 @@ use criterion::{criterion_group, Criterion};
 use harness::infra::{admin, RedisNode};
 use harness::reference::feedback::Hybrid;
 use harness::reference::{response_fields, Config, FeedbackStrategy};
-use hybrid_chaos_benches::{write_result, BenchRig, CountingAlloc};
+use hybrid_chaos_benches::{record, BenchRig, CountingAlloc};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -106,7 +106,7 @@ fn bench(c: &mut Criterion) {
     println!(
         "waiters_scale: connections max {max_conns} (target <= 2), idle commands/s {idle:?} at {COUNTS:?} waiters, bytes/waiter max {max_bytes:.0} (target < {TARGET_BYTES_PER_WAITER})"
     );
-    let _ = write_result(
+    record(
         "waiters_scale",
         &serde_json::json!({ "bench": "waiters_scale", "rows": rows, "idle_window_ms": IDLE_WINDOW_MS }),
     );
@@ -123,7 +123,9 @@ fn bench(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         next += 1;
-                        let id = format!("live-{next}");
+                        // Unique across the groups: an id answered in an earlier group would
+                        // return at once from storage and never register.
+                        let id = format!("live-{idle}-{next}");
                         // Counted before the spawn: the waiter may register at once.
                         let base = h.stats().pending_polls;
                         let w = tokio::spawn({
@@ -131,6 +133,7 @@ fn bench(c: &mut Criterion) {
                             async move { h.wait(&id, Duration::from_secs(30)).await }
                         });
                         while h.stats().pending_polls <= base {
+                            assert!(!w.is_finished(), "the waiter for {id} returned before registering");
                             tokio::time::sleep(Duration::from_micros(100)).await;
                         }
                         let t = Instant::now();

@@ -127,7 +127,11 @@ fn p50(v: &serde_json::Value, key: &str) -> Option<f64> {
 /// plus the figures of the benches without a pub/sub-only side. Benches not run yet are
 /// listed as missing. Returns the Markdown file's path.
 pub fn write_summary() -> std::io::Result<std::path::PathBuf> {
-    let dir = bench_dir();
+    write_summary_in(&bench_dir())
+}
+
+/// [`write_summary`] for the results in `dir`.
+pub fn write_summary_in(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     let load = |name: &str| -> Option<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?).ok()
     };
@@ -157,7 +161,11 @@ pub fn write_summary() -> std::io::Result<std::path::PathBuf> {
             "notify_latency" => {
                 md.push_str("\n## notify_latency (respond to wake, through the proxy, us)\n\n| condition | pub/sub-only p50 | hybrid p50 (ratio) | polling-only p50 (ratio) | raw Pub/Sub p50 (ratio) |\n|---|---|---|---|---|\n");
                 let mut out = serde_json::Map::new();
-                for (cond, c) in v["conditions"].as_object().into_iter().flatten() {
+                // Mildest condition first: clean, then by added delay.
+                let mut conditions: Vec<(&String, &serde_json::Value)> =
+                    v["conditions"].as_object().into_iter().flatten().collect();
+                conditions.sort_by_key(|(_, c)| (c["latency_ms"].as_u64(), c["jitter_ms"].as_u64()));
+                for (cond, c) in conditions {
                     let Some(base) = p50(c, "pubsub_only") else { continue };
                     let cols = [
                         ("hybrid", p50(c, "hybrid")),
@@ -218,9 +226,41 @@ pub fn write_summary() -> std::io::Result<std::path::PathBuf> {
     if missing > 0 {
         md.push_str(&format!("\nNot run yet: {}.\n", json["missing"]));
     }
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     let path = dir.join("summary.md");
     std::fs::write(&path, md)?;
     Ok(path)
+}
+
+/// Writes a bench's result and rebuilds the summary, saying where (or why not) on stdout.
+pub fn record(name: &str, value: &serde_json::Value) {
+    match write_result(name, value).and_then(|_| write_summary()) {
+        Ok(path) => println!("{name}: result written; summary at {}", path.display()),
+        Err(e) => eprintln!("{name}: could not write the bench result or summary: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_gives_ratios_against_pubsub_only_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = |p50: f64| serde_json::json!({ "p50": p50, "samples": 10 });
+        let notify = serde_json::json!({ "bench": "notify_latency", "conditions": {
+            "latency_5ms": { "latency_ms": 5, "jitter_ms": 0, "pubsub_only": q(100.0), "hybrid": q(200.0), "polling_only": q(5000.0), "raw_pubsub": q(90.0) },
+            "clean": { "latency_ms": 0, "jitter_ms": 0, "pubsub_only": q(10.0), "hybrid": q(15.0), "polling_only": q(2500.0), "raw_pubsub": q(8.0) },
+        }});
+        std::fs::write(dir.path().join("notify_latency.json"), notify.to_string()).unwrap();
+        let md = std::fs::read_to_string(write_summary_in(dir.path()).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+        assert_eq!(json["notify_latency"]["clean"]["hybrid"]["ratio"], 1.5);
+        assert_eq!(json["notify_latency"]["latency_5ms"]["polling_only"]["ratio"], 50.0);
+        assert!(md.contains("| clean | 10.0 | 15.0 (1.50x) |"), "{md}");
+        assert!(md.find("| clean").unwrap() < md.find("| latency_5ms").unwrap(), "clean first:\n{md}");
+        assert_eq!(json["missing"], serde_json::json!(["stream_catchup", "waiters_scale", "proxy_overhead"]));
+    }
 }

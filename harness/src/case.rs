@@ -363,20 +363,61 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
     // request once more.
     let worker = scenario::connect(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?;
     let resume_timeout = Duration::from_millis(POLL_INTERVAL_MS * 2 + 500);
-    let mut finals = Vec::new();
-    for (req, id) in case.requests.iter().zip(&ids) {
-        if req.respond_at_ms.is_some() {
-            finals.push(scenario::spawn_wait(&worker, &rec, id, resume_timeout, true));
-        }
-    }
-    for f in finals {
-        f.join().await?;
-    }
-    let left = worker.stats().waiters as u64;
-    worker.shutdown().await;
-    drop(worker);
-    let closed = |r: &Reading| r.connections <= base.connections;
-    rig.observe_when(&rec, "final", &channels, || left, 0, closed).await?;
+    let answered = case.requests.iter().zip(&ids).filter(|(r, _)| r.respond_at_ms.is_some()).map(|(_, id)| id.as_str());
+    rig.final_reads(&rec, worker, answered, resume_timeout, true, &channels, &base).await?;
     let rec = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?;
     Ok(rec.into_history())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency_step(at_ms: u64, duration_ms: u64) -> Step {
+        let fault = Fault::Latency { target: Target::Commands, latency_ms: 10, jitter_ms: 0 };
+        Step { at_ms, fault, duration_ms }
+    }
+
+    fn request(wait_at_ms: u64, respond_at_ms: Option<u64>) -> Request {
+        Request { wait_at_ms, respond_at_ms, cancel_after_ms: None }
+    }
+
+    #[test]
+    fn steps_never_overlap_and_keep_their_absolute_times() {
+        let case = Case {
+            schedule: vec![latency_step(100, 300), latency_step(0, 50), latency_step(200, 100)],
+            requests: vec![request(0, Some(700))],
+            chunks: 0,
+        };
+        let starts: Vec<(u64, u64)> = case.timeline().iter().map(|(s, st)| (*s, st.at_ms)).collect();
+        // Sorted by planned time; the step due at 200 ms waits for the one holding until 400.
+        assert_eq!(starts, vec![(0, 0), (100, 100), (400, 200)]);
+        assert_eq!(case.schedule_ms(), 500);
+        assert_eq!(case.workload_ms(), 700);
+        assert_eq!(case.deadline_ms(), 700 + RECOVERY_MS);
+        // Removing a step (as shrinking does) does not move the others.
+        let shrunk = Case { schedule: vec![latency_step(200, 100)], ..case.clone() };
+        assert_eq!(shrunk.timeline()[0].0, 200);
+    }
+
+    #[test]
+    fn a_case_prints_every_step_and_request() {
+        let case = Case {
+            schedule: vec![Step { at_ms: 750, fault: Fault::RedisDown, duration_ms: 350 }],
+            requests: vec![request(0, Some(1_000)), Request { cancel_after_ms: Some(50), ..request(100, None) }],
+            chunks: 3,
+        };
+        let text = case.to_string();
+        for part in [
+            "1. at 750 ms: redis down, for 350 ms",
+            "r0: wait at 0 ms, respond at 1000 ms",
+            "r1: wait at 100 ms, never answered, cancelled after 50 ms",
+            "stream: 3 chunks",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from:\n{text}");
+        }
+        // Plain data: a case survives a JSON round trip, to be stored and replayed.
+        let back: Case = serde_json::from_str(&serde_json::to_string(&case).unwrap()).unwrap();
+        assert_eq!(back, case);
+    }
 }

@@ -496,6 +496,32 @@ impl Rig {
         }
     }
 
+    /// Phase 2: a fresh `worker` reads every id of `ids` once more (`resume`: as a worker
+    /// resuming from its checkpoint), then shuts down; the `final` reading follows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn final_reads<'a>(
+        &self,
+        rec: &Arc<Recorder>,
+        worker: Arc<dyn FeedbackStrategy>,
+        ids: impl Iterator<Item = &'a str>,
+        timeout: Duration,
+        resume: bool,
+        channels: &[String],
+        base: &Reading,
+    ) -> anyhow::Result<()> {
+        let finals: Vec<RecordedWait> = ids.map(|id| spawn_wait(&worker, rec, id, timeout, resume)).collect();
+        for f in finals {
+            f.join().await?;
+        }
+        let left = worker.stats().waiters as u64;
+        worker.shutdown().await;
+        drop(worker);
+        // The server notices closed connections asynchronously: read until it has (bounded).
+        let closed = |r: &Reading| r.connections <= base.connections;
+        self.observe_when(rec, "final", channels, || left, 0, closed).await?;
+        Ok(())
+    }
+
     pub(crate) async fn teardown(self) {
         for p in [&self.cmd_proxy, &self.sub_proxy] {
             let _ = self.tp.delete_proxy(p).await;
@@ -611,19 +637,8 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let resume = !scenario.live_waiters;
     let worker = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
     let final_timeout = Duration::from_millis(budget.poll_interval_ms * 2 + 500);
-    let mut finals = Vec::new();
-    for id in ids.iter().flat_map(|id| std::iter::repeat_n(id, scenario.resumers.max(1))) {
-        finals.push(spawn_wait(&worker, &rec, id, final_timeout, resume));
-    }
-    for f in finals {
-        f.join().await?;
-    }
-    let left = worker.stats().waiters as u64;
-    worker.shutdown().await;
-    drop(worker);
-    // The server notices closed connections asynchronously: read until it has (bounded).
-    let closed = |r: &Reading| r.connections <= base.connections;
-    rig.observe_when(&rec, "final", &channels, || left, 0, closed).await?;
+    let finals = ids.iter().flat_map(|id| std::iter::repeat_n(id.as_str(), scenario.resumers.max(1)));
+    rig.final_reads(&rec, worker, finals, final_timeout, resume, &channels, &base).await?;
     rig.teardown().await;
 
     finish(rec, scenario, strategy)

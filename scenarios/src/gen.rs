@@ -97,3 +97,41 @@ pub fn case(workload: Workload) -> impl Strategy<Value = Case> {
     )
         .prop_map(|(schedule, requests, chunks)| Case { schedule, requests, chunks })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    #[test]
+    fn generated_cases_stay_within_their_limits() {
+        let mut runner = TestRunner::deterministic();
+        for workload in [Workload::Free, Workload::WaitersFirst] {
+            let strategy = case(workload);
+            for _ in 0..500 {
+                let c = strategy.new_tree(&mut runner).unwrap().current();
+                assert!(c.schedule.len() <= STEPS_MAX && c.requests.len() <= REQUESTS_MAX && c.chunks <= CHUNKS_MAX);
+                assert!(!c.requests.is_empty());
+                for s in &c.schedule {
+                    assert!(s.at_ms % SLOT_MS == 0 && s.duration_ms % SLOT_MS == 0 && s.duration_ms > 0, "{s:?}");
+                }
+                if workload == Workload::WaitersFirst {
+                    assert!(c.requests.iter().all(|r| r.wait_at_ms == 0 && r.respond_at_ms.is_some_and(|t| t >= 300)));
+                    assert_eq!(c.chunks, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kind_of_fault_is_generated() {
+        let mut runner = TestRunner::deterministic();
+        let mut kinds = std::collections::BTreeSet::new();
+        for _ in 0..2_000 {
+            let f = fault().new_tree(&mut runner).unwrap().current();
+            kinds.insert(serde_json::to_value(&f).unwrap()["fault"].as_str().unwrap().to_string());
+        }
+        assert_eq!(kinds.len(), 10, "{kinds:?}");
+    }
+}
