@@ -161,6 +161,9 @@ impl fmt::Display for SearchReport {
                 writeln!(f, "failed checks:\n{}", found.reason)?;
             }
         }
-        write!(f, "replay with PROPTEST_RNG_SEED={}", self.seed)
+        match self.mutation {
+            Some(m) => write!(f, "replay: PROPTEST_RNG_SEED={} HC_MUTATION={} (same test)", self.seed, m.name()),
+            None => write!(f, "replay: PROPTEST_RNG_SEED={} (same test)", self.seed),
+        }
     }
 }

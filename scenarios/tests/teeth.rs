@@ -18,6 +18,9 @@ use scenarios::gen::Workload;
 use scenarios::search::DEFAULT_CASES;
 use scenarios::{Search, SearchReport};
 
+/// Shrink runs per teeth search.
+const TEETH_SHRINK_RUNS_MAX: u32 = 16;
+
 fn search(
     strategy: &'static str,
     mutation: Option<Mutation>,
@@ -28,6 +31,11 @@ fn search(
     s.checks = checks;
     // The budget is proptest's default, whatever PROPTEST_CASES says for the property.
     s.cases = DEFAULT_CASES;
+    // Schedules come first in the shrink order and hold at most 3 steps: 16 shrink runs
+    // strip the unneeded ones (each run of a lossy case lasts until its deadline).
+    if std::env::var_os("PROPTEST_MAX_SHRINK_ITERS").is_none() {
+        s.shrink_runs_max = TEETH_SHRINK_RUNS_MAX;
+    }
     s.mutation = mutation;
     let report = s.run().expect("the search could not run");
     eprintln!("{report}");
