@@ -318,7 +318,17 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
         producer = Some(tokio::spawn(async move {
             for i in 0..chunks {
                 tokio::time::sleep_until(at(spread_ms * i / chunks)).await;
-                scenario::produce_recorded(&*st, &rec, &task, i, i + 1 == chunks).await;
+                // A producer must not leave a hole: consumers deliver in order and cannot
+                // pass one, so every later chunk would be stuck behind it (the property found
+                // exactly that: an append failed under reset_peer, the next ones succeeded,
+                // every consumer stalled). It retries the chunk instead; a duplicate that a
+                // retried append may add is dropped by the consumers (same index).
+                while !scenario::produce_recorded(&*st, &rec, &task, i, i + 1 == chunks).await {
+                    if start.elapsed() >= Duration::from_millis(deadline_ms) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS / 2)).await;
+                }
             }
         }));
     }

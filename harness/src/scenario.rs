@@ -813,8 +813,15 @@ pub(crate) fn spawn_follower(
     })
 }
 
-/// Publishes chunk `index` of `task` (`last`: the final one), recorded.
-pub(crate) async fn produce_recorded(s: &dyn StreamStrategy, rec: &Recorder, task: &str, index: u64, last: bool) {
+/// Publishes chunk `index` of `task` (`last`: the final one), recorded. Returns whether it
+/// was acknowledged.
+pub(crate) async fn produce_recorded(
+    s: &dyn StreamStrategy,
+    rec: &Recorder,
+    task: &str,
+    index: u64,
+    last: bool,
+) -> bool {
     let chunk = if last {
         crate::reference::stream::Chunk::last(index, format!("c{index}"))
     } else {
@@ -828,6 +835,7 @@ pub(crate) async fn produce_recorded(s: &dyn StreamStrategy, rec: &Recorder, tas
         other => (Kind::Ok, Some(other.status().to_string())),
     };
     rec.record(p, kind, op, note);
+    kind == Kind::Ok
 }
 
 /// Deliveries are recorded under their follower's process number plus this, so they do not

@@ -47,6 +47,13 @@ impl Chunk {
 }
 
 /// Appends and announces chunks.
+///
+/// The caller must not move on to chunk `i + 1` while chunk `i` is not acknowledged
+/// ([`PublishOutcome::Failed`]): consumers deliver in order and cannot pass a hole, so every
+/// later chunk would be stuck behind it. Retry the same chunk instead; a retried append that
+/// had landed after all leaves a duplicate, which consumers drop by index. (Found by the
+/// property tests: an append failed under `reset_peer`, the next ones succeeded, and every
+/// consumer stalled until its deadline.)
 pub struct StreamProducer {
     config: Config,
     publisher: Publisher,
