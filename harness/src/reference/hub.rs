@@ -444,14 +444,11 @@ async fn sync(
         }
         (to_sub, to_unsub, already)
     };
-    // The never-unsubscribe mutation forgets the channel here but leaves it subscribed.
-    if !to_unsub.is_empty() && inner.config.mutation == Some(super::Mutation::NeverUnsubscribe) {
-        for c in &to_unsub {
-            confirmed.remove(c);
-        }
-    } else if !to_unsub.is_empty() {
+    if !to_unsub.is_empty() {
+        // The never-unsubscribe mutation forgets the channel but leaves it subscribed.
+        let leak = inner.config.mutation == Some(super::Mutation::NeverUnsubscribe);
         let names: Vec<&str> = to_unsub.iter().map(|n| &**n).collect();
-        if !matches!(tokio::time::timeout(limit, sink.unsubscribe(&names)).await, Ok(Ok(()))) {
+        if !leak && !matches!(tokio::time::timeout(limit, sink.unsubscribe(&names)).await, Ok(Ok(()))) {
             return Err(());
         }
         for c in &to_unsub {
