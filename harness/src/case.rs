@@ -301,10 +301,11 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
             }
         }));
         if let Some(t) = req.respond_at_ms {
-            let (s, rec, id, seed) = (s.clone(), rec.clone(), id.clone(), rig.prefix.clone());
+            // The case's prefix makes every token unique across the cases of a search.
+            let (s, rec, id, prefix) = (s.clone(), rec.clone(), id.clone(), rig.prefix.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(at(t)).await;
-                scenario::respond_recorded(&*s, &rec, &id, format!("{id}@{seed}"), 0).await;
+                scenario::respond_recorded(&*s, &rec, &id, format!("{id}@{prefix}"), 0).await;
                 Ok(())
             }));
         }
