@@ -48,7 +48,7 @@ impl Rig {
         let task = self.task();
         let follower = tokio::spawn({
             let (s, task) = (s.clone(), task.clone());
-            async move { s.follow(&task, 0, Duration::from_secs(30), &mut |_| {}).await }
+            async move { s.follow(&task, 0, Duration::from_secs(30), &mut |_, _| {}).await }
         });
         if subscribes {
             let ch = self.cfg.keys.stream_channel(&task);
@@ -85,7 +85,7 @@ impl Rig {
             assert!(producer.publish(&task, &c).await.committed());
         }
         let t = Instant::now();
-        let end = s.follow(&task, 0, limit, &mut |_| {}).await.unwrap();
+        let end = s.follow(&task, 0, limit, &mut |_, _| {}).await.unwrap();
         let took = t.elapsed();
         match end {
             FollowEnd::Finished { delivered, .. } | FollowEnd::TimedOut { delivered, .. } => (took, delivered),

@@ -134,6 +134,10 @@ impl fmt::Display for Step {
             Fault::Latency { target: t, latency_ms, jitter_ms } => {
                 write!(f, "latency {latency_ms}+-{jitter_ms} ms on {}", target(*t))?
             }
+            Fault::LatencyUpstream { target: t, latency_ms } => {
+                write!(f, "upstream latency {latency_ms} ms on {}", target(*t))?
+            }
+            Fault::DropSubscribers => write!(f, "subscribers dropped")?,
             Fault::Blackhole { target: t } => write!(f, "blackhole on {}", target(*t))?,
             Fault::ResetPeer { target: t } => write!(f, "reset_peer on {}", target(*t))?,
             Fault::ProxyDown { target: t } => write!(f, "proxy down on {}", target(*t))?,
@@ -362,8 +366,8 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
     // Settled while the worker still runs (after shutdown the server would drop its
     // subscriptions anyway and hide a leak).
     let reconnects = s.stats().reconnects;
-    let back = |r: &Reading| r.subscriptions <= base.subscriptions && r.waiters == 0;
-    rig.observe_when(&rec, "settled", &channels, || s.stats().waiters as u64, reconnects, back).await?;
+    let back = |r: &Reading| r.subscriptions <= base.subscriptions && r.waiters == 0 && r.pending_polls == 0;
+    rig.observe_when(&rec, "settled", &channels, || s.stats(), reconnects, back).await?;
     s.shutdown().await;
     drop(s);
     if let Some(st) = stream {

@@ -37,11 +37,22 @@ pub enum Op {
         /// A worker resuming from a checkpoint (it did not wait while the response came).
         #[serde(default)]
         resume: bool,
+        /// The timeout the wait was given, in ms (on the invoke), so the timeout-accuracy
+        /// check can judge when it ended.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
     },
     /// Append chunk `index` to stream `task`. Ok: acknowledged.
     Produce { task: String, index: u64, last: bool },
-    /// A consumer of `task` handed chunk `index` to the application.
-    Deliver { task: String, consumer: u32, index: u64 },
+    /// A consumer of `task` handed chunk `index` to the application; `via` is what prompted
+    /// the read that found it (`notified`, `polled`, `resync`, `immediate`...).
+    Deliver {
+        task: String,
+        consumer: u32,
+        index: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
+    },
     /// A consumer of `task` finished (ok: saw the final chunk; fail: timed out).
     Follow { task: String, consumer: u32, from: u64 },
     /// Resource readings; `phase` is `baseline` (before the workload) or `final` (after the
@@ -55,6 +66,10 @@ pub enum Op {
     Take { seq: u64, reset: bool },
     /// The fan-out consumer's counters after it stopped.
     FanoutCounters { counters: FanoutCounters },
+    /// The implementation's own count of subscriber reconnections went up to `count`
+    /// (sampled from what it exposes; it knows nothing of faults). The detection check reads
+    /// when a dead subscriber was noticed from these.
+    Reconnected { count: u64 },
 }
 
 /// What a fan-out consumer counted (see `reference::fanout::FanoutStats`).
@@ -89,6 +104,10 @@ pub struct Reading {
     /// Subscriber reconnections the implementation made so far.
     #[serde(default)]
     pub reconnects: u64,
+    /// Ids in the implementation's storage poller's pending set (a cancelled wait must not
+    /// leave one behind).
+    #[serde(default)]
+    pub pending_polls: u64,
 }
 
 /// One event of the history.
@@ -182,7 +201,7 @@ mod tests {
         let mut h = History::default();
         h.push(ev(1, 0, Kind::Invoke, Op::Respond { id: "a".into(), token: "t".into() }));
         h.push(ev(2, 0, Kind::Ok, Op::Respond { id: "a".into(), token: "t".into() }));
-        h.push(ev(3, 1, Kind::Ok, Op::Deliver { task: "s".into(), consumer: 1, index: 0 }));
+        h.push(ev(3, 1, Kind::Ok, Op::Deliver { task: "s".into(), consumer: 1, index: 0, via: None }));
         let mut buf = Vec::new();
         h.write_jsonl(&mut buf).unwrap();
         let text = String::from_utf8(buf.clone()).unwrap();

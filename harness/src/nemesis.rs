@@ -39,6 +39,16 @@ pub enum Fault {
         latency_ms: u64,
         jitter_ms: u64,
     },
+    /// Latency on what the client sends (Toxiproxy's upstream stream): a SUBSCRIBE stays in
+    /// flight this long before the server sees it. The lever of the race scenarios: it holds
+    /// a window open between a waiter's first storage read and its confirmed subscription.
+    LatencyUpstream {
+        target: Target,
+        latency_ms: u64,
+    },
+    /// Every Pub/Sub client of the server is disconnected (`CLIENT KILL TYPE pubsub`), as a
+    /// server-side timeout or a failover would; a one-off, nothing to heal.
+    DropSubscribers,
     /// Data silently dropped (Toxiproxy `timeout` 0): a stale, half-open connection.
     Blackhole {
         target: Target,
@@ -69,6 +79,8 @@ pub enum Error {
     Infra(#[from] crate::infra::Error),
     #[error(transparent)]
     Toxiproxy(#[from] crate::toxiproxy::client::Error),
+    #[error("{what} at {url}: {reason}")]
+    Redis { what: &'static str, url: String, reason: String },
 }
 
 /// Injects faults into one Redis and its two proxies.
@@ -121,6 +133,27 @@ impl Nemesis {
             Fault::Latency { target, latency_ms, jitter_ms } => {
                 let kind = ToxicKind::Latency { latency_ms: *latency_ms, jitter_ms: *jitter_ms };
                 self.toxic(*target, kind, Stream::Downstream).await?
+            }
+            Fault::LatencyUpstream { target, latency_ms } => {
+                let kind = ToxicKind::Latency { latency_ms: *latency_ms, jitter_ms: 0 };
+                self.toxic(*target, kind, Stream::Upstream).await?
+            }
+            Fault::DropSubscribers => {
+                // Only a server the harness owns is disturbed.
+                if !redis.owned() {
+                    return Err(crate::infra::Error::NotOwned { op: "CLIENT KILL", url: redis.url() }.into());
+                }
+                let url = redis.url();
+                let failed =
+                    |reason: String| Error::Redis { what: "CLIENT KILL TYPE pubsub", url: url.clone(), reason };
+                let mut c = crate::infra::admin::connect(&url).await.map_err(|e| failed(e.to_string()))?;
+                let _: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
             }
             Fault::Blackhole { target } => {
                 self.toxic(*target, ToxicKind::Timeout { timeout_ms: 0 }, Stream::Downstream).await?

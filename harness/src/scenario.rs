@@ -8,7 +8,15 @@
 //!
 //! Each scenario declares the verdict it expects per strategy. The baselines are known to
 //! break in some: such an expectation is a canary, and a canary that passes means the
-//! harness lost its teeth.
+//! harness lost its teeth. The catalogue itself (which scenarios exist) is the suite's, in the
+//! `scenarios/` crate; this module is the machinery that runs and judges one.
+//!
+//! Beyond loss, every feedback run is judged on liveness ([`crate::checker::liveness`]) with
+//! [`Bounds`] derived from the configuration the implementation runs with: after the heal
+//! the workload sends recovery probes (fresh waits answered once the recovery bound has
+//! passed), and a few waits nobody answers probe timeout accuracy. Scenarios with the
+//! fallback off give the implementation a poll interval beyond every deadline, so only its
+//! wake-up path can deliver in time: the polling fallback cannot hide a broken one there.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,14 +26,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::checker::{self, CleanupLimits, Validity, Verdict};
+use crate::checker::{self, Bounds, CleanupLimits, Validity, Verdict};
 use crate::history::{Event, History, Kind, Op, Reading};
 use crate::infra::{admin, Persistence, ProcessRedis, RedisNode, RedisSpec};
-use crate::nemesis::{Fault, Nemesis, Target};
+use crate::nemesis::{Fault, Nemesis};
 use crate::reference::baselines::{PollingOnly, PollingOnlyStream, PubSubOnly, PubSubOnlyStream};
 use crate::reference::feedback::Hybrid;
 use crate::reference::stream::{FollowEnd, HybridStream};
-use crate::reference::{Config, FeedbackStrategy, PublishOutcome, StreamStrategy, WaitOutcome};
+use crate::reference::{Config, FeedbackStrategy, ImplStats, Mutation, PublishOutcome, StreamStrategy, WaitOutcome};
 use crate::toxiproxy::server::ServerOptions;
 use crate::toxiproxy::FaultProxy;
 
@@ -41,6 +49,86 @@ const CHURN_WAIT_MS: u64 = 600;
 
 /// The strategies every scenario runs.
 pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
+
+/// Poll interval when a scenario switches the fallback off, in ms: beyond every deadline of
+/// a run, so only the wake-up path can deliver in time.
+pub const FALLBACK_OFF_POLL_MS: u64 = 60_000;
+/// A notification-woken waiter has its response within this long of the ack, in ms
+/// (generous: a busy 2-core CI machine must not flip a verdict; the teeth come from the
+/// regimes, not from a tight number).
+pub const WAKE_BOUND_MS: f64 = 100.0;
+/// Slack over a poll interval for the fallback bound, in ms.
+pub const FALLBACK_SLACK_MS: f64 = 150.0;
+/// Slack over health-check interval + timeout for noticing a dead subscriber, in ms.
+pub const DETECTION_SLACK_MS: f64 = 300.0;
+/// Slack over the configuration's reconnect and breaker times for recovery, in ms.
+pub const RECOVERY_SLACK_MS: f64 = 500.0;
+/// A timed-out wait may end this long after its timeout, in ms, or 5 % of it if more.
+pub const TIMEOUT_SLACK_MS: f64 = 100.0;
+/// Recovery probes after each heal; they run one after another, so a half-open breaker's
+/// single probe is not refused company.
+pub const RECOVERY_PROBES: usize = 3;
+/// How long a recovery probe waits, in ms.
+pub const PROBE_WAIT_MS: u64 = 1_000;
+/// How long a probe's respond waits for the probe's subscription at the server, in ms.
+pub const PROBE_SUBSCRIBE_WAIT_MS: u64 = 500;
+/// Live waits end this long after heal + the recovery bound, in ms: a margin so that a
+/// response late in the window is never cut off by a deadline on a busy machine.
+pub const WAIT_MARGIN_MS: u64 = 1_000;
+/// Waits nobody answers, per feedback run, for the timeout-accuracy check.
+pub const TIMEOUT_PROBES: usize = 2;
+/// In the race scenarios, responses come this long after the lever is pulled, in ms (plus a
+/// seeded draw of up to [`RACE_JITTER_MS`]).
+pub const RACE_RESPOND_AFTER_MS: u64 = 50;
+pub const RACE_JITTER_MS: u64 = 20;
+/// How often the reconnect sampler reads the implementation's counter, in ms.
+const SAMPLE_EVERY_MS: u64 = 10;
+
+/// What a strategy's design claims, which decides the liveness checks it is held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Design {
+    /// Woken by Pub/Sub notifications.
+    pub notifies: bool,
+    /// Polls storage.
+    pub polls: bool,
+}
+
+/// The design of a built-in strategy.
+pub fn design(strategy: &str) -> Design {
+    match strategy {
+        "pubsub-only" => Design { notifies: true, polls: false },
+        "polling-only" => Design { notifies: false, polls: true },
+        _ => Design { notifies: true, polls: true },
+    }
+}
+
+/// Where a feedback scenario puts its responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Race {
+    /// Waiters start after the lever is pulled (upstream latency on the subscriber keeps
+    /// their SUBSCRIBE in flight), and responses come between their first storage read and
+    /// the confirmation.
+    SubscribeWindow,
+    /// Waiters are subscribed; the lever drops the subscriber and slows its resubscribe, and
+    /// responses are published during the resubscribe.
+    Resubscribe,
+}
+
+/// The shape of a streaming scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamShape {
+    /// Chunks spread over before, during and after the faults; a late joiner after the heal.
+    Spread,
+    /// The tail, the final chunk included, is published during the subscriber outage and
+    /// nothing after the heal: only a resync (or a poll) can finish the consumers.
+    TailInOutage,
+    /// A late joiner starts while the lever keeps its SUBSCRIBE in flight, and the final
+    /// chunk is appended in between: its catch-up read must come after the confirmation.
+    CatchupRace,
+    /// Every chunk during the faults is appended twice, as a retried append whose first
+    /// reply was lost does: consumers must hand each over once.
+    DuplicateAppends,
+}
 
 /// One scenario of the catalogue.
 #[derive(Clone, Debug)]
@@ -67,6 +155,12 @@ pub struct Scenario {
     pub redis_config: &'static [(&'static str, &'static str)],
     /// A chunk-streaming workload (seed `003_*`) instead of feedback.
     pub stream: bool,
+    pub stream_shape: StreamShape,
+    /// The polling fallback is on (the budget's poll interval) or off
+    /// ([`FALLBACK_OFF_POLL_MS`]): with it off, only the wake-up path delivers in time.
+    pub fallback: bool,
+    /// A race scenario: responses placed in a window where wake-ups get lost.
+    pub race: Option<Race>,
     /// The fan-out workload (seed `004_*`) instead of feedback.
     pub fanout: bool,
     /// Strategies this scenario applies to; empty: all.
@@ -85,7 +179,7 @@ impl Scenario {
 
     /// A feedback scenario with live waiters, no fault and no persistence; the builder
     /// methods below change what differs.
-    fn new(name: &'static str, about: &'static str, expected: [Validity; 3]) -> Scenario {
+    pub fn new(name: &'static str, about: &'static str, expected: [Validity; 3]) -> Scenario {
         Scenario {
             name,
             about,
@@ -98,169 +192,78 @@ impl Scenario {
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
+            stream_shape: StreamShape::Spread,
+            fallback: true,
+            race: None,
             fanout: false,
             applies_to: &[],
             expected,
             why: "",
         }
     }
-    fn persistence(mut self, p: Persistence) -> Self {
+    pub fn persistence(mut self, p: Persistence) -> Self {
         self.persistence = p;
         self
     }
-    fn faults(mut self, f: Vec<Fault>) -> Self {
+    pub fn faults(mut self, f: Vec<Fault>) -> Self {
         self.faults = f;
         self
     }
-    fn late_faults(mut self, f: Vec<Fault>) -> Self {
+    pub fn late_faults(mut self, f: Vec<Fault>) -> Self {
         self.late_faults = f;
         self
     }
     /// Nobody waits while responses are published; final readers resume afterwards.
-    fn resume_only(mut self, resumers: usize) -> Self {
+    pub fn resume_only(mut self, resumers: usize) -> Self {
         self.live_waiters = false;
         self.resumers = resumers;
         self
     }
-    fn churn(mut self, waits: usize) -> Self {
+    pub fn churn(mut self, waits: usize) -> Self {
         self.churn_waits = waits;
         self
     }
-    fn payload(mut self, bytes: usize) -> Self {
+    pub fn payload(mut self, bytes: usize) -> Self {
         self.payload_bytes = bytes;
         self
     }
-    fn redis_config(mut self, c: &'static [(&'static str, &'static str)]) -> Self {
+    pub fn redis_config(mut self, c: &'static [(&'static str, &'static str)]) -> Self {
         self.redis_config = c;
         self
     }
-    fn stream(mut self) -> Self {
+    pub fn stream(mut self) -> Self {
         self.stream = true;
         self
     }
-    fn fanout(mut self, applies_to: &'static [&'static str]) -> Self {
+    pub fn fanout(mut self, applies_to: &'static [&'static str]) -> Self {
         self.fanout = true;
         self.applies_to = applies_to;
         self
     }
-    fn why(mut self, why: &'static str) -> Self {
+    pub fn why(mut self, why: &'static str) -> Self {
         self.why = why;
         self
     }
-}
-
-/// The catalogue, in run order.
-pub fn catalogue() -> Vec<Scenario> {
-    use Validity::{Invalid, Valid};
-    let all_valid = [Valid, Valid, Valid];
-    let pubsub_breaks = [Valid, Invalid, Valid];
-    let sub_gap = Fault::ProxyDown { target: Target::Subscriber };
-    vec![
-        Scenario::new("clean", "no fault: every design delivers", all_valid),
-        Scenario::new("latency", "50 ms +- 20 ms on both connections", all_valid).faults(vec![Fault::Latency {
-            target: Target::Both,
-            latency_ms: 50,
-            jitter_ms: 20,
-        }]),
-        Scenario::new(
-            "subscriber-blackhole",
-            "the subscriber connection goes silent (half-open) while storage works",
-            pubsub_breaks,
-        )
-        .faults(vec![Fault::Blackhole { target: Target::Subscriber }])
-        .why("pub/sub-only: hints sent into a dead subscription are gone"),
-        Scenario::new(
-            "crash-restart-aof",
-            "SIGKILL + restart (AOF always) while the subscriber is cut off",
-            pubsub_breaks,
-        )
-        .persistence(Persistence::AofAlways)
-        .faults(vec![Fault::CrashRestart, sub_gap.clone()])
-        .why("pub/sub-only: messages published during the reconnect gap are lost"),
-        // Nobody waits live, so nothing is delivered before the crash wipes the writes: the
-        // loss is the configuration's, deterministically.
-        Scenario::new(
-            "crash-restart-no-persistence",
-            "responses acknowledged, then SIGKILL + restart with persistence none, then resume",
-            [Invalid, Invalid, Invalid],
-        )
-        .late_faults(vec![Fault::CrashRestart])
-        .resume_only(1)
-        .why("persistence none: acknowledged writes vanish in the crash (caused by the configuration)"),
-        Scenario::new(
-            "resume-from-checkpoint",
-            "respond while no worker listens, then a new worker resumes (seed 000 scenario B)",
-            pubsub_breaks,
-        )
-        .resume_only(1)
-        .why("pub/sub-only: a message published while nobody listens is lost"),
-        Scenario::new(
-            "two-workers-resume",
-            "respond while nobody listens, then two workers resume the same checkpoint",
-            pubsub_breaks,
-        )
-        .resume_only(2)
-        .why("pub/sub-only: nothing to resume from"),
-        Scenario::new(
-            "graceful-restart",
-            "SHUTDOWN + restart (AOF everysec) under load while the subscriber reconnects",
-            pubsub_breaks,
-        )
-        .persistence(Persistence::AofEverysec)
-        .faults(vec![Fault::GracefulRestart, sub_gap])
-        .why("pub/sub-only: messages published during the reconnect gap are lost"),
-        Scenario::new(
-            "reset-peer-subscriber",
-            "the subscriber connection is reset (RST), and every reconnect too, for a while",
-            pubsub_breaks,
-        )
-        .faults(vec![Fault::ResetPeer { target: Target::Subscriber }])
-        .why("pub/sub-only: no subscription survives the resets, so every hint is lost"),
-        Scenario::new(
-            "redis-unreachable",
-            "Redis killed for the whole window (responses fail), then started again",
-            all_valid,
-        )
-        .faults(vec![Fault::RedisDown]),
-        Scenario::new(
-            "publisher-outage",
-            "the command connection refused for the window: retries, then the circuit breaker",
-            all_valid,
-        )
-        .faults(vec![Fault::ProxyDown { target: Target::Commands }]),
-        Scenario::new(
-            "waiter-churn-cleanup",
-            "1,000 waits that time out or are cancelled, then the usual workload",
-            all_valid,
-        )
-        .churn(1_000),
-        Scenario::new(
-            "slow-subscriber-cut-off",
-            "a slow subscriber (16 KB/s) is disconnected by client-output-buffer-limit pubsub 8kb",
-            pubsub_breaks,
-        )
-        .faults(vec![Fault::Bandwidth { target: Target::Subscriber, rate_kb_s: 16 }])
-        .payload(32 * 1024)
-        .redis_config(&[("client-output-buffer-limit", "pubsub 8kb 8kb 0")])
-        .why("pub/sub-only: its payload-carrying messages overflow the buffer limit and the server cuts it off"),
-        Scenario::new(
-            "stream-late-joiner-reconnect",
-            "a stream with its subscriber reset mid-way, and a consumer joining late from index 0",
-            pubsub_breaks,
-        )
-        .faults(vec![Fault::ResetPeer { target: Target::Subscriber }])
-        .stream()
-        .why(
-            "pub/sub-only streaming: chunks published during the reset gap, and before the late joiner came, are gone",
-        ),
-        // Fan-out is Pub/Sub by nature (seed 004 stores no history): one implementation.
-        Scenario::new(
-            "fanout-overflow",
-            "a burst to a 64-deep fan-out queue behind a slow worker, a stale tick, RESET, SHUTDOWN",
-            all_valid,
-        )
-        .fanout(&["hybrid"]),
-    ]
+    /// Only these strategies run it.
+    pub fn applies_to(mut self, strategies: &'static [&'static str]) -> Self {
+        self.applies_to = strategies;
+        self
+    }
+    pub fn stream_shape(mut self, shape: StreamShape) -> Self {
+        self.stream = true;
+        self.stream_shape = shape;
+        self
+    }
+    /// The poll interval goes beyond every deadline: only the wake-up path delivers in time.
+    pub fn fallback_off(mut self) -> Self {
+        self.fallback = false;
+        self
+    }
+    pub fn race(mut self, race: Race) -> Self {
+        self.race = Some(race);
+        self.fallback = false;
+        self
+    }
 }
 
 /// Workload size and timing. `quick` shrinks everything for CI.
@@ -269,22 +272,81 @@ pub struct Budget {
     pub ids: usize,
     /// How long the fault window stays open, in ms.
     pub fault_window_ms: u64,
-    /// Poll interval of the strategies, in ms.
+    /// Poll interval of the strategies, in ms (when the scenario keeps the fallback on).
     pub poll_interval_ms: u64,
-    /// How long after the heal a live waiter keeps waiting, in ms: enough for a reconnect
-    /// (backoff at most 500 ms here) and a poll tick, so a waiter that still times out is
-    /// evidence, not impatience.
-    pub recovery_ms: u64,
+    /// The subscriber's health check: a `PING` every this many ms ...
+    pub health_check_interval_ms: u64,
+    /// ... answered within this many ms.
+    pub health_check_timeout_ms: u64,
+    /// Reconnect backoff cap, in ms.
+    pub reconnect_delay_ms_max: u64,
+    /// How long the publisher's circuit breaker stays open, in ms.
+    pub breaker_reset_ms: u64,
+    /// One command (a SUBSCRIBE among them) may take this long, in ms.
+    pub command_timeout_ms: u64,
+    /// **Test-only.** A deliberately broken variant of the reference to run instead of the
+    /// reference as written (`hybrid-chaos mutants`); `None` everywhere else.
+    pub mutation: Option<Mutation>,
 }
 
 impl Budget {
     pub fn new(quick: bool) -> Budget {
         if quick {
-            Budget { ids: 8, fault_window_ms: 1_000, poll_interval_ms: 100, recovery_ms: 1_000 }
+            Budget {
+                ids: 8,
+                fault_window_ms: 1_200,
+                poll_interval_ms: 100,
+                health_check_interval_ms: 200,
+                health_check_timeout_ms: 300,
+                reconnect_delay_ms_max: 300,
+                breaker_reset_ms: 500,
+                command_timeout_ms: 500,
+                mutation: None,
+            }
         } else {
             // The seed's 0.5 s poll interval.
-            Budget { ids: 40, fault_window_ms: 2_500, poll_interval_ms: 500, recovery_ms: 2_000 }
+            Budget {
+                ids: 40,
+                fault_window_ms: 2_500,
+                poll_interval_ms: 500,
+                health_check_interval_ms: 250,
+                health_check_timeout_ms: 500,
+                reconnect_delay_ms_max: 500,
+                breaker_reset_ms: 1_000,
+                command_timeout_ms: 1_000,
+                mutation: None,
+            }
         }
+    }
+
+    pub fn with_mutation(mut self, m: Option<Mutation>) -> Budget {
+        self.mutation = m;
+        self
+    }
+}
+
+/// The bounds a run of `scenario` for a strategy of design `d` with configuration `cfg` is
+/// judged by (see [`crate::checker::liveness`]): each derived from the configuration, so a
+/// design change that moves a timing moves its bound with it.
+pub fn bounds(cfg: &Config, scenario: &Scenario, d: Design) -> Bounds {
+    // The subscriber notices a dead connection at its next health check, or when a SUBSCRIBE
+    // in flight times out: the hub's loop waits for that reply before its next check.
+    let detection = ((cfg.health_check_interval_ms + cfg.health_check_timeout_ms).max(cfg.command_timeout_ms)) as f64;
+    // After a heal: an undetected dead connection is noticed (interval + timeout), the
+    // backoff runs out (its cap), or the breaker's reset passes and one probe goes through.
+    let hub = (cfg.health_check_interval_ms + cfg.health_check_timeout_ms) as f64 + cfg.reconnect_delay_ms_max as f64;
+    let breaker = (cfg.breaker_reset_ms + cfg.publish_backoff_ms * u64::from(cfg.publish_attempts_max)) as f64;
+    Bounds {
+        wake_ms: WAKE_BOUND_MS,
+        latency_factor: 2.0,
+        poll_interval_ms: scenario.fallback.then_some(cfg.poll_interval_ms as f64),
+        fallback_slack_ms: FALLBACK_SLACK_MS,
+        detection_ms: detection + DETECTION_SLACK_MS,
+        recovery_ms: hub.max(breaker) + RECOVERY_SLACK_MS,
+        timeout_slack_ms: TIMEOUT_SLACK_MS,
+        timeout_slack_ratio: 0.05,
+        notifies: d.notifies,
+        polls: d.polls,
     }
 }
 
@@ -322,6 +384,12 @@ pub struct Outcome {
     /// Why a non-valid verdict is expected (e.g. loss caused by the configuration).
     pub expectation: String,
     pub checks: Vec<Verdict>,
+    /// The bounds the liveness checks used (feedback runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<Bounds>,
+    /// The mutation the run used, if any (`hybrid-chaos mutants`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutation: Option<Mutation>,
     #[serde(skip)]
     pub history: History,
 }
@@ -364,6 +432,7 @@ async fn observe(url: &str, prefix: &str, channels: &[String], waiters: u64) -> 
         used_memory_bytes,
         commands_processed,
         reconnects: 0,
+        pending_polls: 0,
     })
 }
 
@@ -374,19 +443,33 @@ pub(crate) fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> 
             Op::Wait {
                 id: id.into(),
                 token: fields.get("token").cloned(),
-                via: Some(format!("{via:?}").to_lowercase()),
+                via: Some(via_name(*via)),
                 resume,
+                timeout_ms: None,
             },
             None,
         ),
-        Some(WaitOutcome::TimedOut) => {
-            (Kind::Fail, Op::Wait { id: id.into(), token: None, via: None, resume }, Some("timed out".into()))
-        }
-        Some(WaitOutcome::Shutdown) => {
-            (Kind::Info, Op::Wait { id: id.into(), token: None, via: None, resume }, Some("shutdown".into()))
-        }
-        None => (Kind::Info, Op::Wait { id: id.into(), token: None, via: None, resume }, Some("error".into())),
+        Some(WaitOutcome::TimedOut) => (
+            Kind::Fail,
+            Op::Wait { id: id.into(), token: None, via: None, resume, timeout_ms: None },
+            Some("timed out".into()),
+        ),
+        Some(WaitOutcome::Shutdown) => (
+            Kind::Info,
+            Op::Wait { id: id.into(), token: None, via: None, resume, timeout_ms: None },
+            Some("shutdown".into()),
+        ),
+        None => (
+            Kind::Info,
+            Op::Wait { id: id.into(), token: None, via: None, resume, timeout_ms: None },
+            Some("error".into()),
+        ),
     }
+}
+
+/// The history's name for a [`crate::reference::Via`] (`after_subscribe`, `notified`...).
+pub(crate) fn via_name(via: crate::reference::Via) -> String {
+    serde_json::to_value(via).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// One run's infrastructure: its own Redis, the fault proxy, two proxies in front of it.
@@ -411,7 +494,18 @@ impl Rig {
         for (name, value) in scenario.redis_config {
             spec = spec.config(name, value);
         }
-        Rig::start_with(scenario.name, spec, seed, budget.poll_interval_ms).await
+        let poll_interval_ms = if scenario.fallback { budget.poll_interval_ms } else { FALLBACK_OFF_POLL_MS };
+        let mut rig = Rig::start_with(scenario.name, spec, seed, poll_interval_ms).await?;
+        rig.cfg = Config {
+            health_check_interval_ms: budget.health_check_interval_ms,
+            health_check_timeout_ms: budget.health_check_timeout_ms,
+            reconnect_delay_ms_max: budget.reconnect_delay_ms_max,
+            breaker_reset_ms: budget.breaker_reset_ms,
+            command_timeout_ms: budget.command_timeout_ms,
+            mutation: budget.mutation,
+            ..rig.cfg
+        };
+        Ok(rig)
     }
 
     /// A Redis from `spec`, a fault proxy seeded with `seed`, and the two proxies.
@@ -464,7 +558,8 @@ impl Rig {
         waiters: u64,
         reconnects: u64,
     ) -> anyhow::Result<Reading> {
-        self.observe_when(rec, phase, channels, || waiters, reconnects, |_| true).await
+        let st = ImplStats { waiters: waiters as usize, ..ImplStats::default() };
+        self.observe_when(rec, phase, channels, || st, reconnects, |_| true).await
     }
 
     /// Reads until `settled` holds or `quiesce_wait_ms` passes, and records the last reading
@@ -475,14 +570,16 @@ impl Rig {
         rec: &Recorder,
         phase: &str,
         channels: &[String],
-        waiters: impl Fn() -> u64,
+        stats: impl Fn() -> ImplStats,
         reconnects: u64,
         settled: impl Fn(&Reading) -> bool,
     ) -> anyhow::Result<Reading> {
         let deadline = Instant::now() + Duration::from_millis(self.quiesce_wait_ms);
         loop {
-            let mut reading = observe(&self.redis.url(), &self.prefix, channels, waiters()).await?;
+            let st = stats();
+            let mut reading = observe(&self.redis.url(), &self.prefix, channels, st.waiters as u64).await?;
             reading.reconnects = reconnects;
+            reading.pending_polls = st.pending_polls as u64;
             if settled(&reading) || Instant::now() >= deadline {
                 rec.record(
                     rec.process(),
@@ -513,7 +610,7 @@ impl Rig {
         for f in finals {
             f.join().await?;
         }
-        let left = worker.stats().waiters as u64;
+        let left = worker.stats();
         worker.shutdown().await;
         drop(worker);
         // The server notices closed connections asynchronously: read until it has (bounded).
@@ -544,10 +641,18 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     }
     let mut rig = Rig::start(scenario, seed, budget).await?;
     let (cmd_url, sub_url, cfg) = (rig.cmd_url.clone(), rig.sub_url.clone(), rig.cfg.clone());
+    let d = design(strategy);
+    let b = bounds(&cfg, scenario, d);
     let ids: Vec<String> = (0..budget.ids).map(|i| format!("{}-{i}", scenario.name)).collect();
-    // Every channel the run may subscribe: the workload's ids and the churn ids.
+    let unanswered: Vec<String> = (0..TIMEOUT_PROBES).map(|i| format!("{}-unanswered-{i}", scenario.name)).collect();
+    let probes: Vec<String> = (0..RECOVERY_PROBES).map(|i| format!("{}-probe-{i}", scenario.name)).collect();
+    let standing: Vec<String> = (0..RECOVERY_PROBES).map(|i| format!("{}-standing-{i}", scenario.name)).collect();
+    // Every channel the run may subscribe: the workload's ids, the probes and the churn ids.
     let channels: Vec<String> = ids
         .iter()
+        .chain(&unanswered)
+        .chain(&probes)
+        .chain(&standing)
         .cloned()
         .chain((0..scenario.churn_waits).map(|i| format!("{}-churn-{i}", scenario.name)))
         .map(|id| cfg.keys.feedback_channel(&id))
@@ -555,11 +660,14 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let rec = recorder();
     let mut rng = StdRng::seed_from_u64(seed);
     let window = Duration::from_millis(budget.fault_window_ms);
-    // Waits outlast the window and the recovery after it.
-    let wait_timeout = window + Duration::from_millis(budget.recovery_ms + 300);
+    let recovery = Duration::from_millis(b.recovery_ms as u64);
 
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
+    let sampler = spawn_reconnect_sampler(&rec, {
+        let s = s.clone();
+        move || s.stats().reconnects
+    });
 
     // Churn: waits that time out or are cancelled, to see whether they leave anything behind.
     let mut churn = Vec::new();
@@ -579,34 +687,67 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         }
     }
 
-    // Phase 1: live waiters (if any), then the fault window with responses spread across it.
+    // Phase 1: live waiters (if any), then the fault window with responses in it. Waits last
+    // until heal + the recovery bound + a margin, planned from absolute times: a response
+    // late in the window is never cut off by a deadline on a busy machine.
+    let settle = Duration::from_millis(300);
+    let window_start = Instant::now() + if scenario.live_waiters { settle } else { Duration::ZERO };
+    let wait_until = window_start + window + recovery + Duration::from_millis(WAIT_MARGIN_MS);
+    let waiters_first = scenario.live_waiters && scenario.race != Some(Race::SubscribeWindow);
+    let spawn_waiters = |rec: &Arc<Recorder>| -> Vec<RecordedWait> {
+        let left = wait_until.saturating_duration_since(Instant::now());
+        ids.iter().map(|id| spawn_wait(&s, rec, id, left, false)).collect()
+    };
+    // Standing probes wait through the fault and are answered after recovery: a subscriber
+    // that comes back without its old channels shows here (fresh probes subscribe anew).
+    let standing_until = wait_until + Duration::from_millis(PROBE_WAIT_MS * RECOVERY_PROBES as u64 * 2);
+    let standing_waits: Vec<RecordedWait> = standing
+        .iter()
+        .map(|id| spawn_wait(&s, &rec, id, standing_until.saturating_duration_since(Instant::now()), false))
+        .collect();
     let mut waiters = Vec::new();
-    if scenario.live_waiters {
-        for id in &ids {
-            waiters.push(spawn_wait(&s, &rec, id, wait_timeout, false));
-        }
+    if waiters_first {
+        waiters = spawn_waiters(&rec);
         let all = crate::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
-            let n = s.stats().waiters;
-            (n >= ids.len()).then_some(())
+            (s.stats().waiters >= ids.len() + standing.len()).then_some(())
         })
         .await;
         anyhow::ensure!(all.is_some(), "waiters did not start");
         // Let subscriptions settle so the fault, not start-up, is what the run measures.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep_until(window_start.into()).await;
+    }
+    if scenario.race == Some(Race::SubscribeWindow) && d.notifies {
+        // The race is between a waiter's first read and its SUBSCRIBE on a live subscriber:
+        // the subscriber must be connected before the lever is pulled, or its own handshake
+        // is what the lever delays.
+        warm_up(&s, &rec, &rig.redis.url(), &cfg, &format!("{}-warmup", scenario.name)).await?;
     }
     let mut nemesis = rig.nemesis();
-    let offsets: Vec<Duration> =
-        ids.iter().map(|_| Duration::from_millis(rng.random_range(100..budget.fault_window_ms.max(200)))).collect();
+    // Spread over the window, or, in a race, right after the lever is pulled.
+    let offsets: Vec<Duration> = ids
+        .iter()
+        .map(|_| match scenario.race {
+            None => Duration::from_millis(rng.random_range(100..budget.fault_window_ms.max(200) - 50)),
+            Some(_) => Duration::from_millis(RACE_RESPOND_AFTER_MS + rng.random_range(0..=RACE_JITTER_MS)),
+        })
+        .collect();
     let window_start = Instant::now();
     let described = serde_json::to_string(&scenario.faults).expect("faults serialise");
     rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
     for f in &scenario.faults {
         nemesis.apply(f, &mut rig.redis).await?;
     }
+    if scenario.live_waiters && !waiters_first {
+        // The SUBSCRIBE race: waiters start with the lever pulled, responses follow at once.
+        waiters = spawn_waiters(&rec);
+    }
+    // Waits nobody answers, through the faults: what their timeouts are worth.
+    let timeout_probes: Vec<RecordedWait> =
+        unanswered.iter().map(|id| spawn_wait(&s, &rec, id, window * 4 / 5, false)).collect();
     let mut responders = Vec::new();
     let payload_bytes = scenario.payload_bytes;
-    for (id, offset) in ids.iter().zip(offsets) {
-        let (s, rec, id) = (s.clone(), rec.clone(), id.clone());
+    for (id, offset) in ids.iter().zip(&offsets) {
+        let (s, rec, id, offset) = (s.clone(), rec.clone(), id.clone(), *offset);
         responders.push(tokio::spawn(async move {
             tokio::time::sleep_until((window_start + offset).into()).await;
             respond_recorded(&*s, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
@@ -621,15 +762,46 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     tokio::time::sleep_until((window_start + window).into()).await;
     nemesis.heal(&mut rig.redis).await?;
     rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
-    for w in waiters {
+    let healed_at = Instant::now();
+
+    // Recovery probes: once the recovery bound has passed, the standing waits are answered,
+    // then fresh waits, each as soon as it is subscribed: all must be woken by notification
+    // again (the recovery check). One after another, so a half-open breaker's single probe
+    // is not refused company.
+    tokio::time::sleep_until((healed_at + recovery).into()).await;
+    for (id, wait) in standing.iter().zip(&standing_waits) {
+        respond_recorded(&*s, &rec, id, format!("{id}-{seed}"), 0).await;
+        // Bounded: one not woken in time is evidence for the checks, joined with the rest.
+        crate::poll_until(Duration::from_millis(PROBE_WAIT_MS), Duration::from_millis(5), || async {
+            wait.is_finished().then_some(())
+        })
+        .await;
+    }
+    for id in &probes {
+        let wait = spawn_wait(&s, &rec, id, Duration::from_millis(PROBE_WAIT_MS), false);
+        if d.notifies {
+            let channel = cfg.keys.feedback_channel(id);
+            let url = rig.redis.url();
+            crate::poll_until(Duration::from_millis(PROBE_SUBSCRIBE_WAIT_MS), Duration::from_millis(5), || async {
+                let n = admin::pubsub_numsub(&url, &[&channel]).await.ok()?;
+                (n.first().is_some_and(|(_, n)| *n > 0)).then_some(())
+            })
+            .await;
+        }
+        respond_recorded(&*s, &rec, id, format!("{id}-{seed}"), 0).await;
+        wait.join().await?;
+    }
+    for w in waiters.into_iter().chain(timeout_probes).chain(standing_waits) {
         w.join().await?;
     }
-    // Settled, the first worker still running: its subscriptions and waiter maps must be
-    // back to baseline now (after shutdown the server would drop them anyway and hide a
-    // leak).
+    sampler.abort();
+    let _ = sampler.await;
+    // Settled, the first worker still running: its subscriptions, waiter maps and poller
+    // must be back to baseline now (after shutdown the server would drop them anyway and
+    // hide a leak).
     let reconnects = s.stats().reconnects;
-    let back = |r: &Reading| r.subscriptions <= base.subscriptions && r.waiters == 0;
-    rig.observe_when(&rec, "settled", &channels, || s.stats().waiters as u64, reconnects, back).await?;
+    let back = |r: &Reading| r.subscriptions <= base.subscriptions && r.waiters == 0 && r.pending_polls == 0;
+    rig.observe_when(&rec, "settled", &channels, || s.stats(), reconnects, back).await?;
     s.shutdown().await;
     drop(s);
 
@@ -637,11 +809,56 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let resume = !scenario.live_waiters;
     let worker = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
     let final_timeout = Duration::from_millis(budget.poll_interval_ms * 2 + 500);
-    let finals = ids.iter().flat_map(|id| std::iter::repeat_n(id.as_str(), scenario.resumers.max(1)));
+    let finals = ids
+        .iter()
+        .flat_map(|id| std::iter::repeat_n(id.as_str(), scenario.resumers.max(1)))
+        .chain(probes.iter().chain(&standing).map(String::as_str));
     rig.final_reads(&rec, worker, finals, final_timeout, resume, &channels, &base).await?;
     rig.teardown().await;
 
-    finish(rec, scenario, strategy)
+    finish(rec, scenario, strategy, Some(b), budget.mutation)
+}
+
+/// Holds a wait on a throw-away id until the server shows its subscription (at most 10 s),
+/// then cancels it: the implementation's subscriber is connected.
+async fn warm_up(
+    s: &Arc<dyn FeedbackStrategy>,
+    rec: &Arc<Recorder>,
+    url: &str,
+    cfg: &Config,
+    id: &str,
+) -> anyhow::Result<()> {
+    let channel = cfg.keys.feedback_channel(id);
+    let wait = spawn_wait(s, rec, id, Duration::from_secs(10), false);
+    let up = crate::poll_until(Duration::from_secs(10), Duration::from_millis(5), || async {
+        let n = admin::pubsub_numsub(url, &[&channel]).await.ok()?;
+        n.first().is_some_and(|(_, n)| *n > 0).then_some(())
+    })
+    .await;
+    wait.cancel(rec).await;
+    anyhow::ensure!(up.is_some(), "the subscriber never subscribed {channel} within 10 s");
+    Ok(())
+}
+
+/// Records the implementation's reconnect counter whenever it goes up, read every
+/// [`SAMPLE_EVERY_MS`] from what the implementation exposes (it knows nothing of faults).
+fn spawn_reconnect_sampler(
+    rec: &Arc<Recorder>,
+    reconnects: impl Fn() -> u64 + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let rec = rec.clone();
+    tokio::spawn(async move {
+        let p = rec.process();
+        let mut last = reconnects();
+        loop {
+            tokio::time::sleep(Duration::from_millis(SAMPLE_EVERY_MS)).await;
+            let now = reconnects();
+            if now > last {
+                rec.record(p, Kind::Ok, Op::Reconnected { count: now }, None);
+                last = now;
+            }
+        }
+    })
 }
 
 pub(crate) async fn connect_stream(
@@ -668,50 +885,86 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let rec = recorder();
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = connect_stream(strategy, &rig.cmd_url, &rig.sub_url, rig.cfg.clone()).await?;
+    let b = bounds(&rig.cfg, scenario, design(strategy));
     let chunks = (budget.ids * 2) as u64;
     let window = Duration::from_millis(budget.fault_window_ms);
-    let follow_timeout = window * 3 + Duration::from_millis(budget.recovery_ms + 300);
-    let follower = |consumer: u32, from: u64| spawn_follower(&s, &rec, &task, consumer, from, follow_timeout);
+    let shape = scenario.stream_shape;
+    // Chunks [0, a) before the faults, [a, z) during, [z, chunks) after the heal.
+    let (a, z) = match shape {
+        StreamShape::Spread | StreamShape::DuplicateAppends => (chunks / 3, chunks * 2 / 3),
+        StreamShape::TailInOutage => (chunks / 3, chunks),
+        StreamShape::CatchupRace => (chunks - 1, chunks),
+    };
+    let end = Instant::now()
+        + window * 3
+        + Duration::from_millis(b.recovery_ms as u64 + WAIT_MARGIN_MS + budget.poll_interval_ms);
+    let follower = |consumer: u32, from: u64| {
+        let left = end.saturating_duration_since(Instant::now());
+        spawn_follower(&s, &rec, &task, consumer, from, left)
+    };
     let first = follower(0, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut nemesis = rig.nemesis();
-    let (mut applied, mut healed, mut late) = (false, false, None);
-    let step = window * 3 / chunks as u32;
-    let start = Instant::now();
-    for i in 0..chunks {
-        let third = start.elapsed().as_millis() / window.as_millis().max(1);
-        if third >= 1 && !applied {
-            applied = true;
+    let mut late = None;
+    for (phase, (lo, hi)) in [(0, a), (a, z), (z, chunks)].into_iter().enumerate() {
+        let phase_start = Instant::now();
+        if phase == 1 {
             let described = serde_json::to_string(&scenario.faults).expect("faults serialise");
             rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
             for f in &scenario.faults {
                 nemesis.apply(f, &mut rig.redis).await?;
             }
+            if shape == StreamShape::CatchupRace {
+                // The late joiner starts with its SUBSCRIBE held in flight; the final chunk
+                // is appended before it lands.
+                late = Some(follower(1, 0));
+            }
         }
-        if third >= 2 && applied && !healed {
-            healed = true;
+        if phase == 2 {
             nemesis.heal(&mut rig.redis).await?;
             rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
-            late = Some(follower(1, 0));
+            if late.is_none() {
+                late = Some(follower(1, 0));
+            }
         }
-        produce_recorded(&*s, &rec, &task, i, i + 1 == chunks).await;
-        tokio::time::sleep(step).await;
-    }
-    if !healed {
-        nemesis.heal(&mut rig.redis).await?;
+        let n = (hi - lo).max(1) as u32;
+        for i in lo..hi {
+            let at = match shape {
+                StreamShape::CatchupRace if phase == 1 => Duration::from_millis(RACE_RESPOND_AFTER_MS),
+                _ => window * (i - lo) as u32 / n,
+            };
+            tokio::time::sleep_until((phase_start + at).into()).await;
+            let last = i + 1 == chunks;
+            produce_until_acked(&*s, &rec, &task, i, last, end).await;
+            if shape == StreamShape::DuplicateAppends && phase == 1 {
+                // A retried append whose first reply was lost: the same chunk stored again.
+                produce_until_acked(&*s, &rec, &task, i, last, end).await;
+            }
+        }
+        if phase == 1 {
+            tokio::time::sleep_until((phase_start + window).into()).await;
+        }
     }
     first.await?;
     if let Some(l) = late {
         l.await?;
     }
     let back = |r: &Reading| r.subscriptions <= base.subscriptions;
-    rig.observe_when(&rec, "settled", &channels, || 0, s.stats().reconnects, back).await?;
+    rig.observe_when(&rec, "settled", &channels, ImplStats::default, s.stats().reconnects, back).await?;
     s.shutdown().await;
     drop(s);
     let closed = |r: &Reading| r.connections <= base.connections;
-    rig.observe_when(&rec, "final", &channels, || 0, 0, closed).await?;
+    rig.observe_when(&rec, "final", &channels, ImplStats::default, 0, closed).await?;
     rig.teardown().await;
-    finish(rec, scenario, strategy)
+    finish(rec, scenario, strategy, None, budget.mutation)
+}
+
+/// Appends chunk `index` until it is acknowledged (or `end` passes). A producer must not
+/// leave a hole: consumers deliver in order and cannot pass one (see `StreamProducer`).
+async fn produce_until_acked(s: &dyn StreamStrategy, rec: &Recorder, task: &str, index: u64, last: bool, end: Instant) {
+    while !produce_recorded(s, rec, task, index, last).await && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A recorded wait running in its own task.
@@ -723,6 +976,10 @@ pub(crate) struct RecordedWait {
 }
 
 impl RecordedWait {
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     pub(crate) async fn join(self) -> anyhow::Result<()> {
         Ok(self.task.await?)
     }
@@ -736,7 +993,7 @@ impl RecordedWait {
         }
         self.task.abort();
         let _ = self.task.await;
-        let op = Op::Wait { id: self.id, token: None, via: None, resume: self.resume };
+        let op = Op::Wait { id: self.id, token: None, via: None, resume: self.resume, timeout_ms: None };
         rec.record(self.process, Kind::Info, op, Some("cancelled".into()));
     }
 }
@@ -751,7 +1008,8 @@ pub(crate) fn spawn_wait(
 ) -> RecordedWait {
     let (s, rec2, id2) = (s.clone(), rec.clone(), id.to_string());
     let process = rec.process();
-    rec.record(process, Kind::Invoke, Op::Wait { id: id.into(), token: None, via: None, resume }, None);
+    let timeout_ms = Some(timeout.as_millis() as u64);
+    rec.record(process, Kind::Invoke, Op::Wait { id: id.into(), token: None, via: None, resume, timeout_ms }, None);
     let task = tokio::spawn(async move {
         let got = s.wait(&id2, timeout).await;
         let (kind, op, note) = wait_op(&id2, got.as_ref().ok(), resume);
@@ -800,8 +1058,8 @@ pub(crate) fn spawn_follower(
         let op = Op::Follow { task: task.clone(), consumer, from };
         rec.record(p, Kind::Invoke, op.clone(), None);
         let deliveries = rec.clone();
-        let mut on_chunk = |c: &crate::reference::stream::Chunk| {
-            let d = Op::Deliver { task: task.clone(), consumer, index: c.chunk_index };
+        let mut on_chunk = |c: &crate::reference::stream::Chunk, via: crate::reference::Via| {
+            let d = Op::Deliver { task: task.clone(), consumer, index: c.chunk_index, via: Some(via_name(via)) };
             deliveries.record(p + DELIVERY_PROCESS_OFFSET, Kind::Ok, d, None);
         };
         let (kind, note) = match s.follow(&task, from, timeout, &mut on_chunk).await {
@@ -914,13 +1172,13 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     consumer.stop().await;
     // The stopped consumer released its channel: nothing of the run is subscribed now.
     let back = |r: &Reading| r.subscriptions <= base.subscriptions;
-    rig.observe_when(&rec, "settled", &channels, || 0, hub.reconnects(), back).await?;
+    rig.observe_when(&rec, "settled", &channels, ImplStats::default, hub.reconnects(), back).await?;
     hub.shutdown().await;
     drop(publisher);
     let closed = |r: &Reading| r.connections <= base.connections;
-    rig.observe_when(&rec, "final", &channels, || 0, 0, closed).await?;
+    rig.observe_when(&rec, "final", &channels, ImplStats::default, 0, closed).await?;
     rig.teardown().await;
-    finish(rec, scenario, strategy)
+    finish(rec, scenario, strategy, None, budget.mutation)
 }
 
 async fn publish_tick(publisher: &crate::reference::fanout::FanoutPublisher, channel: &str, rec: &Recorder, seq: u64) {
@@ -932,14 +1190,24 @@ async fn publish_tick(publisher: &crate::reference::fanout::FanoutPublisher, cha
 }
 
 /// Closes the recording (every task holding the recorder has ended) and judges it.
-fn finish(rec: Arc<Recorder>, scenario: &Scenario, strategy: &str) -> anyhow::Result<Outcome> {
+fn finish(
+    rec: Arc<Recorder>,
+    scenario: &Scenario,
+    strategy: &str,
+    bounds: Option<Bounds>,
+    mutation: Option<Mutation>,
+) -> anyhow::Result<Outcome> {
     let history = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?.into_history();
-    Ok(judge(scenario, strategy, history))
+    let mut out = judge(scenario, strategy, history, bounds.as_ref());
+    out.mutation = mutation;
+    Ok(out)
 }
 
 /// Runs the checkers over a history and compares with the scenario's expectation. Pure:
-/// recorded histories (`fixtures/`) are judged the same way as live ones.
-pub fn judge(scenario: &Scenario, strategy: &str, history: History) -> Outcome {
+/// recorded histories (`fixtures/`) are judged the same way as live ones. `bounds` (from
+/// [`bounds`]) switches on the liveness checks of feedback runs; which apply depends on what
+/// the strategy's design claims ([`Bounds::notifies`], [`Bounds::polls`]).
+pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Option<&Bounds>) -> Outcome {
     let mut checks = if scenario.fanout {
         vec![checker::fanout(&history), checker::cleanup(&history, CleanupLimits::default())]
     } else if scenario.stream {
@@ -949,16 +1217,33 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History) -> Outcome {
             checker::cleanup(&history, CleanupLimits::default()),
         ]
     } else {
-        vec![
+        let mut c = vec![
             checker::lost(&history),
             checker::cleanup(&history, CleanupLimits::default()),
             checker::latency(&history, None),
-        ]
+        ];
+        if let Some(b) = bounds {
+            c.push(checker::wakeup(&history, b));
+            c.push(checker::recovery(&history, b));
+            c.push(checker::timeouts(&history, b));
+            if b.polls && b.poll_interval_ms.is_some() {
+                c.push(checker::fallback(&history, b));
+            }
+            if b.notifies {
+                c.push(checker::detection(&history, b));
+            }
+            if b.notifies && b.polls {
+                c.push(checker::rescues(&history, b));
+            }
+        }
+        c
     };
+    checks.push(checker::exercised(&history));
     if !scenario.live_waiters && !scenario.stream && !scenario.fanout {
         checks.push(checker::resume(&history));
     }
-    // Latency has no bound here: it is reported, not judged.
+    // Latency quantiles are reported, not judged: the bounds are the wakeup, fallback and
+    // recovery checks'.
     let verdict = checks.iter().filter(|c| c.checker != "latency").fold(Validity::Valid, |acc, c| acc.and(c.validity));
     let idx = STRATEGIES.iter().position(|s| *s == strategy);
     Outcome {
@@ -971,6 +1256,8 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History) -> Outcome {
             Some(_) => scenario.why.to_string(),
         },
         checks,
+        bounds: bounds.copied(),
+        mutation: None,
         history,
     }
 }

@@ -333,7 +333,7 @@ async fn a_late_joiner_reads_the_stream_from_its_index() {
     let consumer = StreamConsumer::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap();
     for from in [0u64, 10] {
         let mut got = Vec::new();
-        let end = consumer.follow("t1", from, Duration::from_secs(10), |c| got.push(c.chunk_index)).await.unwrap();
+        let end = consumer.follow("t1", from, Duration::from_secs(10), |c, _| got.push(c.chunk_index)).await.unwrap();
         assert!(matches!(end, FollowEnd::Finished { .. }), "{end:?}");
         assert_eq!(got, (from..50).collect::<Vec<_>>());
     }
@@ -352,7 +352,7 @@ async fn a_consumer_reset_mid_stream_sees_every_chunk_once_in_order() {
         let consumer = consumer.clone();
         async move {
             let mut got = Vec::new();
-            let end = consumer.follow("t2", 0, Duration::from_secs(60), |c| got.push(c.chunk_index)).await;
+            let end = consumer.follow("t2", 0, Duration::from_secs(60), |c, _| got.push(c.chunk_index)).await;
             (end, got)
         }
     });

@@ -1,4 +1,6 @@
-//! Property tests over fault schedules: proptest generates a workload and a schedule of
+//! The suite: the scenario catalogue ([`catalogue`]), the `hybrid-chaos` command line
+//! (`src/main.rs`), the mutation kill matrix ([`mutants`]), and property tests over fault
+//! schedules: proptest generates a workload and a schedule of
 //! faults from the nemesis catalogue ([`gen`]), each case runs on a real `redis-server`
 //! behind the fault proxy ([`harness::case`]), and a failing case shrinks to the smallest
 //! schedule that still breaks an invariant ([`search`]).
@@ -7,7 +9,11 @@
 //! before any new case. The budget is `PROPTEST_CASES`: small in `./ci/test`, large at
 //! night. One seed (`PROPTEST_RNG_SEED`) reproduces a search.
 
+pub mod catalogue;
 pub mod gen;
+pub mod mutants;
 pub mod search;
+
+pub use catalogue::catalogue;
 
 pub use search::{Found, Search, SearchReport};

@@ -186,7 +186,7 @@ impl StreamStrategy for PubSubOnlyStream {
         task: &str,
         _from: u64,
         timeout: Duration,
-        on_chunk: &mut (dyn for<'c> FnMut(&'c Chunk) + Send),
+        on_chunk: &mut (dyn for<'c> FnMut(&'c Chunk, Via) + Send),
     ) -> Result<FollowEnd> {
         let deadline = Instant::now() + timeout;
         let mut sub = self.hub.subscribe(&self.config.keys.stream_channel(task), STREAM_MESSAGES_MAX);
@@ -199,7 +199,7 @@ impl StreamStrategy for PubSubOnlyStream {
                 m = messages.recv() => match m {
                     Ok(raw) => {
                         let chunk: Chunk = serde_json::from_str(&raw).map_err(|e| Error::Payload(e.to_string()))?;
-                        on_chunk(&chunk);
+                        on_chunk(&chunk, Via::Notified);
                         delivered += 1;
                         if chunk.is_final() {
                             return Ok(FollowEnd::Finished { delivered, list_reads: 0 });
@@ -261,12 +261,15 @@ impl StreamStrategy for PollingOnlyStream {
         task: &str,
         from: u64,
         timeout: Duration,
-        on_chunk: &mut (dyn for<'c> FnMut(&'c Chunk) + Send),
+        on_chunk: &mut (dyn for<'c> FnMut(&'c Chunk, Via) + Send),
     ) -> Result<FollowEnd> {
         let deadline = Instant::now() + timeout;
         let key = self.config.keys.stream_chunks(task);
         let interval = Duration::from_millis(self.config.poll_interval_ms);
         let (mut pos, mut delivered, mut list_reads) = (from, 0, 0);
+        // Chunks are handed over by index, once: a retried append can store one twice.
+        let mut next_index = from;
+        let mut via = Via::Immediate;
         loop {
             let mut c = self.conn.clone();
             let read: redis::RedisResult<Vec<String>> =
@@ -277,7 +280,11 @@ impl StreamStrategy for PollingOnlyStream {
                     for r in raw {
                         pos += 1;
                         let chunk: Chunk = serde_json::from_str(&r).map_err(|e| Error::Payload(e.to_string()))?;
-                        on_chunk(&chunk);
+                        if chunk.chunk_index != next_index {
+                            continue;
+                        }
+                        next_index += 1;
+                        on_chunk(&chunk, via);
                         delivered += 1;
                         if chunk.is_final() {
                             return Ok(FollowEnd::Finished { delivered, list_reads });
@@ -291,6 +298,7 @@ impl StreamStrategy for PollingOnlyStream {
                 return Ok(FollowEnd::TimedOut { delivered, list_reads });
             }
             sleep_until(deadline.min(Instant::now() + interval)).await;
+            via = Via::Polled;
         }
     }
 

@@ -67,6 +67,7 @@ impl FanoutConsumer {
         let mut sub = hub.subscribe(channel, SUBSCRIPTION_MESSAGES_MAX);
         let mut control = hub.control();
         let st = stats.clone();
+        let drop_reset_when_full = hub.mutated(super::Mutation::FanoutDropsResetWhenFull);
         let task = tokio::spawn(async move {
             let mut messages = sub.messages.take().expect("asked for messages");
             let mut last_seq: Option<u64> = None;
@@ -97,6 +98,10 @@ impl FanoutConsumer {
                             // backwards with no explanation (the seed's put_nowait does
                             // drop it; the fanout-overflow scenario caught that). Wait for
                             // room instead, bounded; data meanwhile lags and is counted.
+                            if drop_reset_when_full {
+                                enqueue(&tx, &st, Event::Reset);
+                                continue;
+                            }
                             let room = Duration::from_millis(CONTROL_ENQUEUE_WAIT_MS);
                             match tokio::time::timeout(room, tx.send(Event::Reset)).await {
                                 Ok(Ok(())) => { st.enqueued.fetch_add(1, Ordering::Relaxed); }

@@ -46,7 +46,7 @@ pub(crate) fn store_response(config: &Config, id: &str, fields: &Fields) -> redi
     let key = config.keys.feedback_response(id);
     let mut pipe = redis::pipe();
     pipe.hset_multiple(&key, &fields.iter().collect::<Vec<_>>()).ignore();
-    if config.mutation != Some(Mutation::NoTtl) {
+    if !config.mutated(Mutation::NoTtl) {
         pipe.expire(&key, config.response_ttl_s as i64).ignore();
     }
     pipe
@@ -63,10 +63,14 @@ struct Poller {
     pending: Mutex<HashMap<Arc<str>, Pending>>,
 }
 
-/// A waiter's registration with the poller; releases it on drop.
+/// A waiter's registration with the poller; releases it on drop (a cancelled wait too).
 struct PollGuard {
     poller: Arc<Poller>,
     key: Arc<str>,
+    /// Off only for the poller-leak mutation, which releases on the way out of the wait
+    /// alone, as code that cleans up at the end of a function instead of in `Drop` does.
+    release_on_drop: bool,
+    released: bool,
 }
 
 impl Poller {
@@ -74,7 +78,7 @@ impl Poller {
         let mut pending = self.pending.lock().expect("poller lock");
         let entry = pending.entry(key.clone()).or_insert_with(|| Pending { refs: 0, wake: wake.clone() });
         entry.refs += 1;
-        PollGuard { poller: self.clone(), key }
+        PollGuard { poller: self.clone(), key, release_on_drop: true, released: false }
     }
 
     fn len(&self) -> usize {
@@ -108,14 +112,28 @@ impl Poller {
     }
 }
 
-impl Drop for PollGuard {
-    fn drop(&mut self) {
+impl PollGuard {
+    /// Releases the registration now (the wait returned).
+    fn release(mut self) {
+        self.remove();
+        self.released = true;
+    }
+
+    fn remove(&self) {
         let mut pending = self.poller.pending.lock().expect("poller lock");
         if let Some(p) = pending.get_mut(&self.key) {
             p.refs -= 1;
             if p.refs == 0 {
                 pending.remove(&self.key);
             }
+        }
+    }
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        if !self.released && self.release_on_drop {
+            self.remove();
         }
     }
 }
@@ -142,7 +160,8 @@ impl Hybrid {
         let cancel = CancellationToken::new();
         let task = {
             let (poller, conn, cancel) = (poller.clone(), conn.clone(), cancel.clone());
-            let interval = Duration::from_millis(config.poll_interval_ms);
+            let slow = if config.mutated(Mutation::SlowPoll) { 20 } else { 1 };
+            let interval = Duration::from_millis(config.poll_interval_ms * slow);
             let batch_max = config.poll_batch_keys_max;
             tokio::spawn(async move {
                 loop {
@@ -202,42 +221,61 @@ impl Hybrid {
             .min(deadline.saturating_duration_since(Instant::now()));
         sub.wait_subscribed(cap).await;
         let mut control = self.hub.control();
-        let _poll = self.poller.register(key.clone(), &sub.state);
+        let mut poll = self.poller.register(key.clone(), &sub.state);
+        poll.release_on_drop = !self.config.mutated(Mutation::PollerLeakOnCancel);
+        // The summed-deadline mutation counts poll intervals slept (seed `000`) instead of
+        // reading the clock: reads and early wake-ups are not counted.
+        let summed = self.config.mutated(Mutation::SummedDeadline);
+        let poll_every = Duration::from_millis(self.config.poll_interval_ms.max(1));
+        let mut slept = Duration::ZERO;
         let mut via = Via::AfterSubscribe;
         let mut control_open = true;
-        loop {
-            let seen = sub.state.snapshot();
-            // Boxed: the read is the largest state of this future, and idle waiters (the
-            // many) should not carry its space while they sleep.
-            match Box::pin(read_response(&self.conn, &key)).await {
-                Ok(Some(f)) => return obtained(f, via),
-                Ok(None) => {}
-                // Storage unreachable for now: keep waiting, the poller retries every tick.
-                Err(e) if e.is_transient() => {}
-                Err(e) => return Err(e),
-            }
-            if Instant::now() >= deadline {
-                return Ok(WaitOutcome::TimedOut);
-            }
-            // 3. Sleep until a hint, a poll hit, a resync, or the deadline; storage decides.
-            tokio::select! {
-                _ = sleep_until(deadline) => via = Via::Polled,
-                now = sub.state.changed(seen) => {
-                    via = if now.resyncs > seen.resyncs {
-                        Via::Resync
-                    } else if now.messages > seen.messages {
-                        Via::Notified
-                    } else {
-                        Via::Polled
-                    };
+        let mut skip_read = self.config.mutated(Mutation::NoRereadAfterSubscribe);
+        let outcome = async {
+            loop {
+                let seen = sub.state.snapshot();
+                if !std::mem::take(&mut skip_read) {
+                    // Boxed: the read is the largest state of this future, and idle waiters
+                    // (the many) should not carry its space while they sleep.
+                    match Box::pin(read_response(&self.conn, &key)).await {
+                        Ok(Some(f)) => return obtained(f, via),
+                        Ok(None) => {}
+                        // Storage unreachable for now: keep waiting, the poller retries.
+                        Err(e) if e.is_transient() => {}
+                        Err(e) => return Err(e),
+                    }
                 }
-                c = control.recv(), if control_open => match c {
-                    Ok(Control::Shutdown) => return Ok(WaitOutcome::Shutdown),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => control_open = false,
-                    _ => {}
-                },
+                let over = if summed { slept >= timeout } else { Instant::now() >= deadline };
+                if over {
+                    return Ok(WaitOutcome::TimedOut);
+                }
+                let nap_until = if summed { Instant::now() + poll_every.min(timeout - slept) } else { deadline };
+                // 3. Sleep until a hint, a poll hit, a resync, or the deadline; storage decides.
+                tokio::select! {
+                    _ = sleep_until(nap_until) => via = if summed { Via::Polled } else { Via::Deadline },
+                    now = sub.state.changed(seen) => {
+                        via = if now.resyncs > seen.resyncs {
+                            Via::Resync
+                        } else if now.messages > seen.messages {
+                            Via::Notified
+                        } else {
+                            Via::Polled
+                        };
+                    }
+                    c = control.recv(), if control_open => match c {
+                        Ok(Control::Shutdown) => return Ok(WaitOutcome::Shutdown),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => control_open = false,
+                        _ => {}
+                    },
+                }
+                if summed {
+                    slept += poll_every;
+                }
             }
         }
+        .await;
+        poll.release();
+        outcome
     }
 }
 
@@ -250,7 +288,7 @@ impl FeedbackStrategy for Hybrid {
     async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
         let channel = self.config.keys.feedback_channel(id);
         let store = store_response(&self.config, id, fields);
-        if self.config.mutation == Some(Mutation::PublishBeforeStore) {
+        if self.config.mutated(Mutation::PublishBeforeStore) {
             self.publisher.commit(None, Some((&channel, NOTIFY_MESSAGE))).await;
             return self.publisher.commit(Some(store), None).await;
         }

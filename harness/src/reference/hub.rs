@@ -152,8 +152,15 @@ impl Inner {
 
     fn mark_all(&self, subscribed: bool, resync: bool) {
         let channels = self.channels.lock().expect("hub lock");
+        // The resync-wakes-nobody mutation marks the channels subscribed without waking
+        // anyone: whatever was published during the gap waits for a poll.
+        let quiet = resync && self.config.mutated(super::Mutation::ResyncWakesNobody);
         for e in channels.values() {
-            e.state.set(subscribed, resync);
+            if quiet {
+                e.state.subscribed.store(subscribed, Ordering::Release);
+            } else {
+                e.state.set(subscribed, resync);
+            }
         }
     }
 }
@@ -261,6 +268,12 @@ impl Hub {
 
     pub fn reconnects(&self) -> u64 {
         self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Whether the deliberately broken variant `m` is switched on (for components built on
+    /// the hub).
+    pub(crate) fn mutated(&self, m: super::Mutation) -> bool {
+        self.inner.config.mutated(m)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -379,7 +392,9 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Arc<s
     let mut confirmed: HashSet<Arc<str>> = HashSet::new();
     // A fresh connection syncs everything; changes queued while down are covered by it.
     while kick_rx.try_recv().is_ok() {}
-    if sync(inner, &mut sink, &mut confirmed, None).await.is_err() {
+    // The no-resubscribe mutation forgets every channel wanted before the reconnect.
+    let forget = inner.config.mutated(super::Mutation::NoResubscribe) && inner.reconnects.load(Ordering::Relaxed) > 0;
+    if !forget && sync(inner, &mut sink, &mut confirmed, None).await.is_err() {
         return Ended::Lost("subscribe failed");
     }
     *attempt = 0;
@@ -407,7 +422,12 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Arc<s
             }
             _ = health.tick() => {
                 let limit = Duration::from_millis(cfg.health_check_timeout_ms);
-                if !matches!(tokio::time::timeout(limit, sink.ping::<redis::Value>()).await, Ok(Ok(_))) {
+                let healthy = if cfg.mutated(super::Mutation::HealthCheckNoTimeout) {
+                    sink.ping::<redis::Value>().await.is_ok()
+                } else {
+                    matches!(tokio::time::timeout(limit, sink.ping::<redis::Value>()).await, Ok(Ok(_)))
+                };
+                if !healthy {
                     return Ended::Lost("health check failed");
                 }
             }
@@ -446,7 +466,7 @@ async fn sync(
     };
     if !to_unsub.is_empty() {
         // The never-unsubscribe mutation forgets the channel but leaves it subscribed.
-        let leak = inner.config.mutation == Some(super::Mutation::NeverUnsubscribe);
+        let leak = inner.config.mutated(super::Mutation::NeverUnsubscribe);
         let names: Vec<&str> = to_unsub.iter().map(|n| &**n).collect();
         if !leak && !matches!(tokio::time::timeout(limit, sink.unsubscribe(&names)).await, Ok(Ok(()))) {
             return Err(());

@@ -121,9 +121,11 @@ pub struct Config {
     pub mutation: Option<Mutation>,
 }
 
-/// Deliberately broken variants of the hybrid, switched on through [`Config::mutation`] by
-/// tests that prove the checkers catch them. Each is a flaw seen in real code (the seeds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Deliberately broken variants of the reference, switched on through [`Config::mutation`]
+/// by the teeth tests and `hybrid-chaos mutants`, which prove the harness catches each one.
+/// Every one is a change of a few lines that a reviewer could miss and that turns the hybrid
+/// into a slow polling design, lets a wake-up slip, or leaks: most come from the seeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mutation {
     /// The hub never sends UNSUBSCRIBE when a channel's last waiter leaves (the seed's
@@ -134,16 +136,111 @@ pub enum Mutation {
     /// The hint is published before the response is stored: a waiter woken by it reads
     /// nothing and sleeps until the next poll tick.
     PublishBeforeStore,
+    /// After a reconnect the hub subscribes only the control channel, never the waiters'
+    /// channels again: every later hint is lost, polling carries everything.
+    NoResubscribe,
+    /// A waiter does not read storage again once its SUBSCRIBE is confirmed: a response
+    /// stored in between is only found by a poll.
+    NoRereadAfterSubscribe,
+    /// After a reconnect the hub resubscribes but wakes no waiter to re-read storage: what
+    /// was published during the gap waits for a poll.
+    ResyncWakesNobody,
+    /// The wait deadline is the sum of poll intervals slept (seed `000`), not a clock: time
+    /// spent in reads is not counted, so a slow connection stretches every timeout.
+    SummedDeadline,
+    /// The poll interval is twenty times the configured one.
+    SlowPoll,
+    /// The stream consumer ignores the hub's resync: chunks published during a subscriber
+    /// outage wait for a poll.
+    StreamIgnoresResync,
+    /// The health check's PING has no timeout: a blackholed subscriber is never noticed.
+    HealthCheckNoTimeout,
+    /// The circuit breaker re-opens after a successful half-open probe: once opened, it
+    /// never closes again.
+    BreakerNeverCloses,
+    /// A waiter's entry in the batched poller is removed only when the wait returns, not
+    /// when the waiting future is dropped (cancelled): entries pile up.
+    PollerLeakOnCancel,
+    /// The stream consumer's catch-up read starts one past its cursor: a late joiner never
+    /// sees the chunk it starts at.
+    StreamCatchupOffByOne,
+    /// The fan-out consumer drops RESET on a full queue (the seed's `put_nowait`): the
+    /// worker sees sequences go backwards with no reset.
+    FanoutDropsResetWhenFull,
+    /// A failed store is ignored and the publish goes ahead: the write is acknowledged
+    /// although it never happened.
+    SwallowStoreErrors,
+    /// The stream consumer reads the list before its SUBSCRIBE is confirmed: a chunk
+    /// appended in between is only found by a poll.
+    StreamReadBeforeSubscribe,
+    /// The stream consumer's duplicate filter is off by one: a chunk a retried append stored
+    /// twice is handed over twice.
+    StreamDuplicateFilterOffByOne,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 3] = [Mutation::NeverUnsubscribe, Mutation::NoTtl, Mutation::PublishBeforeStore];
+    pub const ALL: [Mutation; 17] = [
+        Mutation::NeverUnsubscribe,
+        Mutation::NoTtl,
+        Mutation::PublishBeforeStore,
+        Mutation::NoResubscribe,
+        Mutation::NoRereadAfterSubscribe,
+        Mutation::ResyncWakesNobody,
+        Mutation::SummedDeadline,
+        Mutation::SlowPoll,
+        Mutation::StreamIgnoresResync,
+        Mutation::HealthCheckNoTimeout,
+        Mutation::BreakerNeverCloses,
+        Mutation::PollerLeakOnCancel,
+        Mutation::StreamCatchupOffByOne,
+        Mutation::FanoutDropsResetWhenFull,
+        Mutation::SwallowStoreErrors,
+        Mutation::StreamReadBeforeSubscribe,
+        Mutation::StreamDuplicateFilterOffByOne,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mutation::NeverUnsubscribe => "never-unsubscribe",
             Mutation::NoTtl => "no-ttl",
             Mutation::PublishBeforeStore => "publish-before-store",
+            Mutation::NoResubscribe => "no-resubscribe",
+            Mutation::NoRereadAfterSubscribe => "no-reread-after-subscribe",
+            Mutation::ResyncWakesNobody => "resync-wakes-nobody",
+            Mutation::SummedDeadline => "summed-deadline",
+            Mutation::SlowPoll => "slow-poll",
+            Mutation::StreamIgnoresResync => "stream-ignores-resync",
+            Mutation::HealthCheckNoTimeout => "health-check-no-timeout",
+            Mutation::BreakerNeverCloses => "breaker-never-closes",
+            Mutation::PollerLeakOnCancel => "poller-leak-on-cancel",
+            Mutation::StreamCatchupOffByOne => "stream-catchup-off-by-one",
+            Mutation::FanoutDropsResetWhenFull => "fanout-drops-reset-when-full",
+            Mutation::SwallowStoreErrors => "swallow-store-errors",
+            Mutation::StreamReadBeforeSubscribe => "stream-read-before-subscribe",
+            Mutation::StreamDuplicateFilterOffByOne => "stream-duplicate-filter-off-by-one",
+        }
+    }
+
+    /// One line: what the bug is.
+    pub fn about(self) -> &'static str {
+        match self {
+            Mutation::NeverUnsubscribe => "the hub never unsubscribes a channel its last waiter left",
+            Mutation::NoTtl => "responses stored without a TTL",
+            Mutation::PublishBeforeStore => "the hint is published before the response is stored",
+            Mutation::NoResubscribe => "after a reconnect the waiters' channels are never resubscribed",
+            Mutation::NoRereadAfterSubscribe => "no storage read after the SUBSCRIBE is confirmed",
+            Mutation::ResyncWakesNobody => "the resync after a reconnect wakes no waiter",
+            Mutation::SummedDeadline => "the deadline sums poll intervals instead of reading a clock",
+            Mutation::SlowPoll => "the poll interval is 20x too long",
+            Mutation::StreamIgnoresResync => "the stream consumer ignores resync",
+            Mutation::HealthCheckNoTimeout => "the health-check PING never times out",
+            Mutation::BreakerNeverCloses => "the circuit breaker never closes after an outage",
+            Mutation::PollerLeakOnCancel => "a cancelled wait leaves its poller entry behind",
+            Mutation::StreamCatchupOffByOne => "the stream catch-up read starts one past the cursor",
+            Mutation::FanoutDropsResetWhenFull => "the fan-out consumer drops RESET on a full queue",
+            Mutation::SwallowStoreErrors => "a failed store is acknowledged anyway",
+            Mutation::StreamReadBeforeSubscribe => "the stream catch-up read runs before the SUBSCRIBE is confirmed",
+            Mutation::StreamDuplicateFilterOffByOne => "the stream duplicate filter is off by one",
         }
     }
 
@@ -182,6 +279,11 @@ impl Config {
     pub fn with_prefix(mut self, prefix: &str) -> Config {
         self.keys = Keys::new(prefix);
         self
+    }
+
+    /// Whether the deliberately broken variant `m` is switched on.
+    pub(crate) fn mutated(&self, m: Mutation) -> bool {
+        self.mutation == Some(m)
     }
 }
 
@@ -243,6 +345,8 @@ pub enum Via {
     Polled,
     /// Found by the re-read every waiter does after the subscriber reconnected.
     Resync,
+    /// Found by the last read at the waiter's own deadline: nothing woke it in time.
+    Deadline,
 }
 
 /// Result of a wait.
@@ -291,13 +395,14 @@ pub trait StreamStrategy: Send + Sync {
     fn name(&self) -> &'static str;
     /// Makes chunk `chunk.chunk_index` of `task` available to consumers.
     async fn publish(&self, task: &str, chunk: &stream::Chunk) -> PublishOutcome;
-    /// Hands every chunk of `task` from `from` to `on_chunk` until the final one or `timeout`.
+    /// Hands every chunk of `task` from `from` to `on_chunk`, with what prompted the read that
+    /// found it, until the final one or `timeout`.
     async fn follow(
         &self,
         task: &str,
         from: u64,
         timeout: Duration,
-        on_chunk: &mut (dyn for<'c> FnMut(&'c stream::Chunk) + Send),
+        on_chunk: &mut (dyn for<'c> FnMut(&'c stream::Chunk, Via) + Send),
     ) -> Result<stream::FollowEnd>;
     fn stats(&self) -> ImplStats;
     async fn shutdown(&self);

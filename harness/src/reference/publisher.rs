@@ -63,11 +63,18 @@ pub struct Breaker {
     state: Mutex<BreakerState>,
     failures_max: u32,
     reset: Duration,
+    /// The breaker-never-closes mutation: a successful probe opens it again.
+    never_closes: bool,
 }
 
 impl Breaker {
     pub fn new(failures_max: u32, reset: Duration) -> Breaker {
-        Breaker { state: Mutex::new(BreakerState::Closed { failures: 0 }), failures_max: failures_max.max(1), reset }
+        Breaker {
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            failures_max: failures_max.max(1),
+            reset,
+            never_closes: false,
+        }
     }
 
     /// Whether a call may go ahead now. An open breaker past its reset time turns half-open
@@ -85,7 +92,11 @@ impl Breaker {
     }
 
     pub fn success(&self) {
-        *self.state.lock().expect("breaker lock") = BreakerState::Closed { failures: 0 };
+        let mut s = self.state.lock().expect("breaker lock");
+        *s = match *s {
+            BreakerState::HalfOpen if self.never_closes => BreakerState::Open { until: Instant::now() + self.reset },
+            _ => BreakerState::Closed { failures: 0 },
+        };
     }
 
     pub fn failure(&self) {
@@ -122,7 +133,8 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(conn: ConnectionManager, config: Config, label: &'static str) -> Publisher {
-        let breaker = Breaker::new(config.breaker_failures_max, Duration::from_millis(config.breaker_reset_ms));
+        let mut breaker = Breaker::new(config.breaker_failures_max, Duration::from_millis(config.breaker_reset_ms));
+        breaker.never_closes = config.mutated(super::Mutation::BreakerNeverCloses);
         Publisher { conn, config, breaker, label }
     }
 
@@ -187,7 +199,10 @@ impl Publisher {
         if let Some(mut pipe) = store {
             pipe.atomic();
             if let Err(reason) = self.run::<()>("store", &pipe).await {
-                return PublishOutcome::Failed { reason };
+                // The swallow-store-errors mutation logs and carries on to the publish.
+                if !self.config.mutated(super::Mutation::SwallowStoreErrors) {
+                    return PublishOutcome::Failed { reason };
+                }
             }
         }
         let Some((channel, message)) = notify else {

@@ -18,7 +18,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::hub::Hub;
 use super::publisher::{PublishOutcome, Publisher};
-use super::{command_connection, Config, Error, Result};
+use super::{command_connection, Config, Error, Mutation, Result, Via};
 
 /// Live messages a consumer buffers before it lags and falls back to re-reading the list.
 const CONSUMER_MESSAGES_MAX: usize = 1024;
@@ -112,34 +112,46 @@ impl StreamConsumer {
         task: &str,
         from: u64,
         timeout: Duration,
-        mut on_chunk: impl FnMut(&Chunk),
+        mut on_chunk: impl FnMut(&Chunk, Via),
     ) -> Result<FollowEnd> {
         let deadline = Instant::now() + timeout;
         let key = self.config.keys.stream_chunks(task);
         let mut sub = self.hub.subscribe(&self.config.keys.stream_channel(task), CONSUMER_MESSAGES_MAX);
         let cap = Duration::from_millis(self.config.subscribe_wait_ms_max).min(timeout);
-        sub.wait_subscribed(cap).await;
+        // Subscribed first, read second: a chunk appended in between is in the list.
+        if !self.config.mutated(Mutation::StreamReadBeforeSubscribe) {
+            sub.wait_subscribed(cap).await;
+        }
         let mut messages = sub.messages.take().expect("asked for messages");
-        let mut cursor = Cursor { next_index: from, list_pos: from, delivered: 0, finished: false };
+        let mut cursor = Cursor {
+            next_index: from,
+            list_pos: from,
+            delivered: 0,
+            finished: false,
+            dup_filter_off_by_one: self.config.mutated(Mutation::StreamDuplicateFilterOffByOne),
+        };
+        let catchup_skew = u64::from(self.config.mutated(Mutation::StreamCatchupOffByOne));
+        let ignore_resync = self.config.mutated(Mutation::StreamIgnoresResync);
         let mut list_reads = 0u64;
         let poll = Duration::from_millis(self.config.poll_interval_ms);
-        let mut reread = true;
+        // What prompted the next list read: the first read, a poll, a resync, or a message
+        // that showed a gap (a notification).
+        let mut reread = Some(Via::Immediate);
         let mut messages_open = true;
         let mut seen = sub.state.snapshot();
         let mut seen_resyncs = seen.resyncs;
         loop {
-            if reread {
-                match self.read_list(&key, cursor.list_pos).await {
+            if let Some(via) = reread.take() {
+                match self.read_list(&key, cursor.list_pos + catchup_skew).await {
                     Ok(chunks) => {
                         list_reads += 1;
                         for c in chunks {
-                            cursor.offer(&c, &mut on_chunk);
+                            cursor.offer(&c, via, &mut on_chunk);
                         }
                     }
                     Err(e) if e.is_transient() => {}
                     Err(e) => return Err(e),
                 }
-                reread = false;
             }
             if cursor.finished {
                 return Ok(FollowEnd::Finished { delivered: cursor.delivered, list_reads });
@@ -148,27 +160,28 @@ impl StreamConsumer {
                 return Ok(FollowEnd::TimedOut { delivered: cursor.delivered, list_reads });
             }
             tokio::select! {
-                _ = sleep_until(deadline.min(Instant::now() + poll)) => reread = true,
+                _ = sleep_until(deadline.min(Instant::now() + poll)) => reread = Some(Via::Polled),
                 // A resubscribe after a reconnect: what was published meanwhile is only in the list.
                 now = sub.state.changed(seen) => {
                     seen = now;
-                    if now.resyncs != seen_resyncs {
+                    if now.resyncs != seen_resyncs && !ignore_resync {
                         seen_resyncs = now.resyncs;
-                        reread = true;
+                        reread = Some(Via::Resync);
                     }
                 }
                 m = messages.recv(), if messages_open => match m {
                     Ok(payload) => match serde_json::from_str::<Chunk>(&payload) {
-                        Ok(c) if c.chunk_index == cursor.next_index => cursor.offer(&c, &mut on_chunk),
-                        Ok(c) if c.chunk_index < cursor.next_index => {}
+                        Ok(c) if c.chunk_index == cursor.next_index => cursor.offer(&c, Via::Notified, &mut on_chunk),
+                        // Already delivered (the duplicate filter decides).
+                        Ok(c) if c.chunk_index < cursor.next_index => cursor.offer(&c, Via::Notified, &mut on_chunk),
                         // A gap: something was missed; the list has it.
-                        Ok(_) => reread = true,
+                        Ok(_) => reread = Some(Via::Notified),
                         Err(e) => return Err(Error::Payload(format!("bad chunk on {task}: {e}"))),
                     },
-                    Err(RecvError::Lagged(_)) => reread = true,
+                    Err(RecvError::Lagged(_)) => reread = Some(Via::Notified),
                     Err(RecvError::Closed) => {
                         messages_open = false;
-                        reread = true;
+                        reread = Some(Via::Polled);
                     }
                 },
             }
@@ -197,16 +210,19 @@ struct Cursor {
     list_pos: u64,
     delivered: u64,
     finished: bool,
+    /// The duplicate-filter mutation also accepts the chunk just delivered.
+    dup_filter_off_by_one: bool,
 }
 
 impl Cursor {
-    fn offer(&mut self, c: &Chunk, on_chunk: &mut impl FnMut(&Chunk)) {
-        if self.finished || c.chunk_index != self.next_index {
+    fn offer(&mut self, c: &Chunk, via: Via, on_chunk: &mut impl FnMut(&Chunk, Via)) {
+        let again = self.dup_filter_off_by_one && c.chunk_index + 1 == self.next_index;
+        if self.finished || (c.chunk_index != self.next_index && !again) {
             return;
         }
-        on_chunk(c);
+        on_chunk(c, via);
         self.delivered += 1;
-        self.next_index += 1;
+        self.next_index = c.chunk_index + 1;
         self.list_pos = self.list_pos.max(self.next_index);
         self.finished = c.is_final();
     }
@@ -241,9 +257,9 @@ impl super::StreamStrategy for HybridStream {
         task: &str,
         from: u64,
         timeout: Duration,
-        on_chunk: &mut (dyn for<'c> FnMut(&'c Chunk) + Send),
+        on_chunk: &mut (dyn for<'c> FnMut(&'c Chunk, Via) + Send),
     ) -> Result<FollowEnd> {
-        self.consumer.follow(task, from, timeout, on_chunk).await
+        self.consumer.follow(task, from, timeout, |c: &Chunk, via| on_chunk(c, via)).await
     }
 
     fn stats(&self) -> super::ImplStats {
@@ -263,7 +279,8 @@ mod tests {
     #[test]
     fn cursor_delivers_in_order_once_and_stops_at_final() {
         let mut got = Vec::new();
-        let mut cur = Cursor { next_index: 0, list_pos: 0, delivered: 0, finished: false };
+        let mut cur =
+            Cursor { next_index: 0, list_pos: 0, delivered: 0, finished: false, dup_filter_off_by_one: false };
         let chunks = [
             Chunk::content(0, "a"),
             Chunk::content(0, "a"),
@@ -273,7 +290,7 @@ mod tests {
             Chunk::content(3, "x"),
         ];
         for c in &chunks {
-            cur.offer(c, &mut |c: &Chunk| got.push(c.chunk_index));
+            cur.offer(c, Via::Notified, &mut |c: &Chunk, _| got.push(c.chunk_index));
         }
         assert_eq!(got, vec![0, 1, 2]);
         assert!(cur.finished);

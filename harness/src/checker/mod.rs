@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use crate::history::{Event, History, Kind, Op, Reading};
 
+pub mod liveness;
+pub use liveness::{detection, exercised, fallback, recovery, rescues, timeouts, wakeup, Bounds};
+
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,7 +49,7 @@ pub struct Verdict {
 /// Evidence lines kept per verdict; the count of the rest is appended.
 pub const EVIDENCE_ITEMS_MAX: usize = 20;
 
-fn verdict(checker: &'static str, invalid: Vec<String>, unknown: Vec<String>) -> Verdict {
+pub(crate) fn verdict(checker: &'static str, invalid: Vec<String>, unknown: Vec<String>) -> Verdict {
     let validity = if !invalid.is_empty() {
         Validity::Invalid
     } else if !unknown.is_empty() {
@@ -64,19 +67,19 @@ fn verdict(checker: &'static str, invalid: Vec<String>, unknown: Vec<String>) ->
 }
 
 /// A completed respond or wait, flattened for the feedback checkers.
-struct FeedbackOp<'a> {
-    invoke_us: u64,
-    end: Option<&'a Event>,
+pub(crate) struct FeedbackOp<'a> {
+    pub(crate) invoke_us: u64,
+    pub(crate) end: Option<&'a Event>,
 }
 
-struct Responses<'a> {
+pub(crate) struct Responses<'a> {
     /// id -> (respond op, token)
-    responds: BTreeMap<&'a str, Vec<(FeedbackOp<'a>, &'a str)>>,
+    pub(crate) responds: BTreeMap<&'a str, Vec<(FeedbackOp<'a>, &'a str)>>,
     /// id -> wait ops (resume flag on the invoke)
-    waits: BTreeMap<&'a str, Vec<(FeedbackOp<'a>, bool)>>,
+    pub(crate) waits: BTreeMap<&'a str, Vec<(FeedbackOp<'a>, bool)>>,
 }
 
-fn feedback_ops(h: &History) -> Responses<'_> {
+pub(crate) fn feedback_ops(h: &History) -> Responses<'_> {
     let mut r = Responses { responds: BTreeMap::new(), waits: BTreeMap::new() };
     for op in h.operations() {
         let fo = FeedbackOp { invoke_us: op.invoke.time_us, end: op.completion };
@@ -89,14 +92,14 @@ fn feedback_ops(h: &History) -> Responses<'_> {
     r
 }
 
-fn obtained_token(e: &Event) -> Option<&str> {
+pub(crate) fn obtained_token(e: &Event) -> Option<&str> {
     match (&e.kind, &e.op) {
         (Kind::Ok, Op::Wait { token, .. }) => token.as_deref(),
         _ => None,
     }
 }
 
-fn acked_at(op: &FeedbackOp<'_>) -> Option<u64> {
+pub(crate) fn acked_at(op: &FeedbackOp<'_>) -> Option<u64> {
     op.end.filter(|e| e.kind == Kind::Ok).map(|e| e.time_us)
 }
 
@@ -175,7 +178,7 @@ pub fn resume(h: &History) -> Verdict {
 pub fn duplicated(h: &History) -> Verdict {
     let mut seen: HashMap<(&str, u32, u64), u32> = HashMap::new();
     for e in &h.events {
-        if let (Kind::Ok, Op::Deliver { task, consumer, index }) = (&e.kind, &e.op) {
+        if let (Kind::Ok, Op::Deliver { task, consumer, index, .. }) = (&e.kind, &e.op) {
             *seen.entry((task.as_str(), *consumer, *index)).or_default() += 1;
         }
     }
@@ -221,7 +224,7 @@ pub fn order(h: &History) -> Verdict {
     let mut delivered_to: HashMap<(&str, u32), u64> = HashMap::new();
     for e in &h.events {
         match (&e.kind, &e.op) {
-            (Kind::Ok, Op::Deliver { task, consumer, index }) => {
+            (Kind::Ok, Op::Deliver { task, consumer, index, .. }) => {
                 let key = (task.as_str(), *consumer);
                 let expect = next.entry(key).or_insert(*index);
                 if *index != *expect {
@@ -519,30 +522,41 @@ mod tests {
             self.e(p, Kind::Invoke, op()).e(p, kind, op())
         }
         fn wait(self, p: u32, id: &str, resume: bool, got: Option<(&str, &str)>) -> Self {
-            let inv = Op::Wait { id: id.into(), token: None, via: None, resume };
+            let inv = Op::Wait { id: id.into(), token: None, via: None, resume, timeout_ms: None };
             let (kind, done) = match got {
-                Some((t, via)) => {
-                    (Kind::Ok, Op::Wait { id: id.into(), token: Some(t.into()), via: Some(via.into()), resume })
-                }
+                Some((t, via)) => (
+                    Kind::Ok,
+                    Op::Wait { id: id.into(), token: Some(t.into()), via: Some(via.into()), resume, timeout_ms: None },
+                ),
                 None => (Kind::Fail, inv.clone()),
             };
             self.e(p, Kind::Invoke, inv).e(p, kind, done)
         }
         fn wait_open(self, p: u32, id: &str) -> Self {
-            self.e(p, Kind::Invoke, Op::Wait { id: id.into(), token: None, via: None, resume: false })
+            self.e(p, Kind::Invoke, Op::Wait { id: id.into(), token: None, via: None, resume: false, timeout_ms: None })
         }
         fn wait_done(self, p: u32, id: &str, got: Option<(&str, &str)>) -> Self {
             match got {
                 Some((t, via)) => self.e(
                     p,
                     Kind::Ok,
-                    Op::Wait { id: id.into(), token: Some(t.into()), via: Some(via.into()), resume: false },
+                    Op::Wait {
+                        id: id.into(),
+                        token: Some(t.into()),
+                        via: Some(via.into()),
+                        resume: false,
+                        timeout_ms: None,
+                    },
                 ),
-                None => self.e(p, Kind::Fail, Op::Wait { id: id.into(), token: None, via: None, resume: false }),
+                None => self.e(
+                    p,
+                    Kind::Fail,
+                    Op::Wait { id: id.into(), token: None, via: None, resume: false, timeout_ms: None },
+                ),
             }
         }
         fn deliver(self, consumer: u32, index: u64) -> Self {
-            self.e(100 + consumer, Kind::Ok, Op::Deliver { task: "s".into(), consumer, index })
+            self.e(100 + consumer, Kind::Ok, Op::Deliver { task: "s".into(), consumer, index, via: None })
         }
         fn produce(self, index: u64, last: bool) -> Self {
             let op = || Op::Produce { task: "s".into(), index, last };
@@ -659,6 +673,7 @@ mod tests {
             used_memory_bytes: 100_000_000,
             commands_processed: 0,
             reconnects: 0,
+            pending_polls: 0,
         };
         let bad = B::default().observe("baseline", base.clone()).observe("final", leaky).h;
         let v = cleanup(&bad, CleanupLimits::default());

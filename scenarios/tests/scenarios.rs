@@ -2,7 +2,8 @@
 //! verdict the catalogue expects, including the canaries (baselines that must break).
 
 use harness::checker::Validity;
-use harness::scenario::{catalogue, run, Budget, STRATEGIES};
+use harness::scenario::{run, Budget, STRATEGIES};
+use scenarios::catalogue;
 
 async fn check(name: &str) {
     let scenario = catalogue().into_iter().find(|s| s.name == name).expect("scenario exists");

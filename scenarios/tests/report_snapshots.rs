@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use harness::history::{Event, History};
 use harness::report::{markdown, row, LatencyMs, Report};
-use harness::scenario::{catalogue, judge};
+use harness::scenario::judge;
+use scenarios::catalogue;
 
 const FIXTURE: &str = include_str!("../../fixtures/histories/quick-seed3.jsonl");
 
@@ -49,7 +50,7 @@ fn report() -> Report {
         .into_iter()
         .map(|((scenario, strategy), events)| {
             let sc = catalogue().into_iter().find(|s| s.name == scenario).expect("fixture scenario is catalogued");
-            let mut r = row(&judge(&sc, &strategy, History { events }));
+            let mut r = row(&judge(&sc, &strategy, History { events }, None));
             r.latency_ms = LatencyMs::default();
             r.recovery_ms = None;
             r.redis_commands_per_message = 0.0;

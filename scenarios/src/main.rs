@@ -1,4 +1,5 @@
-//! The `hybrid-chaos` command line: a thin shell over the `harness` library.
+//! The `hybrid-chaos` command line: a thin shell over the `harness` library and this suite's
+//! catalogue (`scenarios::catalogue`), mutation kill matrix and property search.
 //!
 //! Exit codes: 0 success, 2 bad input or infrastructure failure (a one-line error on stderr),
 //! 3 a wait that timed out.
@@ -76,6 +77,29 @@ enum Command {
         /// (scenario, strategy) pairs run at once, each on its own Redis and proxies.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
         jobs: u16,
+    },
+    /// Run every catalogued mutation of the reference (deliberately broken hybrids) through
+    /// the scenario suite, and through a 40-case property search when the suite misses one;
+    /// write mutants.md / mutants.json. Exit 1 if any mutant survives.
+    Mutants {
+        /// The quick budget (the bar: every mutant killed by the quick suite or the search).
+        #[arg(long)]
+        quick: bool,
+        /// Only these mutations (repeatable); default all.
+        #[arg(long = "mutant")]
+        mutants: Vec<String>,
+        /// Seed for the workload's schedule, the proxy and the property search.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where the run directory goes.
+        #[arg(long, default_value = "reports/out")]
+        out: PathBuf,
+        /// Scenario runs at once, each on its own Redis and proxies.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+        jobs: u16,
+        /// Skip the property search for mutants the suite did not kill.
+        #[arg(long)]
+        no_property: bool,
     },
     /// Feedback request/response with the hybrid reference (seed 000 key schema).
     Feedback {
@@ -174,6 +198,70 @@ impl From<PersistenceArg> for Persistence {
     }
 }
 
+/// Fails before anything is created when `redis-server` is missing.
+fn preflight() -> anyhow::Result<()> {
+    let binary = harness::infra::RedisSpec::default().binary;
+    if harness::infra::process::find_executable(&binary).is_none() {
+        return Err(harness::infra::Error::RedisServerMissing { binary: binary.display().to_string() }.into());
+    }
+    Ok(())
+}
+
+/// A fresh run directory under `out`, named by time and seed; fails on an unwritable `out`
+/// before minutes are spent on the run.
+fn run_dir(out: &std::path::Path, prefix: &str, seed: u64) -> anyhow::Result<(String, PathBuf)> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
+    let run_id = format!("{prefix}{stamp}-{seed:x}");
+    let dir = out.join(&run_id);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?;
+    Ok((run_id, dir))
+}
+
+/// Runs (scenario, strategy) pairs `jobs` at a time, each on its own Redis and proxies, and
+/// prints one progress line per finished pair (`[n/N] scenario / strategy: verdict`, with
+/// the elapsed time; a mismatch stands out). Results keep the pairs' order; an
+/// infrastructure failure names the reproduce command.
+async fn run_pairs(
+    pairs: Vec<(&harness::scenario::Scenario, &str)>,
+    seed: u64,
+    budget: harness::scenario::Budget,
+    quick: bool,
+    jobs: usize,
+    label: &str,
+) -> Vec<anyhow::Result<harness::scenario::Outcome>> {
+    let total = pairs.len();
+    let started = std::time::Instant::now();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let done = &done;
+    futures_util::stream::iter(pairs)
+        .map(|(sc, st)| async move {
+            let o = harness::scenario::run(sc, st, seed, budget).await.map_err(|e| {
+                anyhow::anyhow!("{} / {st}: {e:#} (reproduce: {})", sc.name, reproduce(sc.name, st, seed, quick))
+            });
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let secs = started.elapsed().as_secs_f64();
+            match &o {
+                Ok(o) if o.verdict != o.expected_verdict && o.mutation.is_none() => eprintln!(
+                    "[{n}/{total}] {label}{} / {st}: MISMATCH {:?}, expected {:?}  ({secs:.0} s)",
+                    sc.name, o.verdict, o.expected_verdict
+                ),
+                Ok(o) => eprintln!("[{n}/{total}] {label}{} / {st}: {:?}  ({secs:.0} s)", sc.name, o.verdict),
+                Err(e) => eprintln!("[{n}/{total}] {label}{} / {st}: ERROR {e:#}  ({secs:.0} s)", sc.name),
+            }
+            o
+        })
+        .buffered(jobs)
+        .collect()
+        .await
+}
+
+fn reproduce(scenario: &str, strategy: &str, seed: u64, quick: bool) -> String {
+    format!(
+        "hybrid-chaos run --scenario {scenario} --strategy {strategy} --seed {seed}{}",
+        if quick { " --quick" } else { "" }
+    )
+}
+
 async fn run_suite(
     scenarios: Vec<String>,
     strategies: Vec<String>,
@@ -183,8 +271,8 @@ async fn run_suite(
     jobs: usize,
 ) -> anyhow::Result<ExitCode> {
     use harness::checker::Validity;
-    use harness::scenario::{catalogue, Budget, STRATEGIES};
-    let all = catalogue();
+    use harness::scenario::{Budget, STRATEGIES};
+    let all = scenarios::catalogue();
     let names: Vec<&str> = all.iter().map(|s| s.name).collect();
     if let Some(bad) = scenarios.iter().find(|s| !names.contains(&s.as_str())) {
         anyhow::bail!("unknown scenario {bad:?}; valid: {}", names.join(", "));
@@ -196,62 +284,15 @@ async fn run_suite(
         all.into_iter().filter(|s| scenarios.is_empty() || scenarios.iter().any(|n| n == s.name)).collect();
     let strats: Vec<&str> =
         STRATEGIES.iter().copied().filter(|s| strategies.is_empty() || strategies.iter().any(|n| n == s)).collect();
-    // Preflight: a missing redis-server fails before anything is created.
-    let binary = harness::infra::RedisSpec::default().binary;
-    if harness::infra::process::find_executable(&binary).is_none() {
-        return Err(harness::infra::Error::RedisServerMissing { binary: binary.display().to_string() }.into());
-    }
+    preflight()?;
     let seed = seed.unwrap_or_else(rand::random);
-    let run_id = format!(
-        "{}-{seed:x}",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "")
-    );
-    let dir = out.join(&run_id);
-    // Fail on an unwritable --out before spending minutes on the run.
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?;
+    let (run_id, dir) = run_dir(&out, "", seed)?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let total = chosen.iter().map(|sc| strats.iter().filter(|st| sc.applies(st)).count()).sum::<usize>() as u64;
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("static template"));
-        Some(b)
-    } else {
-        None
-    };
     let budget = Budget::new(quick);
     let pairs: Vec<(&harness::scenario::Scenario, &str)> =
         chosen.iter().flat_map(|sc| strats.iter().filter(|st| sc.applies(st)).map(move |st| (sc, *st))).collect();
-    let bar_ref = &bar;
-    // Pairs run `jobs` at a time, each on its own Redis and proxies; results keep catalogue order.
-    let results: Vec<anyhow::Result<harness::scenario::Outcome>> = futures_util::stream::iter(pairs)
-        .map(|(sc, st)| async move {
-            if bar_ref.is_none() {
-                eprintln!("running {} / {st}", sc.name);
-            }
-            let o = harness::scenario::run(sc, st, seed, budget).await.map_err(|e| {
-                let quick_flag = if quick { " --quick" } else { "" };
-                anyhow::anyhow!(
-                    "{} / {st}: {e:#} (reproduce: hybrid-chaos run --scenario {} --strategy {st} --seed {seed}{quick_flag})",
-                    sc.name,
-                    sc.name
-                )
-            })?;
-            match bar_ref {
-                Some(b) => {
-                    b.set_message(format!("{} / {st}", sc.name));
-                    b.inc(1);
-                }
-                None => eprintln!("  {} / {st}: {:?} (expected {:?})", sc.name, o.verdict, o.expected_verdict),
-            }
-            Ok(o)
-        })
-        .buffered(jobs)
-        .collect()
-        .await;
-    let outcomes = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    let outcomes =
+        run_pairs(pairs, seed, budget, quick, jobs, "").await.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let report = harness::report::Report {
         run_id: run_id.clone(),
         seed,
@@ -271,14 +312,12 @@ async fn run_suite(
     for r in &report.scenarios {
         if r.verdict != r.expected_verdict {
             eprintln!(
-                "MISMATCH {} / {}: {:?}, expected {:?}. Reproduce: hybrid-chaos run --scenario {} --strategy {} --seed {seed}{}",
+                "MISMATCH {} / {}: {:?}, expected {:?}. Reproduce: {}",
                 r.scenario,
                 r.strategy,
                 r.verdict,
                 r.expected_verdict,
-                r.scenario,
-                r.strategy,
-                if quick { " --quick" } else { "" }
+                reproduce(&r.scenario, &r.strategy, seed, quick)
             );
             if code == ExitCode::SUCCESS {
                 code = ExitCode::from(1);
@@ -289,6 +328,79 @@ async fn run_suite(
         }
     }
     Ok(code)
+}
+
+/// `hybrid-chaos mutants`: each mutation through the hybrid's scenarios, then, for the ones
+/// the suite missed, a property search; the kill matrix next to the reports.
+async fn run_mutants(
+    names: Vec<String>,
+    quick: bool,
+    seed: Option<u64>,
+    out: PathBuf,
+    jobs: usize,
+    property: bool,
+) -> anyhow::Result<ExitCode> {
+    use harness::reference::Mutation;
+    use harness::scenario::Budget;
+    let mut chosen = Vec::new();
+    for n in &names {
+        let valid: Vec<&str> = Mutation::ALL.iter().map(|m| m.name()).collect();
+        chosen.push(
+            Mutation::parse(n).ok_or_else(|| anyhow::anyhow!("unknown mutant {n:?}; valid: {}", valid.join(", ")))?,
+        );
+    }
+    if chosen.is_empty() {
+        chosen = Mutation::ALL.to_vec();
+    }
+    preflight()?;
+    let seed = seed.unwrap_or_else(rand::random);
+    let (_, dir) = run_dir(&out, "mutants-", seed)?;
+    let catalogue = scenarios::catalogue();
+    let mut rows = Vec::new();
+    for m in chosen {
+        let budget = Budget::new(quick).with_mutation(Some(m));
+        let pairs: Vec<_> = catalogue.iter().filter(|sc| sc.applies("hybrid")).map(|sc| (sc, "hybrid")).collect();
+        let label = format!("{} :: ", m.name());
+        let results = run_pairs(pairs, seed, budget, quick, jobs, &label).await;
+        let mut errors = Vec::new();
+        let outcomes: Vec<_> =
+            results.into_iter().filter_map(|r| r.map_err(|e| errors.push(format!("{e:#}"))).ok()).collect();
+        let mut kills = scenarios::mutants::suite_kills(&outcomes);
+        if kills.is_empty() && property {
+            eprintln!(
+                "{}: not killed by the suite; property search, {} cases",
+                m.name(),
+                scenarios::mutants::PROPERTY_CASES
+            );
+            let mut search =
+                scenarios::Search::new("hybrid", scenarios::gen::Workload::Free, scenarios::mutants::PROPERTY_CASES);
+            search.cases = scenarios::mutants::PROPERTY_CASES;
+            search.seed = seed >> 1;
+            search.mutation = Some(m);
+            search.shrink_runs_max = 0;
+            let report = tokio::task::spawn_blocking(move || search.run()).await??;
+            if let Some(found) = &report.found {
+                kills = scenarios::mutants::property_kills(&found.reason);
+            }
+        }
+        eprintln!(
+            "{}: {}",
+            m.name(),
+            match kills.first() {
+                Some(k) => format!("killed ({} / {}: {})", k.scenario, k.check, k.evidence),
+                None => "SURVIVED".into(),
+            }
+        );
+        rows.push(scenarios::mutants::row(m, kills, errors));
+    }
+    std::fs::write(dir.join("mutants.md"), scenarios::mutants::markdown(&rows, seed, quick))?;
+    std::fs::write(
+        dir.join("mutants.json"),
+        serde_json::to_string_pretty(&scenarios::mutants::json(&rows, seed, quick))? + "\n",
+    )?;
+    print!("{}", scenarios::mutants::markdown(&rows, seed, quick));
+    eprintln!("kill matrix: {}", dir.join("mutants.md").display());
+    Ok(if rows.iter().all(|r| r.killed) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn redis_server_version() -> String {
@@ -366,7 +478,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List => {
-            for s in harness::scenario::catalogue() {
+            for s in scenarios::catalogue() {
                 let expected: Vec<String> = harness::scenario::STRATEGIES
                     .iter()
                     .zip(s.expected)
@@ -385,6 +497,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize) => r,
                 _ = stop => anyhow::bail!("interrupted; no report written"),
+            }
+        }
+        Command::Mutants { quick, mutants, seed, out, jobs, no_property } => {
+            let stop = interrupted();
+            tokio::select! {
+                r = run_mutants(mutants, quick, seed, out, jobs as usize, !no_property) => r,
+                _ = stop => anyhow::bail!("interrupted; no kill matrix written"),
             }
         }
         Command::Smoke => {
@@ -442,7 +561,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use harness::reference::stream::{FollowEnd, StreamConsumer};
             let consumer = StreamConsumer::connect(&redis.redis, &redis.redis, redis.config()).await?;
             let end = consumer
-                .follow(&task, from, timeout, |c| println!("{}", serde_json::to_string(c).expect("chunk serialises")))
+                .follow(&task, from, timeout, |c, _| {
+                    println!("{}", serde_json::to_string(c).expect("chunk serialises"))
+                })
                 .await;
             consumer.shutdown().await;
             match end? {

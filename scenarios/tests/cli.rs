@@ -1,16 +1,19 @@
 //! The hand-poking command line against a real `redis-server`, with the seeds' key schema
 //! (empty prefix): what a service using that schema would see.
 
+mod cli_support;
+#[path = "../../harness/tests/support/mod.rs"]
 mod support;
 
 use std::process::{Command, Stdio};
 
+use cli_support::BIN;
 use harness::infra::{ProcessRedis, RedisNode, RedisSpec};
 use redis::AsyncCommands;
-use support::{await_numsub, conn, BIN};
+use support::{await_numsub, conn};
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    support::cli(args, &[])
+    cli_support::cli(args, &[])
 }
 
 #[tokio::test]
@@ -77,4 +80,49 @@ fn bad_payloads_are_refused_with_exit_2() {
     let (code, _, err) = cli(&["feedback", "respond", "--redis", "redis://127.0.0.1:1/", "x", "[1, 2]"]);
     assert_eq!(code, 2);
     assert!(err.contains("JSON object"), "{err}");
+}
+
+#[tokio::test]
+async fn the_standalone_server_populates_from_a_file_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("populate.json");
+    std::fs::write(&config, r#"[{"name": "from_file", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:6379"}]"#)
+        .unwrap();
+    let port = harness::infra::process::free_port().unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hybrid-chaos"))
+            .args(["toxiproxy", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let listed =
+        harness::poll_until(std::time::Duration::from_secs(10), std::time::Duration::from_millis(20), || async {
+            let up = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok();
+            if !up {
+                return None;
+            }
+            // The API answers before the file is loaded: wait for the proxy itself.
+            let (st, body) = support::http(&url, "GET", "/proxies", None, "hybrid-chaos-tests").await;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            (st == 200 && v.get("from_file").is_some()).then_some(v)
+        })
+        .await
+        .expect("standalone server did not come up with the proxy from its config file");
+    assert_eq!(listed["from_file"]["upstream"], "127.0.0.1:6379");
+    harness::infra::process::signal(child.0.id(), libc::SIGTERM).unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "SIGTERM should stop it cleanly: {status}");
+}
+
+/// Kills the child if the test fails before it is waited for.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

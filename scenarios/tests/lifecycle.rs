@@ -3,6 +3,8 @@
 //! error that leaves no process and no data dir behind. `./ci/test` additionally checks that
 //! no `redis-server` outlives the whole test run.
 
+mod cli_support;
+#[path = "../../harness/tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -12,7 +14,7 @@ use std::time::Duration;
 use harness::infra::process::is_alive;
 use harness::infra::{Error, ProcessRedis, RedisSpec};
 
-use support::BIN;
+use cli_support::BIN;
 
 async fn wait_dead(pid: u32) -> bool {
     harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async { (!is_alive(pid)).then_some(()) })
@@ -124,7 +126,7 @@ async fn a_bad_config_directive_is_reported_with_the_log() {
 fn cli_bad_input_is_one_line_and_exit_2() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    support::assert_bad_input(&[
+    cli_support::assert_bad_input(&[
         (&["redis", "--port", &port], &[], "already in use"),
         (&["redis"], &[("HYBRID_CHAOS_REDIS_SERVER", "/nonexistent/redis-server")], "apt-get install redis-server"),
         (&["toxiproxy", "--listen", &format!("127.0.0.1:{port}")], &[], "cannot listen"),

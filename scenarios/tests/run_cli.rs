@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use harness::infra::process::{is_alive, signal};
 
+mod cli_support;
+#[path = "../../harness/tests/support/mod.rs"]
 mod support;
 
-use support::{assert_bad_input, cli as run, BIN};
+use cli_support::{assert_bad_input, cli as run, BIN};
 
 fn verdicts(dir: &Path) -> Vec<(String, String, String)> {
     let report: serde_json::Value =

@@ -1,0 +1,174 @@
+//! The scenario catalogue: every scenario the suite runs, by name, with the verdict each
+//! strategy is expected to get. A scenario is a composition of a workload shape, faults and
+//! the checkers (`harness::scenario` runs and judges it); this file only says which exist.
+//!
+//! Expectations that a baseline breaks are canaries: if one passes, the harness lost its
+//! teeth. The race and stream-shape scenarios switch the polling fallback off, so the hybrid's
+//! wake-up path is judged on its own there.
+
+use harness::checker::Validity;
+use harness::infra::Persistence;
+use harness::nemesis::{Fault, Target};
+use harness::scenario::{Race, Scenario, StreamShape};
+
+/// The catalogue, in run order.
+pub fn catalogue() -> Vec<Scenario> {
+    use Validity::{Invalid, Valid};
+    let all_valid = [Valid, Valid, Valid];
+    let pubsub_breaks = [Valid, Invalid, Valid];
+    let sub_gap = Fault::ProxyDown { target: Target::Subscriber };
+    vec![
+        Scenario::new("clean", "no fault: every design delivers", all_valid),
+        Scenario::new("latency", "50 ms +- 20 ms on both connections", all_valid).faults(vec![Fault::Latency {
+            target: Target::Both,
+            latency_ms: 50,
+            jitter_ms: 20,
+        }]),
+        Scenario::new(
+            "subscriber-blackhole",
+            "the subscriber connection goes silent (half-open) while storage works",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::Blackhole { target: Target::Subscriber }])
+        .why("pub/sub-only: hints sent into a dead subscription are gone"),
+        Scenario::new(
+            "crash-restart-aof",
+            "SIGKILL + restart (AOF always) while the subscriber is cut off",
+            pubsub_breaks,
+        )
+        .persistence(Persistence::AofAlways)
+        .faults(vec![Fault::CrashRestart, sub_gap.clone()])
+        .why("pub/sub-only: messages published during the reconnect gap are lost"),
+        // Nobody waits live, so nothing is delivered before the crash wipes the writes: the
+        // loss is the configuration's, deterministically.
+        Scenario::new(
+            "crash-restart-no-persistence",
+            "responses acknowledged, then SIGKILL + restart with persistence none, then resume",
+            [Invalid, Invalid, Invalid],
+        )
+        .late_faults(vec![Fault::CrashRestart])
+        .resume_only(1)
+        .why("persistence none: acknowledged writes vanish in the crash (caused by the configuration)"),
+        Scenario::new(
+            "resume-from-checkpoint",
+            "respond while no worker listens, then a new worker resumes (seed 000 scenario B)",
+            pubsub_breaks,
+        )
+        .resume_only(1)
+        .why("pub/sub-only: a message published while nobody listens is lost"),
+        Scenario::new(
+            "two-workers-resume",
+            "respond while nobody listens, then two workers resume the same checkpoint",
+            pubsub_breaks,
+        )
+        .resume_only(2)
+        .why("pub/sub-only: nothing to resume from"),
+        Scenario::new(
+            "graceful-restart",
+            "SHUTDOWN + restart (AOF everysec) under load while the subscriber reconnects",
+            pubsub_breaks,
+        )
+        .persistence(Persistence::AofEverysec)
+        .faults(vec![Fault::GracefulRestart, sub_gap])
+        .why("pub/sub-only: messages published during the reconnect gap are lost"),
+        Scenario::new(
+            "reset-peer-subscriber",
+            "the subscriber connection is reset (RST), and every reconnect too, for a while",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::ResetPeer { target: Target::Subscriber }])
+        .why("pub/sub-only: no subscription survives the resets, so every hint is lost"),
+        Scenario::new(
+            "redis-unreachable",
+            "Redis killed for the whole window (responses fail), then started again",
+            all_valid,
+        )
+        .faults(vec![Fault::RedisDown]),
+        Scenario::new(
+            "publisher-outage",
+            "the command connection refused for the window: retries, then the circuit breaker",
+            all_valid,
+        )
+        .faults(vec![Fault::ProxyDown { target: Target::Commands }]),
+        Scenario::new(
+            "waiter-churn-cleanup",
+            "1,000 waits that time out or are cancelled, then the usual workload",
+            all_valid,
+        )
+        .churn(1_000),
+        Scenario::new(
+            "slow-subscriber-cut-off",
+            "a slow subscriber (16 KB/s) is disconnected by client-output-buffer-limit pubsub 8kb",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::Bandwidth { target: Target::Subscriber, rate_kb_s: 16 }])
+        .payload(32 * 1024)
+        .redis_config(&[("client-output-buffer-limit", "pubsub 8kb 8kb 0")])
+        .why("pub/sub-only: its payload-carrying messages overflow the buffer limit and the server cuts it off"),
+        Scenario::new(
+            "stream-late-joiner-reconnect",
+            "a stream with its subscriber reset mid-way, and a consumer joining late from index 0",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::ResetPeer { target: Target::Subscriber }])
+        .stream()
+        .why(
+            "pub/sub-only streaming: chunks published during the reset gap, and before the late joiner came, are gone",
+        ),
+        // Fan-out is Pub/Sub by nature (seed 004 stores no history): one implementation.
+        Scenario::new(
+            "fanout-overflow",
+            "a burst to a 64-deep fan-out queue behind a slow worker, a stale tick, RESET, SHUTDOWN",
+            all_valid,
+        )
+        .fanout(&["hybrid"]),
+        // Races: each response lands exactly in a window where a wake-up gets lost, with the
+        // fallback off, so a broken wake-up path cannot hide behind a poll.
+        Scenario::new(
+            "subscribe-race",
+            "responses stored while each waiter's SUBSCRIBE is held in flight (150 ms upstream on the subscriber)",
+            [Valid, Invalid, Valid],
+        )
+        .faults(vec![Fault::LatencyUpstream { target: Target::Subscriber, latency_ms: 150 }])
+        .race(Race::SubscribeWindow)
+        .applies_to(&["hybrid", "pubsub-only"])
+        .why("pub/sub-only: a response published before the subscription lands is gone"),
+        Scenario::new(
+            "resubscribe-race",
+            "the subscriber is dropped and its resubscribe held in flight while responses are published",
+            [Valid, Invalid, Valid],
+        )
+        .faults(vec![Fault::LatencyUpstream { target: Target::Subscriber, latency_ms: 150 }, Fault::DropSubscribers])
+        .race(Race::Resubscribe)
+        .applies_to(&["hybrid", "pubsub-only"])
+        .why("pub/sub-only: responses published during the resubscribe are gone"),
+        Scenario::new(
+            "stream-tail-in-outage",
+            "a stream's tail, final chunk included, published while the subscriber is cut off; nothing after",
+            [Valid, Invalid, Valid],
+        )
+        .faults(vec![Fault::ProxyDown { target: Target::Subscriber }])
+        .stream_shape(StreamShape::TailInOutage)
+        .fallback_off()
+        .applies_to(&["hybrid", "pubsub-only"])
+        .why("pub/sub-only streaming: the tail was published while nobody could hear it"),
+        Scenario::new(
+            "stream-catchup-race",
+            "a late joiner's SUBSCRIBE held in flight while the final chunk is appended",
+            [Valid, Invalid, Valid],
+        )
+        .faults(vec![Fault::LatencyUpstream { target: Target::Subscriber, latency_ms: 150 }])
+        .stream_shape(StreamShape::CatchupRace)
+        .fallback_off()
+        .applies_to(&["hybrid", "pubsub-only"])
+        .why("pub/sub-only streaming: a late joiner never sees what came before it"),
+        Scenario::new(
+            "stream-duplicate-appends",
+            "chunks appended twice (retried appends) while the subscriber is reset and resyncs",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::ResetPeer { target: Target::Subscriber }])
+        .stream_shape(StreamShape::DuplicateAppends)
+        .why("pub/sub-only streaming: chunks published during the reset gap are gone"),
+    ]
+}
