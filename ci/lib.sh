@@ -1,5 +1,5 @@
-# Shared by ./ci/test and ./ci/chaos: install what is missing, find leaked servers.
-# Sourced, not run.
+# Shared by ./ci/test, ./ci/chaos and ./ci/properties: install what is missing, find the
+# binaries cargo built, and find redis servers the run leaked. Sourced, not run.
 
 # Debian packages the harness needs at run time (redis-server, redis-sentinel) and to build
 # (libssl-dev, pkg-config: toxiproxy_rust pulls in reqwest with native TLS).
@@ -34,7 +34,7 @@ hc_ensure_packages() {
   # shellcheck disable=SC2086
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >&2
   # Debian's package may start a system redis-server where an init system runs; the harness
-  # starts its own servers and does not use it.
+  # starts its own servers and does not use it (and the leak check below ignores it).
 }
 
 hc_ensure_cargo() {
@@ -44,21 +44,44 @@ hc_ensure_cargo() {
   fi
 }
 
-# Pids of running (not zombie) redis-server / redis-sentinel processes.
-hc_live_redis_pids() {
-  ps -eo pid=,stat=,comm= | awk '($3 == "redis-server" || $3 == "redis-sentinel") && $2 !~ /^Z/ { print $1 }' | sort -n
+# Where cargo puts its build output, as cargo itself says (CARGO_TARGET_DIR, a config file or
+# ./target): never assume ./target.
+hc_target_dir() {
+  cargo metadata --format-version 1 --no-deps --locked \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }
 
-# Fails if redis servers are running now that were not running in "$1" (a pid list), after
-# giving exiting ones a bounded moment (5 s) to go.
+# Every process started from here on carries this tag in its environment (redis-server
+# children inherit it), so the leak check counts only what this run started, never a
+# server something else runs on the machine.
+hc_tag_run() {
+  HC_RUN_TAG="hc-$$-$(date +%s%N)"
+  export HC_RUN_TAG
+}
+
+# Pids of running (not zombie) redis-server / redis-sentinel processes that carry this run's
+# tag, one per line, sorted as text (what comm wants).
+hc_run_redis_pids() {
+  local pid comm stat
+  ps -eo pid=,stat=,comm= | while read -r pid stat comm; do
+    case "$comm" in redis-server|redis-sentinel) ;; *) continue ;; esac
+    case "$stat" in Z*) continue ;; esac
+    if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "HC_RUN_TAG=$HC_RUN_TAG"; then
+      echo "$pid"
+    fi
+  done | LC_ALL=C sort
+}
+
+# Fails if a redis server this run started is still running, after giving exiting ones a
+# bounded moment (5 s) to go.
 hc_check_no_leaked_redis() {
-  local before="$1" leaked="" i
+  local leaked="" i
   for i in $(seq 1 50); do
-    leaked=$(comm -13 <(echo "$before") <(hc_live_redis_pids) | tr '\n' ' ')
-    [ -z "${leaked// /}" ] && return 0
+    leaked=$(hc_run_redis_pids | paste -sd, -)
+    [ -z "$leaked" ] && return 0
     sleep 0.1
   done
-  echo "ci: FAIL: redis processes left running after the run: $leaked" >&2
-  ps -o pid,ppid,stat,args -p "${leaked// /,}" >&2 || true
+  echo "ci: FAIL: redis processes this run started are still running: $leaked" >&2
+  ps -o pid,ppid,stat,args -p "$leaked" >&2 || true
   return 1
 }

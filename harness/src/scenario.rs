@@ -705,11 +705,19 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         .iter()
         .map(|id| spawn_wait(&s, &rec, id, standing_until.saturating_duration_since(Instant::now()), false))
         .collect();
+    // Waits nobody answers, ending inside the fault window: what their timeouts are worth.
+    // Subscribed before the fault, so no SUBSCRIBE is in flight when it hits (a SUBSCRIBE's
+    // own timeout would notice a dead subscriber and hide a health check that never does).
+    let until_in_window = window_start + window * 4 / 5;
+    let timeout_probes: Vec<RecordedWait> = unanswered
+        .iter()
+        .map(|id| spawn_wait(&s, &rec, id, until_in_window.saturating_duration_since(Instant::now()), false))
+        .collect();
     let mut waiters = Vec::new();
     if waiters_first {
         waiters = spawn_waiters(&rec);
         let all = crate::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
-            (s.stats().waiters >= ids.len() + standing.len()).then_some(())
+            (s.stats().waiters >= ids.len() + standing.len() + unanswered.len()).then_some(())
         })
         .await;
         anyhow::ensure!(all.is_some(), "waiters did not start");
@@ -741,9 +749,6 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         // The SUBSCRIBE race: waiters start with the lever pulled, responses follow at once.
         waiters = spawn_waiters(&rec);
     }
-    // Waits nobody answers, through the faults: what their timeouts are worth.
-    let timeout_probes: Vec<RecordedWait> =
-        unanswered.iter().map(|id| spawn_wait(&s, &rec, id, window * 4 / 5, false)).collect();
     let mut responders = Vec::new();
     let payload_bytes = scenario.payload_bytes;
     for (id, offset) in ids.iter().zip(&offsets) {
@@ -885,6 +890,9 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let rec = recorder();
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = connect_stream(strategy, &rig.cmd_url, &rig.sub_url, rig.cfg.clone()).await?;
+    // The late joiner is another process (a new client), with a subscriber of its own that is
+    // connected before any fault but has never subscribed this stream.
+    let joiner = connect_stream(strategy, &rig.cmd_url, &rig.sub_url, rig.cfg.clone()).await?;
     let b = bounds(&rig.cfg, scenario, design(strategy));
     let chunks = (budget.ids * 2) as u64;
     let window = Duration::from_millis(budget.fault_window_ms);
@@ -898,11 +906,11 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let end = Instant::now()
         + window * 3
         + Duration::from_millis(b.recovery_ms as u64 + WAIT_MARGIN_MS + budget.poll_interval_ms);
-    let follower = |consumer: u32, from: u64| {
+    let follower = |s: &Arc<dyn StreamStrategy>, consumer: u32, from: u64| {
         let left = end.saturating_duration_since(Instant::now());
-        spawn_follower(&s, &rec, &task, consumer, from, left)
+        spawn_follower(s, &rec, &task, consumer, from, left)
     };
-    let first = follower(0, 0);
+    let first = follower(&s, 0, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut nemesis = rig.nemesis();
     let mut late = None;
@@ -917,14 +925,14 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
             if shape == StreamShape::CatchupRace {
                 // The late joiner starts with its SUBSCRIBE held in flight; the final chunk
                 // is appended before it lands.
-                late = Some(follower(1, 0));
+                late = Some(follower(&joiner, 1, 0));
             }
         }
         if phase == 2 {
             nemesis.heal(&mut rig.redis).await?;
             rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
             if late.is_none() {
-                late = Some(follower(1, 0));
+                late = Some(follower(&joiner, 1, 0));
             }
         }
         let n = (hi - lo).max(1) as u32;
@@ -952,11 +960,12 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let back = |r: &Reading| r.subscriptions <= base.subscriptions;
     rig.observe_when(&rec, "settled", &channels, ImplStats::default, s.stats().reconnects, back).await?;
     s.shutdown().await;
-    drop(s);
+    joiner.shutdown().await;
+    drop((s, joiner));
     let closed = |r: &Reading| r.connections <= base.connections;
     rig.observe_when(&rec, "final", &channels, ImplStats::default, 0, closed).await?;
     rig.teardown().await;
-    finish(rec, scenario, strategy, None, budget.mutation)
+    finish(rec, scenario, strategy, Some(b), budget.mutation)
 }
 
 /// Appends chunk `index` until it is acknowledged (or `end` passes). A producer must not
@@ -1211,11 +1220,15 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
     let mut checks = if scenario.fanout {
         vec![checker::fanout(&history), checker::cleanup(&history, CleanupLimits::default())]
     } else if scenario.stream {
-        vec![
+        let mut c = vec![
             checker::duplicated(&history),
             checker::order(&history),
             checker::cleanup(&history, CleanupLimits::default()),
-        ]
+        ];
+        if let Some(b) = bounds {
+            c.push(checker::delivery(&history, b));
+        }
+        c
     } else {
         let mut c = vec![
             checker::lost(&history),

@@ -75,8 +75,12 @@ enum Command {
         #[arg(long, default_value = "reports/out")]
         out: PathBuf,
         /// (scenario, strategy) pairs run at once, each on its own Redis and proxies.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
         jobs: u16,
+        /// Run the hybrid with this deliberately broken variant (see `hybrid-chaos mutants`),
+        /// e.g. to reproduce a kill; its verdicts are findings, not mismatches.
+        #[arg(long)]
+        mutant: Option<String>,
     },
     /// Run every catalogued mutation of the reference (deliberately broken hybrids) through
     /// the scenario suite, and through a 40-case property search when the suite misses one;
@@ -269,9 +273,23 @@ async fn run_suite(
     quick: bool,
     out: PathBuf,
     jobs: usize,
+    mutant: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     use harness::checker::Validity;
     use harness::scenario::{Budget, STRATEGIES};
+    let mutation = match &mutant {
+        None => None,
+        Some(name) => {
+            let valid: Vec<&str> = harness::reference::Mutation::ALL.iter().map(|m| m.name()).collect();
+            let m = harness::reference::Mutation::parse(name)
+                .ok_or_else(|| anyhow::anyhow!("unknown mutant {name:?}; valid: {}", valid.join(", ")))?;
+            if strategies.iter().any(|s| s != "hybrid") {
+                anyhow::bail!("--mutant breaks the hybrid reference: use it with --strategy hybrid only");
+            }
+            Some(m)
+        }
+    };
+    let strategies = if mutation.is_some() { vec!["hybrid".to_string()] } else { strategies };
     let all = scenarios::catalogue();
     let names: Vec<&str> = all.iter().map(|s| s.name).collect();
     if let Some(bad) = scenarios.iter().find(|s| !names.contains(&s.as_str())) {
@@ -288,7 +306,7 @@ async fn run_suite(
     let seed = seed.unwrap_or_else(rand::random);
     let (run_id, dir) = run_dir(&out, "", seed)?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let budget = Budget::new(quick);
+    let budget = Budget::new(quick).with_mutation(mutation);
     let pairs: Vec<(&harness::scenario::Scenario, &str)> =
         chosen.iter().flat_map(|sc| strats.iter().filter(|st| sc.applies(st)).map(move |st| (sc, *st))).collect();
     let outcomes =
@@ -308,6 +326,12 @@ async fn run_suite(
     let _ = std::os::unix::fs::symlink(&run_id, &latest);
     print!("{}", harness::report::markdown(&report));
     eprintln!("report: {}", dir.display());
+    if let Some(m) = mutation {
+        // A mutant's verdicts are findings about the harness's teeth, not mismatches.
+        let found = report.scenarios.iter().filter(|r| r.verdict == Validity::Invalid).count();
+        eprintln!("mutant {}: found invalid in {found} of {} scenarios", m.name(), report.scenarios.len());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut code = ExitCode::SUCCESS;
     for r in &report.scenarios {
         if r.verdict != r.expected_verdict {
@@ -359,7 +383,13 @@ async fn run_mutants(
     let mut rows = Vec::new();
     for m in chosen {
         let budget = Budget::new(quick).with_mutation(Some(m));
-        let pairs: Vec<_> = catalogue.iter().filter(|sc| sc.applies("hybrid")).map(|sc| (sc, "hybrid")).collect();
+        // Only where the reference is expected valid: a configuration that loses (persistence
+        // none) says nothing about a mutant.
+        let pairs: Vec<_> = catalogue
+            .iter()
+            .filter(|sc| sc.applies("hybrid") && sc.expected[0] == harness::checker::Validity::Valid)
+            .map(|sc| (sc, "hybrid"))
+            .collect();
         let label = format!("{} :: ", m.name());
         let results = run_pairs(pairs, seed, budget, quick, jobs, &label).await;
         let mut errors = Vec::new();
@@ -490,12 +520,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("strategies: {}", harness::scenario::STRATEGIES.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { scenarios, strategies, seed, quick, out, jobs } => {
+        Command::Run { scenarios, strategies, seed, quick, out, jobs, mutant } => {
             // Ctrl-C or SIGTERM drops the run: every redis-server it owns is killed on drop
             // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short).
             let stop = interrupted();
             tokio::select! {
-                r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize) => r,
+                r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize, mutant) => r,
                 _ = stop => anyhow::bail!("interrupted; no report written"),
             }
         }

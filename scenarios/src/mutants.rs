@@ -41,10 +41,12 @@ pub struct Row {
     pub errors: Vec<String>,
 }
 
-/// The kills in a mutant's suite outcomes: every invalid check of every scenario.
+/// The kills in a mutant's suite outcomes: every invalid check of every scenario in which
+/// the reference is expected to be valid (where a configuration is expected to lose, such as
+/// persistence none, a loss says nothing about the mutant).
 pub fn suite_kills(outcomes: &[Outcome]) -> Vec<Kill> {
     let mut kills = Vec::new();
-    for o in outcomes {
+    for o in outcomes.iter().filter(|o| o.expected_verdict == Validity::Valid) {
         for c in o.checks.iter().filter(|c| c.validity == Validity::Invalid) {
             kills.push(Kill {
                 by: "suite",
@@ -176,6 +178,39 @@ mod tests {
         let j = json(&rows, 7, true);
         assert_eq!(j["summary"]["survivors"], serde_json::json!(["slow-poll"]));
         assert_eq!(j["summary"]["killed"], 1);
+    }
+
+    fn outcome(scenario: &str, expected: Validity, check: &'static str, validity: Validity) -> Outcome {
+        let v = harness::checker::Verdict {
+            checker: check,
+            validity,
+            evidence: vec!["evidence".into()],
+            stats: serde_json::Value::Null,
+        };
+        Outcome {
+            scenario: scenario.into(),
+            strategy: "hybrid".into(),
+            verdict: validity,
+            expected_verdict: expected,
+            expectation: String::new(),
+            checks: vec![v],
+            bounds: None,
+            mutation: Some(Mutation::SlowPoll),
+            history: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_scenarios_the_reference_passes_can_kill() {
+        let outcomes = vec![
+            // Persistence none loses for the reference too: says nothing about the mutant.
+            outcome("crash-restart-no-persistence", Validity::Invalid, "lost", Validity::Invalid),
+            outcome("clean", Validity::Valid, "cleanup", Validity::Valid),
+        ];
+        assert!(suite_kills(&outcomes).is_empty());
+        let outcomes = vec![outcome("subscriber-blackhole", Validity::Valid, "fallback", Validity::Invalid)];
+        let kills = suite_kills(&outcomes);
+        assert_eq!((kills[0].scenario.as_str(), kills[0].check.as_str()), ("subscriber-blackhole", "fallback"));
     }
 
     #[test]

@@ -117,3 +117,28 @@ async fn stream_late_joiner_reconnect() {
 async fn fanout_overflow() {
     check("fanout-overflow").await;
 }
+
+#[tokio::test]
+async fn subscribe_race() {
+    check("subscribe-race").await;
+}
+
+#[tokio::test]
+async fn resubscribe_race() {
+    check("resubscribe-race").await;
+}
+
+#[tokio::test]
+async fn stream_tail_in_outage() {
+    check("stream-tail-in-outage").await;
+}
+
+#[tokio::test]
+async fn stream_catchup_race() {
+    check("stream-catchup-race").await;
+}
+
+#[tokio::test]
+async fn stream_duplicate_appends() {
+    check("stream-duplicate-appends").await;
+}

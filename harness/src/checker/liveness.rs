@@ -518,6 +518,70 @@ pub fn detection(h: &History, b: &Bounds) -> Verdict {
     v
 }
 
+/// **delivery**: the streaming counterpart of [`wakeup`], [`fallback`] and [`recovery`]:
+/// every chunk acknowledged while a consumer followed (or before it joined, from its start
+/// index on) reaches that consumer by the same regime's due time, counted from the later of
+/// the ack and the consumer's start. A consumer that only finds chunks at its own deadline,
+/// or never, fails.
+pub fn delivery(h: &History, b: &Bounds) -> Verdict {
+    use std::collections::HashMap;
+    let ws = windows(h);
+    // task -> index -> first ack (us)
+    let mut acked: HashMap<&str, HashMap<u64, u64>> = HashMap::new();
+    for op in h.operations() {
+        if let (Op::Produce { task, index, .. }, Some(end)) = (&op.invoke.op, op.completion) {
+            if end.kind == Kind::Ok && op.invoke.kind == Kind::Invoke {
+                let e = acked.entry(task.as_str()).or_default().entry(*index).or_insert(end.time_us);
+                *e = (*e).min(end.time_us);
+            }
+        }
+    }
+    // (task, consumer) -> index -> first delivery (us)
+    let mut delivered: HashMap<(&str, u32), HashMap<u64, u64>> = HashMap::new();
+    for e in &h.events {
+        if let (Kind::Ok, Op::Deliver { task, consumer, index, .. }) = (&e.kind, &e.op) {
+            delivered.entry((task.as_str(), *consumer)).or_default().entry(*index).or_insert(e.time_us);
+        }
+    }
+    let (mut invalid, mut judged) = (Vec::new(), 0u64);
+    for op in h.operations() {
+        let (Op::Follow { task, consumer, from }, Some(end)) = (&op.invoke.op, op.completion) else { continue };
+        if op.invoke.kind != Kind::Invoke {
+            continue;
+        }
+        let got = delivered.get(&(task.as_str(), *consumer));
+        let mut idx: Vec<(&u64, &u64)> = acked.get(task.as_str()).map(|m| m.iter().collect()).unwrap_or_default();
+        idx.sort();
+        for (index, ack) in idx.into_iter().filter(|(i, _)| **i >= *from) {
+            let start = (*ack).max(op.invoke.time_us);
+            if start > end.time_us {
+                continue;
+            }
+            let (_, due_us) = due(b, &ws, start);
+            let at = got.and_then(|g| g.get(index)).copied();
+            judged += 1;
+            match at {
+                Some(t) if t <= due_us => {}
+                Some(t) => invalid.push(format!(
+                    "{task}: consumer {consumer} got chunk {index} {:.1} ms after it could have (acknowledged at {:.1} ms); allowed {:.1} ms",
+                    (t - start) as f64 / 1000.0,
+                    *ack as f64 / 1000.0,
+                    (due_us - start) as f64 / 1000.0
+                )),
+                None if end.time_us >= due_us => invalid.push(format!(
+                    "{task}: consumer {consumer} never got chunk {index} (acknowledged at {:.1} ms), and followed until {:.1} ms",
+                    *ack as f64 / 1000.0,
+                    end.time_us as f64 / 1000.0
+                )),
+                None => {}
+            }
+        }
+    }
+    let mut v = verdict("delivery", invalid, Vec::new());
+    v.stats = serde_json::json!({ "judged": judged });
+    v
+}
+
 /// **exercised**: something was acknowledged and something obtained or delivered. A row in
 /// which nothing was is `unknown`: it tested nothing.
 pub fn exercised(h: &History) -> Verdict {
@@ -783,6 +847,52 @@ mod tests {
         lat.nemesis(0.0, "apply", &[Fault::Latency { target: Target::Both, latency_ms: 50, jitter_ms: 0 }]);
         lat.nemesis(2_000.0, "heal", &[]);
         assert_eq!(detection(&lat.h, &hybrid()).stats["judged"], 0);
+    }
+
+    fn produce(h: &mut H, ms: f64, index: u64) {
+        let p = h.p();
+        let op = Op::Produce { task: "s".into(), index, last: false };
+        h.at(ms, p, Kind::Invoke, op.clone(), None);
+        h.at(ms + 1.0, p, Kind::Ok, op, Some("notified"));
+    }
+
+    fn deliver(h: &mut H, ms: f64, index: u64, via: &str) {
+        let op = Op::Deliver { task: "s".into(), consumer: 0, index, via: Some(via.into()) };
+        h.at(ms, 1_000_000, Kind::Ok, op, None);
+    }
+
+    fn follow(h: &mut H, from_ms: f64, to_ms: f64) {
+        let op = Op::Follow { task: "s".into(), consumer: 0, from: 0 };
+        h.at(from_ms, 500, Kind::Invoke, op.clone(), None);
+        h.at(to_ms, 500, Kind::Ok, op, None);
+    }
+
+    #[test]
+    fn delivery_bounds_each_chunk_like_a_waiter() {
+        let mut ok = H::default();
+        follow(&mut ok, 0.0, 5_000.0);
+        produce(&mut ok, 100.0, 0);
+        deliver(&mut ok, 103.0, 0, "notified");
+        ok.nemesis(200.0, "apply", &[Fault::ProxyDown { target: Target::Subscriber }]);
+        produce(&mut ok, 300.0, 1);
+        ok.nemesis(1_000.0, "heal", &[]);
+        deliver(&mut ok, 1_200.0, 1, "resync");
+        ok.h.events.sort_by_key(|e| e.time_us);
+        let off = Bounds { poll_interval_ms: None, ..hybrid() };
+        assert_eq!(delivery(&ok.h, &off).validity, Validity::Valid, "{:?}", delivery(&ok.h, &off));
+        // The consumer that ignores resync: found the tail only at its deadline.
+        let mut stalled = ok.h.clone();
+        let last = stalled.events.iter_mut().rev().find(|e| matches!(e.op, Op::Deliver { index: 1, .. })).unwrap();
+        last.time_us = 4_990_000;
+        stalled.events.sort_by_key(|e| e.time_us);
+        let v = delivery(&stalled, &off);
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        assert!(v.evidence[0].contains("chunk 1"), "{v:?}");
+        // Never delivered although it followed long enough.
+        let mut lost = H::default();
+        follow(&mut lost, 0.0, 5_000.0);
+        produce(&mut lost, 100.0, 0);
+        assert_eq!(delivery(&lost.h, &hybrid()).validity, Validity::Invalid);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::history::{Event, History, Kind, Op, Reading};
 
 pub mod liveness;
-pub use liveness::{detection, exercised, fallback, recovery, rescues, timeouts, wakeup, Bounds};
+pub use liveness::{delivery, detection, exercised, fallback, recovery, rescues, timeouts, wakeup, Bounds};
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -318,7 +318,8 @@ impl Default for CleanupLimits {
 }
 
 /// **cleanup**: after the run quiesced, subscriptions and connections are back to baseline,
-/// no key of the run lacks a TTL, no waiter is registered, memory growth is bounded.
+/// no key of the run lacks a TTL, no waiter is registered and no id is left in the storage
+/// poller's pending set, memory growth is bounded.
 /// Subscriptions and waiters are taken from the `settled` reading when there is one (made
 /// while the implementation still runs: after it shuts down, the server drops its
 /// subscriptions anyway and would hide a leak).
@@ -345,6 +346,9 @@ pub fn cleanup(h: &History, limits: CleanupLimits) -> Verdict {
     }
     if live.waiters.max(end.waiters) > 0 {
         invalid.push(format!("{} waiters still registered", live.waiters.max(end.waiters)));
+    }
+    if live.pending_polls.max(end.pending_polls) > 0 {
+        invalid.push(format!("{} ids still in the poller's pending set", live.pending_polls.max(end.pending_polls)));
     }
     let growth = end.used_memory_bytes.saturating_sub(base.used_memory_bytes);
     if growth > limits.memory_growth_bytes_max {
@@ -673,12 +677,13 @@ mod tests {
             used_memory_bytes: 100_000_000,
             commands_processed: 0,
             reconnects: 0,
-            pending_polls: 0,
+            pending_polls: 4,
         };
         let bad = B::default().observe("baseline", base.clone()).observe("final", leaky).h;
         let v = cleanup(&bad, CleanupLimits::default());
         assert_eq!(v.validity, Validity::Invalid);
-        assert_eq!(v.evidence.len(), 5, "every leak is named: {v:?}");
+        assert_eq!(v.evidence.len(), 6, "every leak is named: {v:?}");
+        assert!(v.evidence.iter().any(|e| e.contains("4 ids still in the poller")), "{v:?}");
         let settled_leak = B::default()
             .observe("baseline", base.clone())
             .observe("settled", Reading { subscriptions: 7, waiters: 1, ..base.clone() })

@@ -445,6 +445,7 @@ async fn sync(
     changed: Option<HashSet<Arc<str>>>,
 ) -> Result<(), ()> {
     let limit = Duration::from_millis(inner.config.command_timeout_ms);
+    let full = changed.is_none();
     let (to_sub, to_unsub, already) = {
         let channels = inner.channels.lock().expect("hub lock");
         let candidates: HashSet<Arc<str>> = match changed {
@@ -482,10 +483,15 @@ async fn sync(
         }
         confirmed.extend(to_sub.iter().cloned());
     }
+    // A full sync after a reconnect under the resync-wakes-nobody mutation marks channels
+    // without waking their waiters (mark_all does the same for the resync itself).
+    let quiet = full && inner.config.mutated(super::Mutation::ResyncWakesNobody);
     let channels = inner.channels.lock().expect("hub lock");
     for name in to_sub.iter().chain(already.iter()) {
         if let Some(e) = channels.get(name) {
-            if !e.state.snapshot().subscribed {
+            if quiet {
+                e.state.subscribed.store(true, Ordering::Release);
+            } else if !e.state.snapshot().subscribed {
                 e.state.set(true, false);
             }
         }

@@ -160,7 +160,10 @@ impl StreamConsumer {
                 return Ok(FollowEnd::TimedOut { delivered: cursor.delivered, list_reads });
             }
             tokio::select! {
-                _ = sleep_until(deadline.min(Instant::now() + poll)) => reread = Some(Via::Polled),
+                _ = sleep_until(deadline.min(Instant::now() + poll)) => {
+                    // The last read at the deadline is not a poll: nothing woke the consumer.
+                    reread = Some(if Instant::now() >= deadline { Via::Deadline } else { Via::Polled });
+                }
                 // A resubscribe after a reconnect: what was published meanwhile is only in the list.
                 now = sub.state.changed(seen) => {
                     seen = now;

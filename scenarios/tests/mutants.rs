@@ -1,0 +1,68 @@
+//! The liveness checks' teeth, end to end: a deliberately broken hybrid run through the one
+//! scenario built to expose it must be found invalid by the check named, on real Redis. (The
+//! whole kill matrix is `hybrid-chaos mutants`, nightly; these are the cheap corners of it
+//! that guard each new check inside `./ci/test`.) Each also runs the reference as written
+//! through the same scenario and seed, which must pass: a check that fails both has no teeth,
+//! it is merely broken.
+
+use harness::checker::Validity;
+use harness::reference::Mutation;
+use harness::scenario::{run, Budget};
+use scenarios::catalogue;
+
+/// Runs `scenario` for the hybrid with `m` and without it: the mutant must fail `check`, the
+/// reference must pass.
+async fn killed_by(m: Mutation, scenario: &str, check: &str) {
+    let sc = catalogue().into_iter().find(|s| s.name == scenario).expect("scenario exists");
+    let reference = run(&sc, "hybrid", 7, Budget::new(true)).await.unwrap();
+    let failing: Vec<_> = reference.checks.iter().filter(|c| c.validity != Validity::Valid).collect();
+    assert_eq!(reference.verdict, Validity::Valid, "the reference fails {scenario}: {failing:#?}");
+    let mutant = run(&sc, "hybrid", 7, Budget::new(true).with_mutation(Some(m))).await.unwrap();
+    let verdict = mutant.checks.iter().find(|c| c.checker == check).unwrap_or_else(|| panic!("no {check} check"));
+    assert_eq!(verdict.validity, Validity::Invalid, "{} survived {scenario} / {check}: {:#?}", m.name(), mutant.checks);
+}
+
+#[tokio::test]
+async fn a_hub_that_never_resubscribes_fails_recovery() {
+    killed_by(Mutation::NoResubscribe, "subscriber-blackhole", "recovery").await;
+}
+
+#[tokio::test]
+async fn a_waiter_that_skips_the_reread_fails_the_subscribe_race() {
+    killed_by(Mutation::NoRereadAfterSubscribe, "subscribe-race", "wakeup").await;
+}
+
+#[tokio::test]
+async fn a_resync_that_wakes_nobody_fails_the_resubscribe_race() {
+    killed_by(Mutation::ResyncWakesNobody, "resubscribe-race", "recovery").await;
+}
+
+#[tokio::test]
+async fn a_summed_deadline_fails_timeouts_under_latency() {
+    killed_by(Mutation::SummedDeadline, "latency", "timeouts").await;
+}
+
+#[tokio::test]
+async fn a_slow_poll_fails_the_fallback_bound() {
+    killed_by(Mutation::SlowPoll, "subscriber-blackhole", "fallback").await;
+}
+
+#[tokio::test]
+async fn a_health_check_without_timeout_fails_detection() {
+    killed_by(Mutation::HealthCheckNoTimeout, "subscriber-blackhole", "detection").await;
+}
+
+#[tokio::test]
+async fn a_breaker_that_never_closes_fails_recovery() {
+    killed_by(Mutation::BreakerNeverCloses, "publisher-outage", "recovery").await;
+}
+
+#[tokio::test]
+async fn publishing_before_storing_is_a_rescue_without_a_fault() {
+    killed_by(Mutation::PublishBeforeStore, "clean", "rescues").await;
+}
+
+#[tokio::test]
+async fn a_stream_consumer_ignoring_resync_stalls_on_the_tail() {
+    killed_by(Mutation::StreamIgnoresResync, "stream-tail-in-outage", "delivery").await;
+}
