@@ -56,6 +56,44 @@ pub struct Row {
     /// Why a non-valid verdict is expected here, e.g. loss caused by the configuration.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub expectation: String,
+    /// The bounds the liveness checks judged by, derived from the implementation's
+    /// configuration (absent when the run was judged without them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<crate::checker::Bounds>,
+    /// The deliberately broken variant the run used (`hybrid-chaos mutants`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutant: Option<String>,
+    /// The timings actually drawn and met, so a mismatch can be replayed and read exactly.
+    pub timeline: Timeline,
+}
+
+/// When things happened in a run, in ms since it started (monotonic clock).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Timeline {
+    /// Each fault window: `[applied, healed]` (healed `null` if never).
+    pub faults_ms: Vec<(f64, Option<f64>)>,
+    /// When each id's first respond was sent.
+    pub responds_ms: BTreeMap<String, f64>,
+}
+
+fn timeline(h: &History) -> Timeline {
+    let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
+    let mut t = Timeline::default();
+    for e in &h.events {
+        match (&e.kind, &e.op) {
+            (_, Op::Nemesis { action, .. }) if action == "apply" => t.faults_ms.push((ms(e.time_us), None)),
+            (_, Op::Nemesis { .. }) => {
+                if let Some(open) = t.faults_ms.iter_mut().rev().find(|(_, healed)| healed.is_none()) {
+                    open.1 = Some(ms(e.time_us));
+                }
+            }
+            (Kind::Invoke, Op::Respond { id, .. }) => {
+                t.responds_ms.entry(id.clone()).or_insert(ms(e.time_us));
+            }
+            _ => {}
+        }
+    }
+    t
 }
 
 /// `report.json`.
@@ -148,6 +186,9 @@ pub fn row(o: &Outcome) -> Row {
             waiters: end.waiters as i64,
         },
         expectation: o.expectation.clone(),
+        bounds: o.bounds,
+        mutant: o.mutation.map(|m| m.name().to_string()),
+        timeline: timeline(h),
         findings: o
             .checks
             .iter()

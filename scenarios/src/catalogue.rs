@@ -51,7 +51,7 @@ pub fn catalogue() -> Vec<Scenario> {
         .why("persistence none: acknowledged writes vanish in the crash (caused by the configuration)"),
         Scenario::new(
             "resume-from-checkpoint",
-            "respond while no worker listens, then a new worker resumes (seed 000 scenario B)",
+            "respond while no worker listens, then a new worker resumes",
             pubsub_breaks,
         )
         .resume_only(1)

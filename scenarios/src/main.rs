@@ -105,12 +105,14 @@ enum Command {
         #[arg(long)]
         no_property: bool,
     },
-    /// Feedback request/response with the hybrid reference (seed 000 key schema).
+    /// Feedback request/response with the hybrid reference, on the `feedback:response:{id}`
+    /// hash / `feedback:{id}` channel schema of the design notes.
     Feedback {
         #[command(subcommand)]
         action: FeedbackAction,
     },
-    /// Chunk streaming with the hybrid reference (seed 003 key schema).
+    /// Chunk streaming with the hybrid reference, on the `stream:{task}:chunks` list /
+    /// `stream:{task}` channel schema of the design notes.
     Stream {
         #[command(subcommand)]
         action: StreamAction,
@@ -610,6 +612,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line, each cause once: an error that already quotes its
+/// source (`Redis: connection refused`) is not followed by that source again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !parts.iter().any(|p| p.contains(&cause)) {
+            parts.push(cause);
+        }
+    }
+    parts.join(": ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -623,7 +637,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: the causes joined, so CI logs and terminals show the whole reason.
-            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            let msg = one_line(&e);
             eprintln!("hybrid-chaos: error: {}", msg.replace('\n', " | "));
             ExitCode::from(2)
         }

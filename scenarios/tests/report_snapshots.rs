@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use harness::history::{Event, History};
-use harness::report::{markdown, row, LatencyMs, Report};
+use harness::report::{markdown, row, LatencyMs, Report, Timeline};
 use harness::scenario::judge;
 use scenarios::catalogue;
 
@@ -54,6 +54,7 @@ fn report() -> Report {
             r.latency_ms = LatencyMs::default();
             r.recovery_ms = None;
             r.redis_commands_per_message = 0.0;
+            r.timeline = Timeline::default();
             r.findings = r.findings.iter().map(|f| redact_times(f)).collect();
             r
         })

@@ -50,6 +50,10 @@ pub enum Error {
     Redis(#[from] redis::RedisError),
     #[error("connecting to Redis timed out after {0} ms")]
     ConnectTimeout(u64),
+    #[error("{url:?} is not a Redis URL (expected redis://HOST:PORT/ or redis://HOST:PORT/DB): {source}")]
+    BadUrl { url: String, source: redis::RedisError },
+    #[error("connecting to Redis at {url}: {source}")]
+    Connect { url: String, source: redis::RedisError },
     #[error("invalid payload: {0}")]
     Payload(String),
     #[error("the stream broke: {0}")]
@@ -62,6 +66,7 @@ impl Error {
         match self {
             Error::Redis(e) => is_transient(e),
             Error::ConnectTimeout(_) => true,
+            Error::Connect { source, .. } => is_transient(source),
             _ => false,
         }
     }
@@ -298,7 +303,7 @@ pub fn backoff_delay(attempt: u32, min_ms: u64, max_ms: u64) -> Duration {
 /// The command connection: one per process, reconnecting by itself (redis-rs
 /// `ConnectionManager`), with bounded connect and response times.
 pub async fn command_connection(url: &str, config: &Config) -> Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let client = redis::Client::open(url).map_err(|source| Error::BadUrl { url: url.to_string(), source })?;
     let mgr = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
         .set_response_timeout(Some(Duration::from_millis(config.command_timeout_ms)))
@@ -306,7 +311,7 @@ pub async fn command_connection(url: &str, config: &Config) -> Result<redis::aio
         .set_max_delay(Duration::from_millis(config.reconnect_delay_ms_max));
     let connect = client.get_connection_manager_with_config(mgr);
     match tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms * 3), connect).await {
-        Ok(r) => Ok(r?),
+        Ok(r) => r.map_err(|source| Error::Connect { url: url.to_string(), source }),
         Err(_) => Err(Error::ConnectTimeout(config.connect_timeout_ms * 3)),
     }
 }
