@@ -51,25 +51,28 @@ hc_target_dir() {
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }
 
-# Every process started from here on carries this tag in its environment (redis-server
-# children inherit it), so the leak check counts only what this run started, never a
-# server something else runs on the machine.
+# The harness names every redis-server's data dir after this tag (HC_RUN_TAG, exported to
+# everything started from here on), and a server runs in its data dir, so the leak check
+# counts only what this run started, never a server something else runs on the machine.
+# (redis-server overwrites its own argv and environment with its process title: neither
+# can carry the tag.)
 hc_tag_run() {
   HC_RUN_TAG="hc-$$-$(date +%s%N)"
   export HC_RUN_TAG
 }
 
-# Pids of running (not zombie) redis-server / redis-sentinel processes that carry this run's
-# tag, one per line, sorted as text (what comm wants).
+# Pids of running (not zombie) redis-server / redis-sentinel processes whose working
+# directory carries this run's tag, one per line, sorted as text (what comm wants).
 hc_run_redis_pids() {
-  local pid comm stat
+  local pid comm stat cwd
+  # A process may exit between ps and the readlink: that read fails quietly.
   ps -eo pid=,stat=,comm= | while read -r pid stat comm; do
     case "$comm" in redis-server|redis-sentinel) ;; *) continue ;; esac
     case "$stat" in Z*) continue ;; esac
-    if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "HC_RUN_TAG=$HC_RUN_TAG"; then
-      echo "$pid"
-    fi
+    cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
+    case "$cwd" in *"$HC_RUN_TAG"*) echo "$pid" ;; esac
   done | LC_ALL=C sort
+  return 0
 }
 
 # Fails if a redis server this run started is still running, after giving exiting ones a

@@ -82,6 +82,20 @@ fn bad_payloads_are_refused_with_exit_2() {
     assert!(err.contains("JSON object"), "{err}");
 }
 
+#[test]
+fn connection_errors_name_the_address_and_each_cause_once() {
+    let port = harness::infra::process::free_port().unwrap();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let (code, _, stderr) = cli(&["feedback", "wait", "--redis", &url, "x", "--timeout", "1s"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&url), "the address is missing: {stderr}");
+    assert_eq!(stderr.matches("refused").count(), 1, "a cause repeated: {stderr}");
+    let (code, _, stderr) = cli(&["feedback", "wait", "--redis", "localhost:6379", "x"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("\"localhost:6379\" is not a Redis URL (expected redis://"), "{stderr}");
+    assert_eq!(stderr.matches("did not parse").count(), 1, "a cause repeated: {stderr}");
+}
+
 #[tokio::test]
 async fn the_standalone_server_populates_from_a_file_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

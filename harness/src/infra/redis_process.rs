@@ -64,7 +64,17 @@ impl ProcessRedis {
                 None => free_port().map_err(Error::io("finding a free port"))?,
             };
             let mut builder = tempfile::Builder::new();
-            builder.prefix("hybrid-chaos-redis-");
+            // The server runs in its data dir. A run tag in the dir's name (HC_RUN_TAG, set by
+            // the ci/ scripts) lets a leak check find exactly this run's servers through
+            // /proc/PID/cwd: redis-server overwrites its own argv and environment when it sets
+            // its process title, so neither can carry the tag.
+            let prefix = match std::env::var("HC_RUN_TAG") {
+                Ok(tag) if !tag.is_empty() && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+                    format!("hybrid-chaos-redis-{tag}-")
+                }
+                _ => "hybrid-chaos-redis-".to_string(),
+            };
+            builder.prefix(&prefix);
             let dir = match &spec.data_parent {
                 Some(parent) => builder.tempdir_in(parent),
                 None => builder.tempdir(),
