@@ -23,13 +23,19 @@
 //! - [`history`]: the recorded run, Jepsen style (invoke / ok / fail / info with monotonic
 //!   timestamps), saved as JSON lines.
 //! - [`checker`]: pure functions of a history (lost, resume, duplicated, order, cleanup,
-//!   latency), each a verdict (valid / invalid / unknown) with its evidence.
+//!   latency, and in [`checker::liveness`] wakeup, fallback, recovery, rescues, timeouts,
+//!   detection, delivery, exercised), each a verdict (valid / invalid / unknown) with its
+//!   evidence.
 //! - [`nemesis`]: faults through the infra provider and the Toxiproxy client, aimed at the
 //!   command connection, the subscriber connection, or both.
-//! - [`scenario`]: workload + faults + checkers composed under a name, with the verdict each
-//!   strategy is expected to get (canaries for the baselines).
+//! - [`scenario`]: the runner: workload + faults + checkers composed for one scenario and
+//!   strategy, with the verdict each strategy is expected to get (canaries for the
+//!   baselines) and the liveness bounds derived from the configuration. The catalogue of
+//!   scenarios is the suite's (`scenarios/`).
 //! - [`report`]: `report.json` (fixed field names), `report.md`, a self-contained
 //!   `report.html`, and `history.jsonl`, built from outcomes by pure functions.
+//! - [`compare`]: two runs' `report.json` compared (verdict, loss and latency changes), for
+//!   validating a design change against a baseline run.
 //! - [`smoke`]: a short end-to-end exercise of the above, what `./ci/chaos` runs until the
 //!   scenario suites exist.
 //!
@@ -38,6 +44,7 @@
 
 pub mod case;
 pub mod checker;
+pub mod compare;
 pub mod history;
 pub mod infra;
 pub mod nemesis;

@@ -105,6 +105,15 @@ enum Command {
         #[arg(long)]
         no_property: bool,
     },
+    /// Compare two run directories (A: the baseline, B: the change): verdict, loss and
+    /// latency changes, written to B's compare.md and compare.html. Exit 1 when B is worse on
+    /// safety (a verdict got worse, or more was lost).
+    Compare {
+        /// The baseline run directory (holds report.json).
+        a: PathBuf,
+        /// The run to judge against it.
+        b: PathBuf,
+    },
     /// Feedback request/response with the hybrid reference, on the `feedback:response:{id}`
     /// hash / `feedback:{id}` channel schema of the design notes.
     Feedback {
@@ -537,6 +546,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r = run_mutants(mutants, quick, seed, out, jobs as usize, !no_property) => r,
                 _ = stop => anyhow::bail!("interrupted; no kill matrix written"),
             }
+        }
+        Command::Compare { a, b } => {
+            let read = |dir: &std::path::Path| -> anyhow::Result<serde_json::Value> {
+                let path = dir.join("report.json");
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!("cannot read {} (a run directory holds report.json): {e}", path.display())
+                })?;
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a report: {e}", path.display()))
+            };
+            let c = harness::compare::compare(&read(&a)?, &read(&b)?);
+            let md = harness::compare::markdown(&c);
+            std::fs::write(b.join("compare.md"), &md)?;
+            std::fs::write(b.join("compare.html"), harness::compare::html(&c))?;
+            print!("{md}");
+            eprintln!("compare: {}", b.join("compare.html").display());
+            Ok(if c.worse_on_safety() { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Smoke => {
             let report = harness::smoke::run().await?;

@@ -162,3 +162,27 @@ async fn ctrl_c_leaves_no_redis_server() {
     .await;
     assert!(gone.is_some(), "redis-server {servers:?} survived Ctrl-C");
 }
+
+#[test]
+fn compare_reports_a_regression_and_exits_1_and_no_change_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, verdict: &str, lost: u64| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let report = serde_json::json!({ "run_id": name, "scenarios": [
+            { "scenario": "subscriber-blackhole", "strategy": "hybrid", "verdict": verdict, "lost": lost,
+              "delivered": 8, "latency_ms": { "p50": 20.0, "p90": 40.0, "p99": 60.0, "max": 70.0 } }
+        ]});
+        std::fs::write(d.join("report.json"), report.to_string()).unwrap();
+        d
+    };
+    let (main, same, branch) = (write("main", "valid", 0), write("same", "valid", 0), write("branch", "invalid", 3));
+    let (code, out, err) = run(&["compare", main.to_str().unwrap(), same.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("No change."), "{out}");
+    let (code, out, err) = run(&["compare", main.to_str().unwrap(), branch.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("B IS WORSE ON SAFETY") && out.contains("valid -> invalid | 0 -> 3"), "{out}");
+    assert!(branch.join("compare.md").exists() && branch.join("compare.html").exists());
+    assert_bad_input(&[(&["compare", "/nonexistent-a", "/nonexistent-b"], &[], "a run directory holds report.json")]);
+}
