@@ -42,6 +42,8 @@ pub struct Row {
     pub acknowledged: u64,
     pub delivered: u64,
     pub lost: u64,
+    /// The ids of the lost responses (feedback runs), all of them.
+    pub lost_ids: Vec<String>,
     pub duplicated: u64,
     pub notified: u64,
     pub rescued_by_polling: u64,
@@ -104,7 +106,41 @@ pub struct Report {
     pub started_at: String,
     pub redis_version: String,
     pub toxiproxy: String,
+    /// What a machine reads first: counts and whether any verdict differs from its
+    /// expectation.
+    pub summary: Summary,
     pub scenarios: Vec<Row>,
+}
+
+/// The run at a glance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    /// (scenario, strategy) pairs run.
+    pub pairs: usize,
+    /// Pairs whose verdict differs from the expected one.
+    pub mismatches: usize,
+    pub mismatch: bool,
+    pub valid: usize,
+    pub invalid: usize,
+    pub unknown: usize,
+    /// Acknowledged responses (or chunks) lost, summed over the rows.
+    pub lost: u64,
+}
+
+impl Summary {
+    pub fn of(rows: &[Row]) -> Summary {
+        let count = |v: Validity| rows.iter().filter(|r| r.verdict == v).count();
+        let mismatches = rows.iter().filter(|r| r.verdict != r.expected_verdict).count();
+        Summary {
+            pairs: rows.len(),
+            mismatches,
+            mismatch: mismatches > 0,
+            valid: count(Validity::Valid),
+            invalid: count(Validity::Invalid),
+            unknown: count(Validity::Unknown),
+            lost: rows.iter().map(|r| r.lost).sum(),
+        }
+    }
 }
 
 fn observed<'a>(h: &'a History, phase: &str) -> Option<&'a Reading> {
@@ -136,6 +172,15 @@ pub fn row(o: &Outcome) -> Row {
         }
     }
     let mut lost = acked_tokens.iter().filter(|t| !obtained.contains(*t)).count() as u64;
+    let lost_ids: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match (&op.invoke.op, op.completion) {
+            (Op::Respond { id, token }, Some(c)) if op.invoke.kind == Kind::Invoke && c.kind == Kind::Ok => {
+                (!obtained.contains(token)).then(|| id.clone())
+            }
+            _ => None,
+        })
+        .collect();
     let mut acknowledged = acked_tokens.len() as u64;
     let mut delivered = obtained.len() as u64;
     let mut duplicated = 0;
@@ -169,6 +214,7 @@ pub fn row(o: &Outcome) -> Row {
         acknowledged,
         delivered,
         lost,
+        lost_ids,
         duplicated,
         notified: f("notified") as u64,
         rescued_by_polling: f("rescued_by_polling") as u64,

@@ -322,6 +322,7 @@ async fn run_suite(
         chosen.iter().flat_map(|sc| strats.iter().filter(|st| sc.applies(st)).map(move |st| (sc, *st))).collect();
     let outcomes =
         run_pairs(pairs, seed, budget, quick, jobs, "").await.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let rows: Vec<_> = outcomes.iter().map(harness::report::row).collect();
     let report = harness::report::Report {
         run_id: run_id.clone(),
         seed,
@@ -329,14 +330,25 @@ async fn run_suite(
         redis_version: redis_server_version(),
         toxiproxy: if std::env::var("TOXIPROXY_URL").is_ok_and(|u| !u.is_empty()) { "external" } else { "embedded" }
             .into(),
-        scenarios: outcomes.iter().map(harness::report::row).collect(),
+        summary: harness::report::Summary::of(&rows),
+        scenarios: rows,
     };
     harness::report::write_dir(&dir, &report, &outcomes)?;
     let latest = out.join("latest");
     let _ = std::fs::remove_file(&latest);
     let _ = std::os::unix::fs::symlink(&run_id, &latest);
-    print!("{}", harness::report::markdown(&report));
-    eprintln!("report: {}", dir.display());
+    // The summary and where to read the rest; report.md has every row.
+    let sum = &report.summary;
+    println!(
+        "{} pairs: {} valid, {} invalid, {} unknown; {} lost; {}",
+        sum.pairs,
+        sum.valid,
+        sum.invalid,
+        sum.unknown,
+        sum.lost,
+        if sum.mismatch { format!("{} MISMATCH(ES)", sum.mismatches) } else { "every verdict as expected".into() }
+    );
+    println!("report: {} (also report.md, report.json, history.jsonl)", dir.join("report.html").display());
     if let Some(m) = mutation {
         // A mutant's verdicts are findings about the harness's teeth, not mismatches.
         let found = report.scenarios.iter().filter(|r| r.verdict == Validity::Invalid).count();

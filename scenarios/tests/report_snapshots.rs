@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use harness::history::{Event, History};
-use harness::report::{markdown, row, LatencyMs, Report, Timeline};
+use harness::report::{markdown, row, LatencyMs, Report, Summary, Timeline};
 use harness::scenario::judge;
 use scenarios::catalogue;
 
@@ -46,7 +46,7 @@ fn report() -> Report {
         });
         runs[i].1.push(event);
     }
-    let scenarios = runs
+    let scenarios: Vec<_> = runs
         .into_iter()
         .map(|((scenario, strategy), events)| {
             let sc = catalogue().into_iter().find(|s| s.name == scenario).expect("fixture scenario is catalogued");
@@ -65,6 +65,7 @@ fn report() -> Report {
         started_at: "[redacted]".into(),
         redis_version: "[redacted]".into(),
         toxiproxy: "embedded".into(),
+        summary: Summary::of(&scenarios),
         scenarios,
     }
 }

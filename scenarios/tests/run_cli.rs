@@ -37,7 +37,8 @@ fn a_run_writes_the_report_with_its_fixed_fields() {
     let (code, stdout, stderr) =
         run(&["run", "--quick", "--scenario", "clean", "--strategy", "hybrid", "--seed", "5", "--out", dir], &[]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("## clean"), "{stdout}");
+    assert!(stdout.contains("1 pairs: 1 valid, 0 invalid, 0 unknown; 0 lost; every verdict as expected"), "{stdout}");
+    assert!(stdout.contains("report.html (also report.md"), "{stdout}");
     let latest = out.path().join("latest");
     for f in ["report.json", "report.md", "report.html", "history.jsonl"] {
         assert!(latest.join(f).is_file(), "{f} missing");
