@@ -128,6 +128,19 @@ pub fn compare(a: &serde_json::Value, b: &serde_json::Value) -> Comparison {
     Comparison { run_a: id(a), run_b: id(b), only_a: only(&ra, &rb), only_b: only(&rb, &ra), pairs }
 }
 
+/// The cells every rendering shows for a changed pair, after the change word: scenario,
+/// strategy, verdicts, losses, and each side's latency.
+fn cells(p: &PairDiff) -> [String; 6] {
+    [
+        p.scenario.clone(),
+        p.strategy.clone(),
+        format!("{} -> {}", p.verdict_a, p.verdict_b),
+        format!("{} -> {}", p.lost_a, p.lost_b),
+        lat(p.latency_a),
+        lat(p.latency_b),
+    ]
+}
+
 fn lat(l: Option<(f64, f64)>) -> String {
     match l {
         Some((p50, p99)) => format!("{p50:.1} / {p99:.1}"),
@@ -168,19 +181,9 @@ pub fn markdown(c: &Comparison) -> String {
             if !p.latency_change.is_empty() {
                 what.push(p.latency_change);
             }
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} -> {} | {} -> {} | {} | {} |",
-                p.scenario,
-                p.strategy,
-                what.join(", "),
-                p.verdict_a,
-                p.verdict_b,
-                p.lost_a,
-                p.lost_b,
-                lat(p.latency_a),
-                lat(p.latency_b)
-            );
+            let [scenario, strategy, verdicts, lost, la, lb] = cells(p);
+            let what = what.join(", ");
+            let _ = writeln!(out, "| {scenario} | {strategy} | {what} | {verdicts} | {lost} | {la} | {lb} |");
         }
     }
     for (label, list) in [("Only in A", &c.only_a), ("Only in B", &c.only_b)] {
@@ -207,18 +210,11 @@ pub fn html(c: &Comparison) -> String {
         } else {
             ("latency", p.latency_change)
         };
+        let extra = if p.worse && !p.latency_change.is_empty() { p.latency_change } else { "" };
+        let [scenario, strategy, verdicts, lost, la, lb] = cells(p).map(|c| esc(&c));
         let _ = write!(
             rows,
-            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td><strong>{word}</strong> {}</td><td>{} &rarr; {}</td><td>{} &rarr; {}</td><td>{}</td><td>{}</td></tr>",
-            esc(&p.scenario),
-            esc(&p.strategy),
-            if p.worse && !p.latency_change.is_empty() { p.latency_change } else { "" },
-            p.verdict_a,
-            p.verdict_b,
-            p.lost_a,
-            p.lost_b,
-            lat(p.latency_a),
-            lat(p.latency_b)
+            "<tr class=\"{class}\"><td>{scenario}</td><td>{strategy}</td><td><strong>{word}</strong> {extra}</td><td>{verdicts}</td><td>{lost}</td><td>{la}</td><td>{lb}</td></tr>"
         );
     }
     let md = markdown(c);
