@@ -55,7 +55,7 @@ async fn settled(s: &dyn FeedbackStrategy) -> bool {
 async fn respond_then_wait_returns_at_once() {
     let rig = Rig::new().await;
     let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), config(&rig)).await.unwrap();
-    assert!(matches!(h.respond("r1", &fields("r1")).await, PublishOutcome::Notified { subscribers: 0 }));
+    assert_eq!(h.respond("r1", &fields("r1")).await, PublishOutcome::Unheard, "nobody listened, nobody was notified");
     let got = h.wait("r1", Duration::from_secs(5)).await.unwrap();
     let WaitOutcome::Obtained { fields: f, via } = got else { panic!("{got:?}") };
     assert_eq!(via, Via::Immediate, "the resume case must not need Pub/Sub");
@@ -151,7 +151,7 @@ async fn a_response_published_while_the_subscriber_is_cut_off_is_still_returned(
     rig.tp().set_enabled(&sub_proxy, false).await.unwrap();
     assert!(await_numsub(&rig.redis_url(), &channel, 0).await, "the cut subscriber is still subscribed");
     // Published to nobody: only storage has it now.
-    assert_eq!(h.respond("o1", &fields("o1")).await, PublishOutcome::Notified { subscribers: 0 });
+    assert_eq!(h.respond("o1", &fields("o1")).await, PublishOutcome::Unheard);
     rig.tp().set_enabled(&sub_proxy, true).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(30), waiter)
         .await
@@ -425,11 +425,12 @@ async fn metrics_are_exposed_in_prometheus_text() {
     let handle = harness::reference::metrics::prometheus().expect("the first recorder in this process");
     let rig = Rig::new().await;
     let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), config(&rig)).await.unwrap();
+    // Nobody waits yet: the publish is stored and unheard (the resume case).
     h.respond("m1", &fields("m1")).await;
     h.wait("m1", Duration::from_secs(5)).await.unwrap();
     let text = handle.render();
     for needle in [
-        "hybrid_chaos_published_total{impl=\"hybrid\",status=\"notified\"} 1",
+        "hybrid_chaos_published_total{impl=\"hybrid\",status=\"unheard\"} 1",
         "hybrid_chaos_obtained_total",
         "hybrid_chaos_publish_duration_seconds",
         "hybrid_chaos_circuit_state",

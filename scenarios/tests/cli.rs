@@ -82,6 +82,14 @@ fn bad_payloads_are_refused_with_exit_2() {
     assert!(err.contains("JSON object"), "{err}");
 }
 
+#[tokio::test]
+async fn a_respond_nobody_hears_says_so() {
+    let r = ProcessRedis::start(RedisSpec::default()).await.unwrap();
+    let (code, out, err) = cli(&["feedback", "respond", "--redis", &r.url(), "nobody_waits", "{}"]);
+    assert_eq!(code, 0, "stored all the same: {err}");
+    assert!(out.contains(r#""outcome":"unheard""#) && !out.contains("notified"), "{out}");
+}
+
 #[test]
 fn connection_errors_name_the_address_and_each_cause_once() {
     let port = harness::infra::process::free_port().unwrap();

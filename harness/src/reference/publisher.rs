@@ -20,8 +20,11 @@ use super::{is_transient, Config};
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum PublishOutcome {
-    /// Stored and published; `subscribers` received the hint (0 is normal when nobody waits).
+    /// Stored and published; `subscribers` (at least one) received the hint.
     Notified { subscribers: u64 },
+    /// Stored and published, but no subscriber was listening: normal when nobody waits (the
+    /// resume case), and nobody was notified.
+    Unheard,
     /// Stored; no notification by design (polling-only).
     Stored,
     /// Stored, but the notification failed: waiters will find it by polling.
@@ -31,6 +34,14 @@ pub enum PublishOutcome {
 }
 
 impl PublishOutcome {
+    /// A successful PUBLISH that reached `subscribers` clients.
+    pub fn published(subscribers: u64) -> PublishOutcome {
+        match subscribers {
+            0 => PublishOutcome::Unheard,
+            n => PublishOutcome::Notified { subscribers: n },
+        }
+    }
+
     /// Whether the data reached its source of truth (storage, or the channel for pub/sub-only).
     pub fn committed(&self) -> bool {
         !matches!(self, PublishOutcome::Failed { .. })
@@ -39,6 +50,7 @@ impl PublishOutcome {
     pub fn status(&self) -> &'static str {
         match self {
             PublishOutcome::Notified { .. } => "notified",
+            PublishOutcome::Unheard => "unheard",
             PublishOutcome::Stored => "stored",
             PublishOutcome::StoredNotNotified { .. } => "stored_not_notified",
             PublishOutcome::Failed { .. } => "failed",
@@ -211,7 +223,7 @@ impl Publisher {
         let mut pipe = redis::pipe();
         pipe.publish(channel, message);
         match self.run::<(u64,)>("publish", &pipe).await {
-            Ok((subscribers,)) => PublishOutcome::Notified { subscribers },
+            Ok((subscribers,)) => PublishOutcome::published(subscribers),
             Err(reason) if stored => PublishOutcome::StoredNotNotified { reason },
             Err(reason) => PublishOutcome::Failed { reason },
         }
@@ -238,7 +250,7 @@ impl Publisher {
         let (subscribers,): (u64,) = pipe.query_async(&mut conn).await.ok()?;
         self.breaker.success();
         self.report_breaker();
-        Some(PublishOutcome::Notified { subscribers })
+        Some(PublishOutcome::published(subscribers))
     }
 }
 
