@@ -48,8 +48,8 @@ pub struct Row {
     pub notified: u64,
     pub rescued_by_polling: u64,
     pub latency_ms: LatencyMs,
-    /// From the heal to the first response obtained after it; `null` without a fault window
-    /// or without an obtain after it.
+    /// From the heal until every response acknowledged before it was obtained (catch-up);
+    /// `null` without a fault window, or when nothing was still pending at the heal.
     pub recovery_ms: Option<f64>,
     pub redis_commands_per_message: f64,
     pub leaks: Leaks,
@@ -106,6 +106,9 @@ pub struct Report {
     pub started_at: String,
     pub redis_version: String,
     pub toxiproxy: String,
+    /// Whether the run used the quick budget (reproduce commands need it).
+    #[serde(default)]
+    pub quick: bool,
     /// What a machine reads first: counts and whether any verdict differs from its
     /// expectation.
     pub summary: Summary,
@@ -192,15 +195,7 @@ pub fn row(o: &Outcome) -> Row {
     let check = |name: &str| o.checks.iter().find(|c| c.checker == name);
     let lat = check("latency").map(|c| c.stats.clone()).unwrap_or_default();
     let f = |k: &str| lat.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
-    let heal =
-        h.events.iter().find(|e| matches!(&e.op, Op::Nemesis { action, .. } if action == "heal")).map(|e| e.time_us);
-    let recovery_ms = heal.and_then(|t| {
-        h.events
-            .iter()
-            .filter(|e| e.time_us >= t && e.kind == Kind::Ok && matches!(&e.op, Op::Wait { token: Some(_), .. }))
-            .map(|e| (e.time_us - t) as f64 / 1000.0)
-            .next()
-    });
+    let recovery_ms = catch_up_ms(h);
     let (base, end) =
         (observed(h, "baseline").cloned().unwrap_or_default(), observed(h, "final").cloned().unwrap_or_default());
     let d = |a: u64, b: u64| b as i64 - a as i64;
@@ -348,6 +343,10 @@ pub fn markdown(r: &Report) -> String {
         }
         let _ = writeln!(out);
     }
+    let _ = writeln!(out, "## Glossary\n");
+    for (k, d) in GLOSSARY {
+        let _ = writeln!(out, "- **{k}**: {d}");
+    }
     out
 }
 
@@ -380,12 +379,70 @@ fn cells(x: &Row) -> Vec<String> {
         x.lost.to_string(),
         x.notified.to_string(),
         x.rescued_by_polling.to_string(),
-        format!("{:.1}", x.latency_ms.p50),
-        format!("{:.1}", x.latency_ms.p99),
+        latency_cell(x, x.latency_ms.p50),
+        latency_cell(x, x.latency_ms.p99),
         x.recovery_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
         format!("{:.1}", x.redis_commands_per_message),
         format!("{}/{}/{}/{}", l.subscriptions, l.connections, l.keys_without_ttl, l.waiters),
     ]
+}
+
+/// From the heal until every response acknowledged before it was obtained (by its first
+/// reader), in ms: how long the implementation took to catch up. `None` without a fault
+/// window (an apply with no faults is none), or when nothing acknowledged was still pending
+/// at the heal.
+fn catch_up_ms(h: &History) -> Option<f64> {
+    let faulted =
+        h.events.iter().any(|e| matches!(&e.op, Op::Nemesis { action, faults } if action == "apply" && faults != "[]"));
+    let heal = h.events.iter().find(|e| matches!(&e.op, Op::Nemesis { action, .. } if action == "heal"))?.time_us;
+    if !faulted {
+        return None;
+    }
+    let mut acked_before: BTreeMap<&str, u64> = BTreeMap::new();
+    for op in h.operations() {
+        if let (Op::Respond { token, .. }, Some(c)) = (&op.invoke.op, op.completion) {
+            if op.invoke.kind == Kind::Invoke && c.kind == Kind::Ok && c.time_us < heal {
+                acked_before.insert(token, c.time_us);
+            }
+        }
+    }
+    let mut first_obtained: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in &h.events {
+        if let (Kind::Ok, Op::Wait { token: Some(t), .. }) = (&e.kind, &e.op) {
+            first_obtained.entry(t).or_insert(e.time_us);
+        }
+    }
+    acked_before
+        .keys()
+        .filter_map(|t| first_obtained.get(t))
+        .filter(|at| **at > heal)
+        .max()
+        .map(|at| ((*at - heal) as f64 / 100.0).round() / 10.0)
+}
+
+/// Whether the row measured any latency: nothing obtained is no data, not 0 ms.
+fn has_latency(x: &Row) -> bool {
+    x.delivered > 0 && x.latency_ms.p99 > 0.0
+}
+
+fn latency_cell(x: &Row, ms: f64) -> String {
+    if has_latency(x) {
+        format!("{ms:.1}")
+    } else {
+        "no data".into()
+    }
+}
+
+/// The command that reruns one row exactly.
+pub fn reproduce(r: &Report, x: &Row) -> String {
+    let mut c = format!("hybrid-chaos run --scenario {} --strategy {} --seed {}", x.scenario, x.strategy, r.seed);
+    if r.quick {
+        c.push_str(" --quick");
+    }
+    if let Some(m) = &x.mutant {
+        c.push_str(&format!(" --mutant {m}"));
+    }
+    c
 }
 
 /// Rows grouped by scenario, scenarios in the order they ran.
@@ -404,63 +461,255 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// Bar chart of p50/p90/p99 per strategy for one scenario, as inline SVG (log-free, scaled
-/// to the largest bar).
-fn svg_latency(rows: &[&Row]) -> String {
-    let (w, bar, gap, h) = (560.0, 14.0, 6.0, 20.0);
-    let max = rows.iter().map(|r| r.latency_ms.p99).fold(0.0_f64, f64::max).max(0.001);
-    let height = rows.len() as f64 * (3.0 * bar + gap + h) + 20.0;
-    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" role="img">"#);
-    let mut y = 10.0;
-    for r in rows {
-        let _ = write!(s, r#"<text x="0" y="{}" font-size="12">{}</text>"#, y + 12.0, esc(&r.strategy));
-        y += h;
-        for (label, val, color) in [
-            ("p50", r.latency_ms.p50, "#4c78a8"),
-            ("p90", r.latency_ms.p90, "#f58518"),
-            ("p99", r.latency_ms.p99, "#e45756"),
-        ] {
-            let len = (val / max * (w - 200.0)).max(1.0);
-            let _ = write!(
-                s,
-                r#"<rect x="40" y="{y}" width="{len:.1}" height="{bar}" fill="{color}"/><text x="0" y="{}" font-size="11">{label}</text><text x="{:.1}" y="{}" font-size="11">{val:.1} ms</text>"#,
-                y + 11.0,
-                45.0 + len,
-                y + 11.0
-            );
-            y += bar;
-        }
-        y += gap;
+/// What each column means, for the glossary of `report.html` and `report.md`.
+pub const GLOSSARY: [(&str, &str); 9] = [
+    ("acked", "responses (or chunks) the implementation acknowledged: stored, or published for pub/sub-only"),
+    ("delivered", "acknowledged responses some waiter or resumer obtained (distinct chunks per consumer for streams)"),
+    ("lost", "acknowledged, and never obtained by anyone who asked afterwards: the safety failure"),
+    ("notified", "live waiters woken by a Pub/Sub notification"),
+    ("rescued", "live waiters that got their response another way: a poll tick, the re-read after a reconnect, after subscribing, or the read at their deadline"),
+    ("p50 / p99 ms", "respond-to-obtain latency of live waiters; no data when nothing was obtained"),
+    ("recovery ms", "from the heal until every response acknowledged before it was obtained; - when there was no fault or nothing was pending"),
+    ("cmds/msg", "Redis commands processed per response attempted, churn waits included"),
+    ("leaks", "subscriptions, connections, TTL-less keys and waiters left over, baseline subtracted"),
+];
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:.5em 0}\
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,th:first-child{text-align:left}\
+.ok{background:#e3f4e3}.canary{background:#eee}.mismatch{background:#f8c9c9;font-weight:bold}.unknown{background:#fde9b8}\
+.banner{padding:.6em 1em;font-size:1.3em;border:2px solid}.banner.ok{border-color:#3a3}.banner.mismatch{border-color:#c33}\
+.nodata{color:#777;font-style:italic}code{background:#f4f4f4;padding:1px 3px}svg text{font-family:sans-serif}";
+
+/// The matrix cell of one row: what text says, the colour repeats.
+fn matrix_cell(x: &Row) -> (&'static str, String) {
+    let lost = if x.lost > 0 { format!(", {} lost", x.lost) } else { String::new() };
+    if x.verdict != x.expected_verdict {
+        ("mismatch", format!("MISMATCH: {} (expected {}){lost}", v(x.verdict), v(x.expected_verdict)))
+    } else if x.verdict == Validity::Valid {
+        ("ok", format!("valid{lost}"))
+    } else if x.verdict == Validity::Unknown {
+        ("unknown", format!("unknown, as expected{lost}"))
+    } else {
+        ("canary", format!("{}, as expected{lost}", v(x.verdict)))
     }
-    s.push_str("</svg>");
+}
+
+/// Horizontal bars on one shared, labelled axis: `(label, value)`; `None` is drawn as the
+/// words "no data", never as a zero-length bar.
+fn svg_bars(title: &str, unit: &str, items: &[(String, Option<f64>)], log: bool) -> String {
+    let (label_w, plot_w, bar_h, gap) = (330.0, 420.0, 12.0, 4.0);
+    let max = items.iter().filter_map(|(_, v)| *v).fold(0.0_f64, f64::max);
+    // Log axes start at 0.1 ms: loopback latencies span four decades.
+    let (lo, hi) = if log { (0.1f64, max.max(1.0) * 1.5) } else { (0.0, max.max(1.0)) };
+    let x_of = |v: f64| {
+        if log {
+            (v.max(lo).log10() - lo.log10()) / (hi.log10() - lo.log10()) * plot_w
+        } else {
+            v / hi * plot_w
+        }
+    };
+    let height = items.len() as f64 * (bar_h + gap) + 50.0;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" role="img" aria-label="{}">"#,
+        label_w + plot_w + 60.0,
+        esc(title)
+    );
+    let mut y = 10.0;
+    for (label, val) in items {
+        let _ = write!(s, r#"<text x="0" y="{}" font-size="11">{}</text>"#, y + 10.0, esc(label));
+        match val {
+            Some(v) => {
+                let w = x_of(*v).max(1.0);
+                let _ = write!(
+                    s,
+                    r##"<rect x="{label_w}" y="{y}" width="{w:.1}" height="{bar_h}" fill="#4c78a8"/><text x="{:.1}" y="{}" font-size="10">{}</text>"##,
+                    label_w + w + 4.0,
+                    y + 10.0,
+                    if *v >= 10.0 || v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+                );
+            }
+            None => {
+                let _ = write!(
+                    s,
+                    r##"<text x="{}" y="{}" font-size="10" fill="#777" font-style="italic">no data</text>"##,
+                    label_w + 2.0,
+                    y + 10.0
+                );
+            }
+        }
+        y += bar_h + gap;
+    }
+    // The shared axis: a line, ticks and the unit.
+    let _ = write!(s, r##"<line x1="{label_w}" y1="{y}" x2="{}" y2="{y}" stroke="#333"/>"##, label_w + plot_w);
+    let ticks: Vec<f64> = if log {
+        (-1..=5).map(|e| 10f64.powi(e)).filter(|t| *t <= hi).collect()
+    } else {
+        let step = (hi / 5.0).ceil().max(1.0);
+        (0..=5).map(|i| i as f64 * step).filter(|t| *t <= hi).collect()
+    };
+    for t in ticks {
+        let x = label_w + x_of(t);
+        let _ = write!(
+            s,
+            r##"<line x1="{x:.1}" y1="{y}" x2="{x:.1}" y2="{}" stroke="#333"/><text x="{x:.1}" y="{}" font-size="10" text-anchor="middle">{}</text>"##,
+            y + 4.0,
+            y + 15.0,
+            if t < 1.0 { format!("{t}") } else { format!("{t:.0}") }
+        );
+    }
+    let _ = write!(s, r#"<text x="{}" y="{}" font-size="11">{}</text></svg>"#, label_w, y + 30.0, esc(unit));
     s
 }
 
-/// `report.html`: one self-contained file (no network): the markdown tables as HTML plus a
-/// latency chart per scenario.
+/// Where a strategy is slower than another in the same scenario (p50 at least 1.5x and 5 ms
+/// more), with the reason where the design explains it.
+pub fn slower(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, rows) in groups(r) {
+        for a in rows.iter().filter(|x| has_latency(x)) {
+            for b in rows.iter().filter(|x| has_latency(x) && x.strategy != a.strategy) {
+                let (pa, pb) = (a.latency_ms.p50, b.latency_ms.p50);
+                if pa >= 1.5 * pb && pa - pb >= 5.0 {
+                    let why = match (a.strategy.as_str(), b.strategy.as_str()) {
+                        ("hybrid", "pubsub-only") => ": the hybrid reads storage after the wake, one more round trip",
+                        (_, "polling-only") => ": it waited for the fault to end where polling went on",
+                        ("polling-only", _) => ": polling waits for the next tick",
+                        _ => "",
+                    };
+                    out.push(format!(
+                        "{name}: {} p50 {pa:.1} ms is {:.1}x {} ({pb:.1} ms){why}",
+                        a.strategy,
+                        pa / pb,
+                        b.strategy
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `report.html`: one self-contained file (no network). The verdict first (mismatches,
+/// counts, a scenario x strategy matrix where text and colour say the same), then loss and
+/// latency on shared labelled axes, where a strategy is slower, a glossary, and per scenario
+/// its table with findings, reasons and reproduce commands.
 pub fn html(r: &Report) -> String {
-    let mut out = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>hybrid-chaos report</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}.bad{background:#fdd}</style></head><body>",
-    );
+    let mut out = format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>hybrid-chaos report {}</title><style>{STYLE}</style></head><body>", esc(&r.run_id));
+    let sum = &r.summary;
     let _ = write!(
         out,
-        "<h1>hybrid-chaos run {}</h1><p>seed {} | redis {} | toxiproxy {} | started {}</p>",
+        "<h1>hybrid-chaos run {}</h1><p>seed {} | {} budget | redis {} | toxiproxy {} | started {}</p>",
         esc(&r.run_id),
         r.seed,
+        if r.quick { "quick" } else { "default" },
         esc(&r.redis_version),
         esc(&r.toxiproxy),
         esc(&r.started_at)
     );
+    let (class, headline) = if sum.mismatch {
+        ("mismatch", format!("{} MISMATCH(ES): a verdict differs from what was expected", sum.mismatches))
+    } else {
+        ("ok", "Every verdict as expected".to_string())
+    };
+    let _ = write!(
+        out,
+        "<p class=\"banner {class}\">{headline}. {} pairs: {} valid, {} invalid, {} unknown; {} acknowledged responses lost in all (canaries and configurations expected to lose included).</p>",
+        sum.pairs, sum.valid, sum.invalid, sum.unknown, sum.lost
+    );
+    // The matrix.
+    let mut strategies: Vec<&str> = Vec::new();
+    for x in &r.scenarios {
+        if !strategies.contains(&x.strategy.as_str()) {
+            strategies.push(&x.strategy);
+        }
+    }
+    let head: String = strategies.iter().map(|s| format!("<th>{}</th>", esc(s))).collect();
+    let _ = write!(out, "<h2>Verdicts</h2><table><tr><th>scenario</th>{head}</tr>");
+    for (name, rows) in groups(r) {
+        let _ = write!(out, "<tr><td><a href=\"#{0}\">{0}</a></td>", esc(name));
+        for st in &strategies {
+            match rows.iter().find(|x| x.strategy == *st) {
+                Some(x) => {
+                    let (class, text) = matrix_cell(x);
+                    let _ = write!(out, "<td class=\"{class}\">{}</td>", esc(&text));
+                }
+                None => out.push_str("<td class=\"nodata\">not run</td>"),
+            }
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table><p>Green: valid. Grey: a verdict other than valid that was expected (a canary, or a configuration that loses). Red: MISMATCH.</p>");
+    // Loss and latency on shared axes.
+    let label = |x: &Row| format!("{} / {}", x.scenario, x.strategy);
+    let lost: Vec<(String, Option<f64>)> =
+        r.scenarios.iter().filter(|x| x.acknowledged > 0).map(|x| (label(x), Some(x.lost as f64))).collect();
+    let _ = write!(
+        out,
+        "<h2>Loss</h2>{}",
+        svg_bars("acknowledged responses lost", "acknowledged responses (or chunks) lost, count", &lost, false)
+    );
+    for (q, pick) in [("p50", 0usize), ("p99", 1)] {
+        let items: Vec<(String, Option<f64>)> = r
+            .scenarios
+            .iter()
+            .map(|x| (label(x), has_latency(x).then(|| if pick == 0 { x.latency_ms.p50 } else { x.latency_ms.p99 })))
+            .collect();
+        let _ = write!(
+            out,
+            "<h2>Latency {q}</h2>{}",
+            svg_bars(
+                &format!("respond-to-obtain latency {q}"),
+                &format!("respond-to-obtain latency {q}, ms (log scale)"),
+                &items,
+                true
+            )
+        );
+    }
+    let slow = slower(r);
+    if !slow.is_empty() {
+        let items: String = slow.iter().map(|l| format!("<li>{}</li>", esc(l))).collect();
+        let _ = write!(out, "<h2>Where a strategy is slower</h2><ul>{items}</ul>");
+    }
+    let gl: String =
+        GLOSSARY.iter().map(|(k, d)| format!("<dt><code>{}</code></dt><dd>{}</dd>", esc(k), esc(d))).collect();
+    let _ = write!(out, "<h2>Glossary</h2><dl>{gl}</dl>");
+    // Per scenario: the table, then each row's reason, findings and reproduce command.
     for (name, rows) in groups(r) {
         let head: String = COLUMNS.iter().map(|c| format!("<th>{}</th>", esc(c))).collect();
-        let _ = write!(out, "<h2>{}</h2><table><tr>{head}</tr>", esc(name));
+        let _ = write!(out, "<h2 id=\"{0}\">{0}</h2><table><tr>{head}</tr>", esc(name));
         for x in &rows {
-            let class = if x.verdict == x.expected_verdict { "" } else { " class=\"bad\"" };
-            let tds: String = cells(x).iter().map(|c| format!("<td>{}</td>", esc(c))).collect();
-            let _ = write!(out, "<tr{class}>{tds}</tr>");
+            let (class, _) = matrix_cell(x);
+            let mut c = cells(x);
+            if x.verdict != x.expected_verdict {
+                c[1] = format!("{} MISMATCH", c[1]);
+            }
+            let tds: String = c
+                .iter()
+                .map(|c| {
+                    if c == "no data" {
+                        "<td class=\"nodata\">no data</td>".to_string()
+                    } else {
+                        format!("<td>{}</td>", esc(c))
+                    }
+                })
+                .collect();
+            let _ = write!(out, "<tr class=\"{class}\">{tds}</tr>");
         }
-        out.push_str("</table>");
-        out.push_str(&svg_latency(&rows));
+        out.push_str("</table><ul>");
+        for x in &rows {
+            let mut notes = Vec::new();
+            if !x.expectation.is_empty() {
+                notes.push(format!("expected {}: {}", v(x.expected_verdict), esc(&x.expectation)));
+            }
+            notes.extend(x.findings.iter().map(|f| esc(f)));
+            if x.verdict != x.expected_verdict || !x.findings.is_empty() {
+                notes.push(format!("reproduce: <code>{}</code>", esc(&reproduce(r, x))));
+            }
+            if !notes.is_empty() {
+                let _ = write!(out, "<li><strong>{}</strong>: {}</li>", esc(&x.strategy), notes.join("<br>"));
+            }
+        }
+        out.push_str("</ul>");
     }
     out.push_str("</body></html>\n");
     out

@@ -330,6 +330,7 @@ async fn run_suite(
         redis_version: redis_server_version(),
         toxiproxy: if std::env::var("TOXIPROXY_URL").is_ok_and(|u| !u.is_empty()) { "external" } else { "embedded" }
             .into(),
+        quick,
         summary: harness::report::Summary::of(&rows),
         scenarios: rows,
     };

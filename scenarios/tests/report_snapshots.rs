@@ -65,6 +65,7 @@ fn report() -> Report {
         started_at: "[redacted]".into(),
         redis_version: "[redacted]".into(),
         toxiproxy: "embedded".into(),
+        quick: true,
         summary: Summary::of(&scenarios),
         scenarios,
     }
@@ -90,4 +91,31 @@ fn the_fixture_still_catches_the_canaries() {
 #[test]
 fn redaction_only_touches_microsecond_times() {
     assert_eq!(redact_times("id-12: acked at 846079 us, 3 waiters"), "id-12: acked at <t> us, 3 waiters");
+}
+
+/// `report.html` leads with the verdict, says in words what its colours say, shows "no data"
+/// as such, puts every chart on a labelled axis, and gives each finding its reproduce command.
+#[test]
+fn the_html_report_leads_with_the_verdict() {
+    let mut r = report();
+    let page = harness::report::html(&r);
+    let banner = page.find("class=\"banner ok\">Every verdict as expected").expect("a verdict banner");
+    assert!(banner < page.find("<h2>Verdicts</h2>").unwrap(), "the banner comes first");
+    assert!(page.contains("invalid, as expected, "), "canaries are named as expected in the matrix");
+    assert!(page.contains("<h2>Glossary</h2>") && page.contains("<code>rescued</code>"));
+    assert_eq!(page.matches("<svg").count(), 3, "loss, p50 and p99 charts");
+    for unit in ["lost, count", "p50, ms (log scale)", "p99, ms (log scale)"] {
+        assert!(page.contains(unit), "an axis lacks its unit: {unit}");
+    }
+    // Nothing obtained is no data, not a 0 ms bar.
+    let empty = r.scenarios.iter().position(|x| x.delivered == 0).expect("the fixture has a row that obtained nothing");
+    assert!(page.contains("no data"), "a row with nothing obtained must say no data");
+    assert!(r.scenarios[empty].findings.iter().any(|f| f.starts_with("lost")));
+    assert!(page.contains("reproduce: <code>hybrid-chaos run --scenario"), "findings come with their command");
+    // A mismatch says MISMATCH in the banner and in its matrix cell, not by colour alone.
+    r.scenarios[0].verdict = harness::checker::Validity::Invalid;
+    r.summary = Summary::of(&r.scenarios);
+    let page = harness::report::html(&r);
+    assert!(page.contains("class=\"banner mismatch\">1 MISMATCH(ES)"), "{}", &page[..600]);
+    assert!(page.contains("<td class=\"mismatch\">MISMATCH: invalid (expected valid)"));
 }
