@@ -606,6 +606,13 @@ pub fn html(r: &Report) -> String {
         esc(&r.toxiproxy),
         esc(&r.started_at)
     );
+    if let Some(m) = r.scenarios.iter().find_map(|x| x.mutant.as_deref()) {
+        let _ = write!(
+            out,
+            "<p class=\"banner unknown\">These rows ran the deliberately broken variant <code>{}</code>: an invalid verdict is the harness catching it.</p>",
+            esc(m)
+        );
+    }
     let (class, headline) = if sum.mismatch {
         ("mismatch", format!("{} MISMATCH(ES): a verdict differs from what was expected", sum.mismatches))
     } else {
