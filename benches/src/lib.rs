@@ -122,6 +122,93 @@ fn p50(v: &serde_json::Value, key: &str) -> Option<f64> {
     v.get(key)?.get("p50")?.as_f64()
 }
 
+/// `p99` of `v[key]`, when present.
+fn p99(v: &serde_json::Value, key: &str) -> Option<f64> {
+    v.get(key)?.get("p99")?.as_f64()
+}
+
+/// One target of the design: what is measured, against which baseline, the bound, the
+/// measured value, and whether it is met.
+fn target_row(
+    md: &mut String,
+    json: &mut Vec<serde_json::Value>,
+    what: &str,
+    against: &str,
+    bound: &str,
+    value: Option<f64>,
+    met: Option<bool>,
+) {
+    let shown = value.map_or("not measured".to_string(), |v| format!("{v:.2}"));
+    let verdict = match met {
+        Some(true) => "met",
+        Some(false) => "**NOT MET**",
+        None => "not measured",
+    };
+    md.push_str(&format!("| {what} | {against} | {bound} | {shown} | {verdict} |\n"));
+    json.push(serde_json::json!({ "target": what, "baseline": against, "bound": bound, "value": value, "met": met }));
+}
+
+/// The targets the benches exist for, each against the baseline it is defined on.
+fn targets(load: &dyn Fn(&str) -> Option<serde_json::Value>) -> (String, serde_json::Value) {
+    let mut md =
+        String::from("\n## Targets\n\n| target | baseline | bound | measured | verdict |\n|---|---|---|---|---|\n");
+    let mut rows = Vec::new();
+    let notify = load("notify_latency");
+    let clean = notify.as_ref().and_then(|v| v["conditions"].get("clean").cloned());
+    let ratio = |q: fn(&serde_json::Value, &str) -> Option<f64>| {
+        clean.as_ref().and_then(|c| Some(q(c, "hybrid")? / q(c, "raw_pubsub")?))
+    };
+    let (r50, r99) = (ratio(p50), ratio(p99));
+    target_row(
+        &mut md,
+        &mut rows,
+        "hybrid notify latency p50, clean",
+        "raw Pub/Sub",
+        "<= 1.5x",
+        r50,
+        r50.map(|r| r <= 1.5),
+    );
+    target_row(&mut md, &mut rows, "hybrid notify latency p99, clean", "raw Pub/Sub", "reported", r99, None);
+    let scale = load("waiters_scale");
+    let col = |k: &str| -> Vec<f64> {
+        scale
+            .as_ref()
+            .and_then(|v| v["rows"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r[k].as_f64())
+            .collect()
+    };
+    let max = |v: &[f64]| v.iter().copied().fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let min = |v: &[f64]| v.iter().copied().fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+    let conns = max(&col("connections"));
+    target_row(
+        &mut md,
+        &mut rows,
+        "Redis connections at 100 / 1,000 / 10,000 waiters",
+        "absolute",
+        "<= 2",
+        conns,
+        conns.map(|c| c <= 2.0),
+    );
+    let idle = col("idle_commands_per_s");
+    let spread = max(&idle).zip(min(&idle)).map(|(a, b)| a / b.max(1e-9));
+    target_row(
+        &mut md,
+        &mut rows,
+        "idle commands/s, most over fewest waiters",
+        "itself at 100 waiters",
+        "<= 1.5x (independent of the count)",
+        spread,
+        spread.map(|x| x <= 1.5),
+    );
+    let heap = max(&col("bytes_per_waiter"));
+    target_row(&mut md, &mut rows, "heap bytes per waiter", "absolute", "< 2,048", heap, heap.map(|h| h < 2048.0));
+    let proxy = load("proxy_overhead").and_then(|v| v["p50_ratio"].as_f64());
+    target_row(&mut md, &mut rows, "PING p50 through the proxy", "direct", "<= 1.3x", proxy, proxy.map(|r| r <= 1.3));
+    (md, serde_json::Value::Array(rows))
+}
+
 /// Rebuilds `summary.json` and `summary.md` in `reports/out/bench/` from every bench
 /// result there: p50s and ratios against pub/sub-only (the design the hybrid replaces),
 /// plus the figures of the benches without a pub/sub-only side. Benches not run yet are
@@ -135,16 +222,24 @@ pub fn write_summary_in(dir: &std::path::Path) -> std::io::Result<std::path::Pat
     let load = |name: &str| -> Option<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?).ok()
     };
-    let mut md = String::from("# Bench summary\n\nRatios are p50 against pub/sub-only (the design the hybrid replaces), measured side by side in one run; below 1 is faster. Absolute times depend on the machine; compare ratios.\n");
+    let mut md = String::from("# Bench summary\n\nTables: ratios are p50 against pub/sub-only (the design the hybrid replaces), measured side by side in one run; below 1 is faster; p99 follows each. Targets are each against the baseline they are defined on (named in the table). Absolute times depend on the machine; compare ratios.\n");
     let mut json = serde_json::json!({ "baseline": "pubsub-only", "missing": [] });
-    let ratio_row = |md: &mut String, label: &str, base: f64, cols: &[(&str, Option<f64>)]| -> serde_json::Value {
+    let (target_md, target_json) = targets(&load);
+    md.push_str(&target_md);
+    json["targets"] = target_json;
+    let ratio_row = |md: &mut String,
+                     label: &str,
+                     base: (f64, Option<f64>),
+                     cols: &[(&str, Option<f64>, Option<f64>)]|
+     -> serde_json::Value {
         let mut r = serde_json::Map::new();
-        md.push_str(&format!("| {label} | {base:.1} |"));
-        for (name, v) in cols {
+        let tail = |p99: Option<f64>| p99.map_or(String::new(), |p| format!(", p99 {p:.1}"));
+        md.push_str(&format!("| {label} | {:.1}{} |", base.0, tail(base.1)));
+        for (name, v, v99) in cols {
             match v {
                 Some(v) => {
-                    md.push_str(&format!(" {v:.1} ({:.2}x) |", v / base));
-                    r.insert(name.to_string(), serde_json::json!({ "p50_us": v, "ratio": v / base }));
+                    md.push_str(&format!(" {v:.1} ({:.2}x){} |", v / base.0, tail(*v99)));
+                    r.insert(name.to_string(), serde_json::json!({ "p50_us": v, "p99_us": v99, "ratio": v / base.0 }));
                 }
                 None => md.push_str(" n/a |"),
             }
@@ -168,11 +263,11 @@ pub fn write_summary_in(dir: &std::path::Path) -> std::io::Result<std::path::Pat
                 for (cond, c) in conditions {
                     let Some(base) = p50(c, "pubsub_only") else { continue };
                     let cols = [
-                        ("hybrid", p50(c, "hybrid")),
-                        ("polling_only", p50(c, "polling_only")),
-                        ("raw_pubsub", p50(c, "raw_pubsub")),
+                        ("hybrid", p50(c, "hybrid"), p99(c, "hybrid")),
+                        ("polling_only", p50(c, "polling_only"), p99(c, "polling_only")),
+                        ("raw_pubsub", p50(c, "raw_pubsub"), p99(c, "raw_pubsub")),
                     ];
-                    let mut r = ratio_row(&mut md, cond, base, &cols);
+                    let mut r = ratio_row(&mut md, cond, (base, p99(c, "pubsub_only")), &cols);
                     r["pubsub_only_p50_us"] = base.into();
                     out.insert(cond.clone(), r);
                 }
@@ -183,8 +278,12 @@ pub fn write_summary_in(dir: &std::path::Path) -> std::io::Result<std::path::Pat
                 let live = &v["live_chunk"];
                 let mut out = serde_json::Map::new();
                 if let Some(base) = p50(live, "pubsub_only") {
-                    let cols = [("hybrid", p50(live, "hybrid")), ("polling_only", p50(live, "polling_only"))];
-                    let mut r = ratio_row(&mut md, "live chunk: publish to delivered", base, &cols);
+                    let cols = [
+                        ("hybrid", p50(live, "hybrid"), p99(live, "hybrid")),
+                        ("polling_only", p50(live, "polling_only"), p99(live, "polling_only")),
+                    ];
+                    let mut r =
+                        ratio_row(&mut md, "live chunk: publish to delivered", (base, p99(live, "pubsub_only")), &cols);
                     r["pubsub_only_p50_us"] = base.into();
                     out.insert("live_chunk".into(), r);
                 }
@@ -260,6 +359,13 @@ mod tests {
         assert_eq!(json["notify_latency"]["clean"]["hybrid"]["ratio"], 1.5);
         assert_eq!(json["notify_latency"]["latency_5ms"]["polling_only"]["ratio"], 50.0);
         assert!(md.contains("| clean | 10.0 | 15.0 (1.50x) |"), "{md}");
+        // The targets name their own baseline: the hybrid against raw Pub/Sub, 15 / 8.
+        assert!(
+            md.contains("| hybrid notify latency p50, clean | raw Pub/Sub | <= 1.5x | 1.88 | **NOT MET** |"),
+            "{md}"
+        );
+        assert!(md.contains("| PING p50 through the proxy | direct | <= 1.3x | not measured | not measured |"), "{md}");
+        assert_eq!(json["targets"][0]["met"], false);
         assert!(md.find("| clean").unwrap() < md.find("| latency_5ms").unwrap(), "clean first:\n{md}");
         assert_eq!(json["missing"], serde_json::json!(["stream_catchup", "waiters_scale", "proxy_overhead"]));
     }
