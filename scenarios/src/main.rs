@@ -335,9 +335,13 @@ async fn run_suite(
         scenarios: rows,
     };
     harness::report::write_dir(&dir, &report, &outcomes)?;
-    let latest = out.join("latest");
-    let _ = std::fs::remove_file(&latest);
-    let _ = std::os::unix::fs::symlink(&run_id, &latest);
+    // `latest` points at the last run of the whole catalogue: a reproduce run of one scenario,
+    // or a mutant's run, must not replace the run people compare against.
+    if scenarios.is_empty() && strategies.is_empty() && mutation.is_none() {
+        let latest = out.join("latest");
+        let _ = std::fs::remove_file(&latest);
+        let _ = std::os::unix::fs::symlink(&run_id, &latest);
+    }
     // The summary and where to read the rest; report.md has every row.
     let sum = &report.summary;
     println!(
@@ -618,7 +622,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use harness::reference::stream::{Chunk, StreamProducer};
             let producer = StreamProducer::connect(&redis.redis, redis.config()).await?;
             let chunk = if last { Chunk::last(index, content) } else { Chunk::content(index, content) };
-            let outcome = producer.publish(&task, &chunk).await;
+            let outcome = producer.publish_in_order(&task, &chunk).await?;
             println!("{}", serde_json::to_string(&outcome)?);
             match outcome {
                 PublishOutcome::Failed { reason } => {

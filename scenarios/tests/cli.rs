@@ -83,6 +83,28 @@ fn bad_payloads_are_refused_with_exit_2() {
 }
 
 #[tokio::test]
+async fn stream_publish_refuses_a_hole_and_anything_after_the_final_chunk() {
+    let r = ProcessRedis::start(RedisSpec::default()).await.unwrap();
+    let url = r.url();
+    let publish = |index: &str, last: bool| {
+        let mut args = vec!["stream", "publish", "--redis", &url, "t", index, "text"];
+        if last {
+            args.push("--final");
+        }
+        cli(&args)
+    };
+    let (code, _, err) = publish("1", false);
+    assert_eq!(code, 2, "index 1 on an empty stream leaves a hole: {err}");
+    assert!(err.contains("the next index is 0"), "{err}");
+    assert_eq!(publish("0", false).0, 0);
+    assert_eq!(publish("0", false).0, 0, "a retry of the last chunk is allowed (consumers drop the duplicate)");
+    assert_eq!(publish("1", true).0, 0);
+    let (code, _, err) = publish("2", false);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already ended with its final chunk 1"), "{err}");
+}
+
+#[tokio::test]
 async fn a_respond_nobody_hears_says_so() {
     let r = ProcessRedis::start(RedisSpec::default()).await.unwrap();
     let (code, out, err) = cli(&["feedback", "respond", "--redis", &r.url(), "nobody_waits", "{}"]);

@@ -13,9 +13,17 @@ mod support;
 
 use cli_support::{assert_bad_input, cli as run, BIN};
 
+/// The one run directory under `out` (each test runs once into its own `--out`).
+fn run_dir(out: &Path) -> std::path::PathBuf {
+    let dirs: Vec<_> =
+        std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir() && !p.is_symlink()).collect();
+    assert_eq!(dirs.len(), 1, "one run directory expected in {}: {dirs:?}", out.display());
+    dirs[0].clone()
+}
+
 fn verdicts(dir: &Path) -> Vec<(String, String, String)> {
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("latest/report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(run_dir(dir).join("report.json")).unwrap()).unwrap();
     report["scenarios"]
         .as_array()
         .unwrap()
@@ -39,7 +47,10 @@ fn a_run_writes_the_report_with_its_fixed_fields() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("1 pairs: 1 valid, 0 invalid, 0 unknown; 0 lost; every verdict as expected"), "{stdout}");
     assert!(stdout.contains("report.html (also report.md"), "{stdout}");
-    let latest = out.path().join("latest");
+    // A run of a subset (here one scenario, one strategy) is a reproduce run: it leaves
+    // `latest` to the last full run.
+    assert!(!out.path().join("latest").exists(), "a one-scenario run moved latest");
+    let latest = run_dir(out.path());
     for f in ["report.json", "report.md", "report.html", "history.jsonl"] {
         assert!(latest.join(f).is_file(), "{f} missing");
     }

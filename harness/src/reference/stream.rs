@@ -56,14 +56,42 @@ impl Chunk {
 /// consumer stalled until its deadline.)
 pub struct StreamProducer {
     config: Config,
+    conn: ConnectionManager,
     publisher: Publisher,
 }
 
 impl StreamProducer {
     pub async fn connect(url: &str, config: Config) -> Result<StreamProducer> {
         let conn = command_connection(url, &config).await?;
-        let publisher = Publisher::new(conn, config.clone(), "stream-producer");
-        Ok(StreamProducer { config, publisher })
+        let publisher = Publisher::new(conn.clone(), config.clone(), "stream-producer");
+        Ok(StreamProducer { config, conn, publisher })
+    }
+
+    /// [`StreamProducer::publish`] for a producer that keeps no state between calls (a CLI, a
+    /// restarted worker): first reads the last stored chunk, and refuses an index that would
+    /// leave a hole (more than one past it) or come after the final chunk. A retry of the last
+    /// index (or any earlier one) is allowed: consumers drop the duplicate.
+    pub async fn publish_in_order(&self, task: &str, chunk: &Chunk) -> Result<PublishOutcome> {
+        let key = self.config.keys.stream_chunks(task);
+        let mut c = self.conn.clone();
+        let last: Option<String> = redis::cmd("LINDEX").arg(&key).arg(-1).query_async(&mut c).await?;
+        let last: Option<Chunk> = match last {
+            Some(raw) => {
+                Some(serde_json::from_str(&raw).map_err(|e| Error::Payload(format!("bad chunk in {key}: {e}")))?)
+            }
+            None => None,
+        };
+        let next = last.as_ref().map_or(0, |l| l.chunk_index + 1);
+        if last.as_ref().is_some_and(Chunk::is_final) && chunk.chunk_index >= next {
+            return Err(Error::Stream(format!("{task} already ended with its final chunk {}", next - 1)));
+        }
+        if chunk.chunk_index > next {
+            return Err(Error::Stream(format!(
+                "chunk {} of {task} would leave a hole: the next index is {next} (consumers deliver in order and cannot pass a missing chunk)",
+                chunk.chunk_index
+            )));
+        }
+        Ok(self.publish(task, chunk).await)
     }
 
     /// RPUSH + EXPIRE (atomic, the commit point), then PUBLISH. A retried RPUSH whose first
