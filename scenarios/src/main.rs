@@ -44,8 +44,11 @@ enum Command {
     },
     /// Start a managed redis-server and keep it until interrupted (it dies with this process).
     Redis {
+        /// Port to listen on (loopback); default a free one.
         #[arg(long)]
         port: Option<u16>,
+        /// What survives a crash: nothing, RDB snapshots, or the AOF synced every second or
+        /// on every write.
         #[arg(long, value_enum, default_value_t = PersistenceArg::None)]
         persistence: PersistenceArg,
         /// Print `pid=<redis pid> port=<port>` once it is ready.
@@ -133,7 +136,7 @@ struct RedisArgs {
     /// Redis URL, e.g. redis://127.0.0.1:6379/
     #[arg(long)]
     redis: String,
-    /// Key prefix (empty: exactly the seeds' schema).
+    /// Key prefix before every key and channel (empty: exactly the design notes' schema).
     #[arg(long, default_value = "")]
     prefix: String,
 }
@@ -150,6 +153,7 @@ enum FeedbackAction {
     Respond {
         #[command(flatten)]
         redis: RedisArgs,
+        /// The feedback request id (the response goes to `feedback:response:{ID}`).
         id: String,
         /// Payload fields, e.g. '{"approved": true, "comment": "ship it"}'.
         json: String,
@@ -158,6 +162,7 @@ enum FeedbackAction {
     Wait {
         #[command(flatten)]
         redis: RedisArgs,
+        /// The feedback request id to wait for.
         id: String,
         /// How long to wait, e.g. 30s, 500ms, 2m.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -171,8 +176,11 @@ enum StreamAction {
     Publish {
         #[command(flatten)]
         redis: RedisArgs,
+        /// The stream's task id (chunks go to `stream:{TASK}:chunks`).
         task: String,
+        /// The chunk's index: at most one past the last stored chunk.
         index: u64,
+        /// The chunk's text.
         content: String,
         /// Mark this chunk as the last one.
         #[arg(long = "final")]
@@ -183,9 +191,12 @@ enum StreamAction {
     Follow {
         #[command(flatten)]
         redis: RedisArgs,
+        /// The stream's task id.
         task: String,
+        /// The first chunk index to print (0: the whole stream, as a late joiner would).
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// How long to follow, e.g. 30s, 500ms, 2m.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
