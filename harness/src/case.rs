@@ -138,6 +138,7 @@ impl fmt::Display for Step {
                 write!(f, "upstream latency {latency_ms} ms on {}", target(*t))?
             }
             Fault::DropSubscribers => write!(f, "subscribers dropped")?,
+            Fault::StoreRefused => write!(f, "writes refused (out of memory)")?,
             Fault::Blackhole { target: t } => write!(f, "blackhole on {}", target(*t))?,
             Fault::ResetPeer { target: t } => write!(f, "reset_peer on {}", target(*t))?,
             Fault::ProxyDown { target: t } => write!(f, "proxy down on {}", target(*t))?,

@@ -49,6 +49,10 @@ pub enum Fault {
     /// Every Pub/Sub client of the server is disconnected (`CLIENT KILL TYPE pubsub`), as a
     /// server-side timeout or a failover would; a one-off, nothing to heal.
     DropSubscribers,
+    /// The server is out of memory (`maxmemory` 1 byte, `noeviction`) until healed: every
+    /// write is refused with OOM while reads and PUBLISH still work. A design that publishes
+    /// before it stores hands out values storage never got.
+    StoreRefused,
     /// Data silently dropped (Toxiproxy `timeout` 0): a stale, half-open connection.
     Blackhole {
         target: Target,
@@ -90,6 +94,8 @@ pub struct Nemesis {
     subscriber_proxy: String,
     redis_down: bool,
     frozen: bool,
+    /// `maxmemory` and `maxmemory-policy` to restore after [`Fault::StoreRefused`].
+    memory_before: Option<(String, String)>,
 }
 
 impl Nemesis {
@@ -100,6 +106,7 @@ impl Nemesis {
             subscriber_proxy: subscriber_proxy.into(),
             redis_down: false,
             frozen: false,
+            memory_before: None,
         }
     }
 
@@ -138,22 +145,15 @@ impl Nemesis {
                 let kind = ToxicKind::Latency { latency_ms: *latency_ms, jitter_ms: 0 };
                 self.toxic(*target, kind, Stream::Upstream).await?
             }
+            Fault::StoreRefused => {
+                let before = (config_get(redis, "maxmemory").await?, config_get(redis, "maxmemory-policy").await?);
+                config_set(redis, "maxmemory-policy", "noeviction").await?;
+                config_set(redis, "maxmemory", "1").await?;
+                self.memory_before.get_or_insert(before);
+            }
             Fault::DropSubscribers => {
-                // Only a server the harness owns is disturbed.
-                if !redis.owned() {
-                    return Err(crate::infra::Error::NotOwned { op: "CLIENT KILL", url: redis.url() }.into());
-                }
-                let url = redis.url();
-                let failed =
-                    |reason: String| Error::Redis { what: "CLIENT KILL TYPE pubsub", url: url.clone(), reason };
-                let mut c = crate::infra::admin::connect(&url).await.map_err(|e| failed(e.to_string()))?;
-                let _: i64 = redis::cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("TYPE")
-                    .arg("pubsub")
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
+                let kill = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").to_owned();
+                let _: i64 = admin_query(redis, "CLIENT KILL TYPE pubsub", &kill).await?;
             }
             Fault::Blackhole { target } => {
                 self.toxic(*target, ToxicKind::Timeout { timeout_ms: 0 }, Stream::Downstream).await?
@@ -191,10 +191,43 @@ impl Nemesis {
             redis.thaw().await?;
             self.frozen = false;
         }
+        if let Some((max, policy)) = self.memory_before.take() {
+            config_set(redis, "maxmemory", &max).await?;
+            config_set(redis, "maxmemory-policy", &policy).await?;
+        }
         if self.redis_down {
             redis.start().await?;
             self.redis_down = false;
         }
         Ok(())
     }
+}
+
+/// Runs an administrative command on a server the harness owns (never on a borrowed one);
+/// an error names the command and the server.
+async fn admin_query<T: redis::FromRedisValue>(
+    redis: &dyn RedisNode,
+    what: &'static str,
+    cmd: &redis::Cmd,
+) -> Result<T, Error> {
+    let url = redis.url();
+    if !redis.owned() {
+        return Err(crate::infra::Error::NotOwned { op: what, url }.into());
+    }
+    let failed = |reason: String| Error::Redis { what, url: url.clone(), reason };
+    let mut c = crate::infra::admin::connect(&url).await.map_err(|e| failed(e.to_string()))?;
+    cmd.query_async(&mut c).await.map_err(|e| failed(e.to_string()))
+}
+
+async fn config_get(redis: &dyn RedisNode, name: &'static str) -> Result<String, Error> {
+    let pair: Vec<String> = admin_query(redis, "CONFIG GET", redis::cmd("CONFIG").arg("GET").arg(name)).await?;
+    pair.get(1).cloned().ok_or_else(|| Error::Redis {
+        what: "CONFIG GET",
+        url: redis.url(),
+        reason: format!("{name} not in the reply"),
+    })
+}
+
+async fn config_set(redis: &dyn RedisNode, name: &'static str, value: &str) -> Result<(), Error> {
+    admin_query(redis, "CONFIG SET", redis::cmd("CONFIG").arg("SET").arg(name).arg(value)).await
 }

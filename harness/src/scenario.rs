@@ -50,6 +50,20 @@ const CHURN_WAIT_MS: u64 = 600;
 /// The strategies every scenario runs.
 pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
 
+/// Design variants of the hybrid, run only when asked for (`--strategy NAME`), with the
+/// hybrid's expectations, so `compare` can show what a variant buys and whether it stays safe:
+/// `hybrid-payload`'s hint carries the committed response (no second read after the wake).
+pub const VARIANTS: [&str; 1] = ["hybrid-payload"];
+
+/// The strategy whose expectations a strategy is held to (a variant: the hybrid's).
+pub fn expectation_of(strategy: &str) -> &str {
+    if VARIANTS.contains(&strategy) {
+        "hybrid"
+    } else {
+        strategy
+    }
+}
+
 /// Poll interval when a scenario switches the fallback off, in ms: beyond every deadline of
 /// a run, so only the wake-up path can deliver in time.
 pub const FALLBACK_OFF_POLL_MS: u64 = 60_000;
@@ -172,8 +186,12 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Whether `strategy` runs in this scenario.
+    /// Whether `strategy` runs in this scenario. The feedback variants run where the hybrid
+    /// does, in feedback scenarios (streams already carry data in their messages).
     pub fn applies(&self, strategy: &str) -> bool {
+        if VARIANTS.contains(&strategy) {
+            return !self.stream && !self.fanout && self.applies("hybrid");
+        }
         self.applies_to.is_empty() || self.applies_to.contains(&strategy)
     }
 
@@ -402,9 +420,10 @@ pub(crate) async fn connect(
 ) -> anyhow::Result<Arc<dyn FeedbackStrategy>> {
     Ok(match strategy {
         "hybrid" => Arc::new(Hybrid::connect(cmd_url, sub_url, cfg).await?),
+        "hybrid-payload" => Arc::new(Hybrid::payload_variant(cmd_url, sub_url, cfg).await?),
         "pubsub-only" => Arc::new(PubSubOnly::connect(cmd_url, sub_url, cfg).await?),
         "polling-only" => Arc::new(PollingOnly::connect(cmd_url, cfg).await?),
-        other => anyhow::bail!("unknown strategy {other:?}; valid: {}", STRATEGIES.join(", ")),
+        other => anyhow::bail!("unknown strategy {other:?}; valid: {}, {}", STRATEGIES.join(", "), VARIANTS.join(", ")),
     })
 }
 
@@ -1066,6 +1085,7 @@ pub(crate) async fn respond_recorded(
     }
     let (kind, note) = match s.respond(id, &fields).await {
         PublishOutcome::Failed { reason } if reason.contains("circuit open") => (Kind::Fail, Some(reason)),
+        PublishOutcome::Refused { reason } => (Kind::Fail, Some(format!("refused: {reason}"))),
         PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
         other => (Kind::Ok, Some(other.status().to_string())),
     };
@@ -1119,6 +1139,7 @@ pub(crate) async fn produce_recorded(
     rec.record(p, Kind::Invoke, op.clone(), None);
     let (kind, note) = match s.publish(task, &chunk).await {
         PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
+        PublishOutcome::Refused { reason } => (Kind::Fail, Some(format!("refused: {reason}"))),
         other => (Kind::Ok, Some(other.status().to_string())),
     };
     rec.record(p, kind, op, note);
@@ -1268,6 +1289,11 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
             if b.notifies && b.polls {
                 c.push(checker::rescues(&history, b));
             }
+            // Designs that store: every value handed out must be in storage (pub/sub-only
+            // stores nothing, so a later read finds nothing by design).
+            if b.polls {
+                c.push(checker::phantom(&history));
+            }
         }
         c
     };
@@ -1278,7 +1304,7 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
     // Latency quantiles are reported, not judged: the bounds are the wakeup, fallback and
     // recovery checks'.
     let verdict = checks.iter().filter(|c| c.checker != "latency").fold(Validity::Valid, |acc, c| acc.and(c.validity));
-    let idx = STRATEGIES.iter().position(|s| *s == strategy);
+    let idx = STRATEGIES.iter().position(|s| *s == expectation_of(strategy));
     Outcome {
         scenario: scenario.name.into(),
         strategy: strategy.into(),

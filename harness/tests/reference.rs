@@ -321,6 +321,26 @@ async fn a_refused_publish_is_stored_but_not_notified() {
     h.shutdown().await;
 }
 
+/// Out of memory, Redis refuses the write but would still run a PUBLISH: the hint must not go
+/// out, or a hint that carries the response hands out a value storage never got (the
+/// one-round-trip commit used to send its PUBLISH after an EXEC that had aborted).
+#[tokio::test]
+async fn a_refused_write_sends_no_hint() {
+    let rig = Rig::new().await;
+    let cfg = config(&rig);
+    let h = Arc::new(Hybrid::payload_variant(&rig.redis_url(), &rig.redis_url(), cfg.clone()).await.unwrap());
+    let waiter = spawn_wait(&h, "oom1", 2);
+    assert!(await_numsub(&rig.redis_url(), &cfg.keys.feedback_channel("oom1"), 1).await);
+    let mut admin_conn = support::conn(&rig.redis_url(), Some(2_000)).await;
+    for (k, v) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        let _: () = redis::cmd("CONFIG").arg("SET").arg(k).arg(v).query_async(&mut admin_conn).await.unwrap();
+    }
+    let out = h.respond("oom1", &fields("oom1")).await;
+    assert!(matches!(&out, PublishOutcome::Refused { reason } if reason.contains("OOM")), "{out:?}");
+    assert_eq!(waiter.await.unwrap().unwrap(), WaitOutcome::TimedOut, "a hint went out for a refused write");
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_late_joiner_reads_the_stream_from_its_index() {
     let rig = Rig::new().await;

@@ -122,6 +122,12 @@ pub fn catalogue() -> Vec<Scenario> {
             all_valid,
         )
         .fanout(&["hybrid"]),
+        Scenario::new(
+            "store-refused",
+            "Redis out of memory (maxmemory, noeviction) for the window: writes refused, PUBLISH still works",
+            all_valid,
+        )
+        .faults(vec![Fault::StoreRefused]),
         // Races: each response lands exactly in a window where a wake-up gets lost, with the
         // fallback off, so a broken wake-up path cannot hide behind a poll.
         Scenario::new(

@@ -65,7 +65,8 @@ enum Command {
         /// Scenario to run (repeatable); default all.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
-        /// Strategy to run (repeatable): hybrid, pubsub-only, polling-only; default all.
+        /// Strategy to run (repeatable): hybrid, pubsub-only, polling-only, or the design
+        /// variant hybrid-payload; default the three strategies.
         #[arg(long = "strategy")]
         strategies: Vec<String>,
         /// Seed for the workload's schedule and the proxy's randomness; default a fresh one.
@@ -305,25 +306,35 @@ async fn run_suite(
             let valid: Vec<&str> = harness::reference::Mutation::ALL.iter().map(|m| m.name()).collect();
             let m = harness::reference::Mutation::parse(name)
                 .ok_or_else(|| anyhow::anyhow!("unknown mutant {name:?}; valid: {}", valid.join(", ")))?;
-            if strategies.iter().any(|s| s != "hybrid") {
-                anyhow::bail!("--mutant breaks the hybrid reference: use it with --strategy hybrid only");
+            if strategies.iter().any(|s| s != "hybrid" && s != "hybrid-payload") {
+                anyhow::bail!("--mutant breaks the hybrid reference: use it with --strategy hybrid or hybrid-payload");
             }
             Some(m)
         }
     };
-    let strategies = if mutation.is_some() { vec!["hybrid".to_string()] } else { strategies };
+    let strategies = if mutation.is_some() && strategies.is_empty() { vec!["hybrid".to_string()] } else { strategies };
     let all = scenarios::catalogue();
     let names: Vec<&str> = all.iter().map(|s| s.name).collect();
     if let Some(bad) = scenarios.iter().find(|s| !names.contains(&s.as_str())) {
         anyhow::bail!("unknown scenario {bad:?}; valid: {}", names.join(", "));
     }
-    if let Some(bad) = strategies.iter().find(|s| !STRATEGIES.contains(&s.as_str())) {
-        anyhow::bail!("unknown strategy {bad:?}; valid: {}", STRATEGIES.join(", "));
+    let known = |s: &str| STRATEGIES.contains(&s) || harness::scenario::VARIANTS.contains(&s);
+    if let Some(bad) = strategies.iter().find(|s| !known(s)) {
+        anyhow::bail!(
+            "unknown strategy {bad:?}; valid: {}, and the design variants {}",
+            STRATEGIES.join(", "),
+            harness::scenario::VARIANTS.join(", ")
+        );
     }
     let chosen: Vec<_> =
         all.into_iter().filter(|s| scenarios.is_empty() || scenarios.iter().any(|n| n == s.name)).collect();
-    let strats: Vec<&str> =
-        STRATEGIES.iter().copied().filter(|s| strategies.is_empty() || strategies.iter().any(|n| n == s)).collect();
+    // Variants run only when named.
+    let strats: Vec<&str> = STRATEGIES
+        .iter()
+        .chain(harness::scenario::VARIANTS.iter())
+        .copied()
+        .filter(|s| if strategies.is_empty() { STRATEGIES.contains(s) } else { strategies.iter().any(|n| n == s) })
+        .collect();
     preflight()?;
     let seed = seed.unwrap_or_else(rand::random);
     let (run_id, dir) = run_dir(&out, "", seed)?;
@@ -606,7 +617,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hybrid.shutdown().await;
             println!("{}", serde_json::to_string(&outcome)?);
             match outcome {
-                PublishOutcome::Failed { reason } => {
+                PublishOutcome::Failed { reason } | PublishOutcome::Refused { reason } => {
                     anyhow::bail!("response for {id} not stored: {reason}")
                 }
                 _ => Ok(ExitCode::SUCCESS),
@@ -636,7 +647,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = producer.publish_in_order(&task, &chunk).await?;
             println!("{}", serde_json::to_string(&outcome)?);
             match outcome {
-                PublishOutcome::Failed { reason } => {
+                PublishOutcome::Failed { reason } | PublishOutcome::Refused { reason } => {
                     anyhow::bail!("chunk {index} of {task} not stored: {reason}")
                 }
                 _ => Ok(ExitCode::SUCCESS),

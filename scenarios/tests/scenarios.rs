@@ -142,3 +142,8 @@ async fn stream_catchup_race() {
 async fn stream_duplicate_appends() {
     check("stream-duplicate-appends").await;
 }
+
+#[tokio::test]
+async fn store_refused() {
+    check("store-refused").await;
+}

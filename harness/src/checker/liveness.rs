@@ -109,6 +109,8 @@ fn classify(f: &Fault) -> (WindowKind, f64, bool) {
         Fault::GracefulRestart | Fault::CrashRestart | Fault::RedisDown | Fault::Freeze => {
             (WindowKind::Disruptive, 0.0, true)
         }
+        // Storage refuses writes; the subscriber is untouched.
+        Fault::StoreRefused => (WindowKind::Disruptive, 0.0, false),
     }
 }
 

@@ -138,6 +138,45 @@ pub fn lost(h: &History) -> Verdict {
     verdict("lost", invalid, unknown)
 }
 
+/// **phantom**: every value a live waiter obtained is in storage afterwards: a later read of
+/// the same id (a resumer, or the final reads, which read storage first) finds it. A value
+/// handed out that storage never got (a hint carrying a payload published before a write
+/// that then failed) is a phantom read. For designs that store; unknown when no later read
+/// of an obtained id happened.
+pub fn phantom(h: &History) -> Verdict {
+    let ops = feedback_ops(h);
+    let (mut invalid, mut judged) = (Vec::new(), 0u64);
+    for (id, waits) in &ops.waits {
+        let responded_after = |t: u64| ops.responds.get(id).is_some_and(|rs| rs.iter().any(|(r, _)| r.invoke_us > t));
+        for (w, resume) in waits {
+            let Some(end) = w.end else { continue };
+            let Some(token) = obtained_token(end).filter(|_| !*resume) else { continue };
+            let later: Vec<&Event> = waits
+                .iter()
+                .filter(|(x, _)| x.invoke_us > end.time_us)
+                .filter_map(|(x, _)| x.end)
+                .filter(|e| e.kind != Kind::Info)
+                .collect();
+            // Nobody read it again, or a later response replaced it: nothing to compare.
+            if later.is_empty() || responded_after(end.time_us) {
+                continue;
+            }
+            judged += 1;
+            if !later.iter().any(|e| obtained_token(e) == Some(token)) {
+                let found: Vec<&str> = later.iter().map(|e| obtained_token(e).unwrap_or("nothing")).collect();
+                invalid.push(format!(
+                    "{id}: a waiter obtained {token} at {} us, but storage had {} when read again: a phantom read",
+                    end.time_us,
+                    found.join(", ")
+                ));
+            }
+        }
+    }
+    let mut v = verdict("phantom", invalid, Vec::new());
+    v.stats = serde_json::json!({ "judged": judged });
+    v
+}
+
 /// **resume**: a worker resuming after a checkpoint finds every response acknowledged before
 /// it started; a resumer that comes back empty-handed is invalid.
 pub fn resume(h: &History) -> Verdict {
@@ -610,6 +649,36 @@ mod tests {
         let v = lost(&h);
         assert_eq!(v.validity, Validity::Invalid);
         assert!(v.evidence.iter().any(|e| e.contains("nobody responded")), "{v:?}");
+    }
+
+    #[test]
+    fn phantom_flags_a_value_storage_never_got() {
+        // Obtained by a live waiter, found again by the final read: stored.
+        let ok = B::default()
+            .wait_open(1, "a")
+            .respond(0, Kind::Ok, "a", "t1")
+            .wait_done(1, "a", Some(("t1", "notified")))
+            .wait(2, "a", true, Some(("t1", "immediate")))
+            .h;
+        assert_eq!(phantom(&ok).validity, Validity::Valid);
+        assert_eq!(phantom(&ok).stats["judged"], 1);
+        // The hint's payload was handed out, the write was refused: storage has nothing.
+        let bad = B::default()
+            .wait_open(1, "a")
+            .respond(0, Kind::Fail, "a", "t1")
+            .wait_done(1, "a", Some(("t1", "notified")))
+            .wait(2, "a", true, None)
+            .h;
+        let v = phantom(&bad);
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        assert!(v.evidence[0].contains("storage had nothing"), "{v:?}");
+        // Nobody read it again: nothing to judge.
+        let unread = B::default()
+            .wait_open(1, "a")
+            .respond(0, Kind::Ok, "a", "t1")
+            .wait_done(1, "a", Some(("t1", "notified")))
+            .h;
+        assert_eq!(phantom(&unread).stats["judged"], 0);
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!   response keys with one `EXISTS k1 k2 ...` per tick (per `poll_batch_keys_max` keys), and
 //!   only when some exist finds which and wakes those waiters. Redis load while idle does not
 //!   grow per waiter.
+//!
+//! [`Hybrid::payload_variant`] is a design variant run beside it (`hybrid-payload`): the hint
+//! carries the committed response, and a waiter woken by it uses it without reading storage
+//! again. One round trip less per wake; safe only because the hint is published after the
+//! commit (a variant that published first would hand out values storage never got).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,6 +145,10 @@ impl Drop for PollGuard {
 
 /// The hybrid feedback strategy.
 pub struct Hybrid {
+    /// `hybrid`, or `hybrid-payload` for the variant whose hint carries the response.
+    label: &'static str,
+    /// The hint carries the response (JSON of its fields): a woken waiter needs no read.
+    payload_hint: bool,
     config: Config,
     conn: ConnectionManager,
     hub: Hub,
@@ -178,6 +187,8 @@ impl Hybrid {
         };
         let publisher = Publisher::new(conn.clone(), config.clone(), "hybrid");
         Ok(Hybrid {
+            label: "hybrid",
+            payload_hint: false,
             config,
             conn,
             hub,
@@ -187,6 +198,16 @@ impl Hybrid {
             cancel,
             poll_task: Mutex::new(Some(task)),
         })
+    }
+
+    /// The `hybrid-payload` design variant over the same connections and configuration: the
+    /// hint carries the committed response, and a waiter woken by it returns it without a
+    /// second storage read.
+    pub async fn payload_variant(command_url: &str, subscriber_url: &str, config: Config) -> Result<Hybrid> {
+        let mut h = Hybrid::connect(command_url, subscriber_url, config).await?;
+        h.label = "hybrid-payload";
+        h.payload_hint = true;
+        Ok(h)
     }
 
     pub fn hub(&self) -> &Hub {
@@ -216,7 +237,10 @@ impl Hybrid {
         }
         // 2. Subscribe, and only then read again: a response written between the first read
         //    and the subscription has had its notification already, so only storage has it.
-        let mut sub = self.hub.subscribe(&self.config.keys.feedback_channel(id), 0);
+        // The payload variant receives the hints' payloads; one response per id is expected.
+        let capacity = if self.payload_hint { 4 } else { 0 };
+        let mut sub = self.hub.subscribe(&self.config.keys.feedback_channel(id), capacity);
+        let mut hints = sub.messages.take();
         let cap = Duration::from_millis(self.config.subscribe_wait_ms_max)
             .min(deadline.saturating_duration_since(Instant::now()));
         sub.wait_subscribed(cap).await;
@@ -251,8 +275,25 @@ impl Hybrid {
                 }
                 let nap_until = if summed { Instant::now() + poll_every.min(timeout - slept) } else { deadline };
                 // 3. Sleep until a hint, a poll hit, a resync, or the deadline; storage decides.
+                // Biased, hints first: when a hint and the wake it causes are both ready, the
+                // payload variant takes the payload rather than a second read.
                 tokio::select! {
-                    _ = sleep_until(nap_until) => via = if summed { Via::Polled } else { Via::Deadline },
+                    biased;
+                    // The payload variant: a hint that carries the response is the response
+                    // (published only after the commit). Anything else (a bare hint, a lag)
+                    // falls through to the storage read.
+                    m = async { hints.as_mut().expect("guarded").recv().await }, if hints.is_some() => {
+                        via = Via::Notified;
+                        match m {
+                            Ok(payload) => {
+                                if let Ok(fields) = serde_json::from_str::<Fields>(&payload) {
+                                    return obtained(fields, Via::Notified);
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => hints = None,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        }
+                    }
                     now = sub.state.changed(seen) => {
                         via = if now.resyncs > seen.resyncs {
                             Via::Resync
@@ -267,6 +308,7 @@ impl Hybrid {
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => control_open = false,
                         _ => {}
                     },
+                    _ = sleep_until(nap_until) => via = if summed { Via::Polled } else { Via::Deadline },
                 }
                 if summed {
                     slept += poll_every;
@@ -282,17 +324,24 @@ impl Hybrid {
 #[async_trait::async_trait]
 impl FeedbackStrategy for Hybrid {
     fn name(&self) -> &'static str {
-        "hybrid"
+        self.label
     }
 
     async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
         let channel = self.config.keys.feedback_channel(id);
         let store = store_response(&self.config, id, fields);
+        let payload;
+        let message = if self.payload_hint {
+            payload = serde_json::to_string(fields).expect("string map serialises");
+            payload.as_str()
+        } else {
+            NOTIFY_MESSAGE
+        };
         if self.config.mutated(Mutation::PublishBeforeStore) {
-            self.publisher.commit(None, Some((&channel, NOTIFY_MESSAGE))).await;
+            self.publisher.commit(None, Some((&channel, message))).await;
             return self.publisher.commit(Some(store), None).await;
         }
-        self.publisher.commit(Some(store), Some((&channel, NOTIFY_MESSAGE))).await
+        self.publisher.commit(Some(store), Some((&channel, message))).await
     }
 
     async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {

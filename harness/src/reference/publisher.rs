@@ -29,8 +29,12 @@ pub enum PublishOutcome {
     Stored,
     /// Stored, but the notification failed: waiters will find it by polling.
     StoredNotNotified { reason: String },
-    /// Not stored (or, for pub/sub-only, not published): nobody will find it.
+    /// Not stored (or, for pub/sub-only, not published): nobody will find it. The write may
+    /// or may not have reached the server (a connection that failed mid-command).
     Failed { reason: String },
+    /// The server refused the write (out of memory, wrong type, no permission...): certainly
+    /// not applied.
+    Refused { reason: String },
 }
 
 impl PublishOutcome {
@@ -44,7 +48,7 @@ impl PublishOutcome {
 
     /// Whether the data reached its source of truth (storage, or the channel for pub/sub-only).
     pub fn committed(&self) -> bool {
-        !matches!(self, PublishOutcome::Failed { .. })
+        !matches!(self, PublishOutcome::Failed { .. } | PublishOutcome::Refused { .. })
     }
 
     pub fn status(&self) -> &'static str {
@@ -54,6 +58,7 @@ impl PublishOutcome {
             PublishOutcome::Stored => "stored",
             PublishOutcome::StoredNotNotified { .. } => "stored_not_notified",
             PublishOutcome::Failed { .. } => "failed",
+            PublishOutcome::Refused { .. } => "refused",
         }
     }
 }
@@ -135,6 +140,17 @@ impl Breaker {
     }
 }
 
+/// Marks an error the server answered with (the command was refused, not lost in transit).
+const REFUSED: &str = "refused by the server: ";
+
+/// The outcome of a write that did not happen: refused (certain) or failed (unknown).
+fn not_stored(reason: String) -> PublishOutcome {
+    match reason.strip_prefix(REFUSED) {
+        Some(r) => PublishOutcome::Refused { reason: r.to_string() },
+        None => PublishOutcome::Failed { reason },
+    }
+}
+
 /// Storage writes and notifications over the process's command connection.
 pub struct Publisher {
     conn: ConnectionManager,
@@ -154,7 +170,8 @@ impl Publisher {
         &self.breaker
     }
 
-    /// Runs `cmd` with retries on connection errors, through the breaker.
+    /// Runs `cmd` with retries on connection errors, through the breaker. An error that
+    /// starts with [`REFUSED`] is the server's refusal: certainly not applied.
     async fn run<T: redis::FromRedisValue>(&self, what: &str, cmd: &redis::Pipeline) -> Result<T, String> {
         if !self.breaker.allow() {
             self.report_breaker();
@@ -178,7 +195,7 @@ impl Publisher {
                     // The server refused the command: Redis is up and answering, which is
                     // what the breaker guards (and what ends a half-open probe).
                     self.breaker.success();
-                    return Err(format!("{what}: {e}"));
+                    return Err(format!("{REFUSED}{what}: {e}"));
                 }
             }
         }
@@ -213,7 +230,7 @@ impl Publisher {
             if let Err(reason) = self.run::<()>("store", &pipe).await {
                 // The swallow-store-errors mutation logs and carries on to the publish.
                 if !self.config.mutated(super::Mutation::SwallowStoreErrors) {
-                    return PublishOutcome::Failed { reason };
+                    return not_stored(reason);
                 }
             }
         }
@@ -225,14 +242,18 @@ impl Publisher {
         match self.run::<(u64,)>("publish", &pipe).await {
             Ok((subscribers,)) => PublishOutcome::published(subscribers),
             Err(reason) if stored => PublishOutcome::StoredNotNotified { reason },
-            Err(reason) => PublishOutcome::Failed { reason },
+            Err(reason) => not_stored(reason),
         }
     }
 }
 
 impl Publisher {
-    /// The common case in one round trip: `MULTI; <store>; EXEC; PUBLISH`. The transaction
-    /// still commits before the hint is sent (Redis runs a connection's commands in order).
+    /// The common case in one round trip: `MULTI; <store>; PUBLISH; EXEC`. The hint is part of
+    /// the transaction, so it goes out only if the write committed, and after it. (It used to
+    /// follow EXEC in the same pipeline: when Redis refused the transaction, out of memory
+    /// for instance, EXEC aborted and the PUBLISH still ran. For a bare hint that is a
+    /// spurious wake-up; for a hint that carries the response it hands out a value storage
+    /// never got. The store-refused scenario found it as phantom reads of `hybrid-payload`.)
     /// Any error, or a breaker that is not closed, returns `None` and the caller takes the
     /// step-by-step path, which retries and tells "stored" from "not stored" exactly.
     async fn commit_one_trip(&self, store: &redis::Pipeline, channel: &str, message: &str) -> Option<PublishOutcome> {
@@ -240,11 +261,10 @@ impl Publisher {
             return None;
         }
         let mut pipe = redis::pipe();
-        pipe.cmd("MULTI").ignore();
+        pipe.atomic();
         for c in store.cmd_iter() {
             pipe.add_command(c.clone()).ignore();
         }
-        pipe.cmd("EXEC").ignore();
         pipe.publish(channel, message);
         let mut conn = self.conn.clone();
         let (subscribers,): (u64,) = pipe.query_async(&mut conn).await.ok()?;
