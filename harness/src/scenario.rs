@@ -1152,8 +1152,10 @@ const DELIVERY_PROCESS_OFFSET: u32 = 1_000_000;
 
 /// Fan-out queue depth in the fan-out scenario: small, so a slow worker overflows it.
 const FANOUT_QUEUE_MAX: usize = 64;
-/// Time the slow fan-out worker spends per message, in microseconds.
-const FANOUT_WORK_US: u64 = 2_000;
+/// Time the slow fan-out worker spends per message, in microseconds: slow enough that the
+/// queue is still full when RESET arrives after the burst (64 messages take 1.3 s), so a
+/// consumer that drops RESET on a full queue is caught every run, not only on a slow one.
+const FANOUT_WORK_US: u64 = 20_000;
 
 /// The fan-out workload (seed `004_*`): a burst of ticks to a bounded consumer whose worker
 /// is slow, a stale tick, a RESET with fresh low sequences, then SHUTDOWN.
@@ -1176,8 +1178,9 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     .await;
     anyhow::ensure!(subscribed.is_some(), "the fan-out consumer never subscribed");
     let mut events = std::mem::replace(&mut consumer.events, tokio::sync::mpsc::channel(1).1);
+    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let worker = {
-        let rec = rec.clone();
+        let (rec, taken) = (rec.clone(), taken.clone());
         tokio::spawn(async move {
             let p = rec.process();
             while let Some(e) = events.recv().await {
@@ -1186,6 +1189,7 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
                     FanoutEvent::Reset => Op::Take { seq: 0, reset: true },
                 };
                 rec.record(p, Kind::Ok, op, None);
+                taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_micros(FANOUT_WORK_US)).await;
             }
         })
@@ -1196,6 +1200,16 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     }
     publish_tick(&publisher, &channel, &rec, ticks / 2).await; // stale
     publisher.control(Control::Reset).await;
+    // The fresh low sequences go out once the worker has drained the queue: RESET reached
+    // the consumer while the queue was full, so one that dropped it now hands the worker
+    // sequences that go backwards with no reset between (bounded: 30 s).
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let drained = crate::poll_until(Duration::from_secs(30), Duration::from_millis(10), || async {
+        let st = &consumer.stats;
+        (load(&st.resets) >= 1 && load(&taken) >= load(&st.enqueued)).then_some(())
+    })
+    .await;
+    anyhow::ensure!(drained.is_some(), "the fan-out worker did not drain its queue within 30 s");
     for seq in 1..=10 {
         publish_tick(&publisher, &channel, &rec, seq).await;
     }
@@ -1207,7 +1221,6 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     anyhow::ensure!(all_in.is_some(), "the fan-out consumer did not receive the burst");
     publisher.control(Control::Shutdown).await;
     worker.await?;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let st = &consumer.stats;
     let counters = FanoutCounters {
         received: load(&st.received),

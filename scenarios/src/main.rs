@@ -460,7 +460,19 @@ async fn run_mutants(
             search.shrink_runs_max = 0;
             let report = tokio::task::spawn_blocking(move || search.run()).await??;
             if let Some(found) = &report.found {
-                kills = scenarios::mutants::property_kills(&found.reason);
+                // A kill only if the reference passes the same case: a case that fails for
+                // both (load, a flaw of the design itself) says nothing about the mutant.
+                let mut rig = harness::case::CaseRig::start(seed).await?;
+                let reference = rig.run(&found.case, "hybrid", None).await;
+                rig.stop().await;
+                match reference {
+                    Ok(r) if r.failures().is_empty() => kills = scenarios::mutants::property_kills(&found.reason),
+                    Ok(r) => errors.push(format!(
+                        "the property search's counterexample fails for the reference too, so it is not a kill: {}",
+                        harness::case::describe(&r.failures())
+                    )),
+                    Err(e) => errors.push(format!("re-running the counterexample on the reference: {e:#}")),
+                }
             }
         }
         eprintln!(

@@ -76,3 +76,8 @@ async fn a_stream_consumer_ignoring_resync_stalls_on_the_tail() {
 async fn a_payload_hint_published_before_the_store_is_a_phantom_read() {
     killed_in(Mutation::PublishBeforeStore, "hybrid-payload", "store-refused", "phantom").await;
 }
+
+#[tokio::test]
+async fn a_fanout_consumer_dropping_reset_on_a_full_queue_fails_the_fanout_check() {
+    killed_by(Mutation::FanoutDropsResetWhenFull, "fanout-overflow", "fanout").await;
+}
