@@ -92,8 +92,33 @@ fn rows(report: &serde_json::Value) -> BTreeMap<(String, String), &serde_json::V
 
 /// Compares run A (the baseline) with run B (the change).
 pub fn compare(a: &serde_json::Value, b: &serde_json::Value) -> Comparison {
+    compare_rows(a, b, rows(a), rows(b))
+}
+
+/// Compares strategy `sa` of run A with strategy `sb` of run B, scenario by scenario (a
+/// design variant against the design it varies, in one run or two).
+pub fn compare_strategies(a: &serde_json::Value, b: &serde_json::Value, sa: &str, sb: &str) -> Comparison {
+    let label = format!("{sa} -> {sb}");
+    compare_rows(a, b, strategy_rows(a, sa, &label), strategy_rows(b, sb, &label))
+}
+
+/// The rows of strategy `s`, keyed by (scenario, `label`).
+fn strategy_rows<'a>(
+    r: &'a serde_json::Value,
+    s: &str,
+    label: &str,
+) -> BTreeMap<(String, String), &'a serde_json::Value> {
+    rows(r).into_iter().filter(|((_, st), _)| st == s).map(|((sc, _), v)| ((sc, label.to_string()), v)).collect()
+}
+
+
+fn compare_rows<'a>(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    ra: BTreeMap<(String, String), &'a serde_json::Value>,
+    rb: BTreeMap<(String, String), &'a serde_json::Value>,
+) -> Comparison {
     let id = |r: &serde_json::Value| r.get("run_id").and_then(|v| v.as_str()).unwrap_or("?").to_string();
-    let (ra, rb) = (rows(a), rows(b));
     let mut pairs = Vec::new();
     for (key, x) in &ra {
         let Some(y) = rb.get(key) else { continue };
@@ -284,6 +309,16 @@ mod tests {
             h.contains("<tr class=\"worse\">") && h.contains("<strong>WORSE</strong>"),
             "colour and text agree: {h}"
         );
+    }
+
+    #[test]
+    fn a_variant_is_compared_with_the_design_it_varies() {
+        let mut fast = row("clean", "valid", 0, 0.5, 0.9);
+        fast["strategy"] = json!("hybrid-payload");
+        let run = report("r", json!([row("clean", "valid", 0, 10.0, 12.0), fast]));
+        let c = compare_strategies(&run, &run, "hybrid", "hybrid-payload");
+        assert_eq!(c.pairs.len(), 1);
+        assert_eq!((c.pairs[0].strategy.as_str(), c.pairs[0].latency_change), ("hybrid -> hybrid-payload", "faster"));
     }
 
     #[test]

@@ -117,6 +117,13 @@ enum Command {
         a: PathBuf,
         /// The run to judge against it.
         b: PathBuf,
+        /// Compare this strategy of A ...
+        #[arg(long, requires = "strategy_b")]
+        strategy_a: Option<String>,
+        /// ... with this strategy of B, scenario by scenario (e.g. hybrid with hybrid-payload;
+        /// A and B may be the same run).
+        #[arg(long, requires = "strategy_a")]
+        strategy_b: Option<String>,
     },
     /// Feedback request/response with the hybrid reference, on the `feedback:response:{id}`
     /// hash / `feedback:{id}` channel schema of the design notes.
@@ -598,7 +605,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ = stop => anyhow::bail!("interrupted; no kill matrix written"),
             }
         }
-        Command::Compare { a, b } => {
+        Command::Compare { a, b, strategy_a, strategy_b } => {
             let read = |dir: &std::path::Path| -> anyhow::Result<serde_json::Value> {
                 let path = dir.join("report.json");
                 let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -606,7 +613,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
                 serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a report: {e}", path.display()))
             };
-            let c = harness::compare::compare(&read(&a)?, &read(&b)?);
+            let c = match (strategy_a, strategy_b) {
+                (Some(sa), Some(sb)) => harness::compare::compare_strategies(&read(&a)?, &read(&b)?, &sa, &sb),
+                _ => harness::compare::compare(&read(&a)?, &read(&b)?),
+            };
             let md = harness::compare::markdown(&c);
             std::fs::write(b.join("compare.md"), &md)?;
             std::fs::write(b.join("compare.html"), harness::compare::html(&c))?;
