@@ -111,7 +111,6 @@ fn strategy_rows<'a>(
     rows(r).into_iter().filter(|((_, st), _)| st == s).map(|((sc, _), v)| ((sc, label.to_string()), v)).collect()
 }
 
-
 fn compare_rows<'a>(
     a: &serde_json::Value,
     b: &serde_json::Value,
