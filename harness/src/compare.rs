@@ -2,10 +2,13 @@
 //! the suite on the branch, then `hybrid-chaos compare main-run branch-run`).
 //!
 //! Pure functions of two `report.json` documents, read as JSON values so that reports
-//! written by older versions still compare (only the fixed row fields are used). A latency
-//! change is reported only when one side's p50 lies beyond the other side's p99 (outside its
-//! spread) and moved by at least [`LATENCY_CHANGE_MS_MIN`] and [`LATENCY_CHANGE_RATIO_MIN`], so
-//! run-to-run noise is not mistaken for a change. B is *worse on safety* when a verdict got
+//! written by older versions still compare (only the fixed row fields are used). Latency is
+//! judged on the raw samples each run keeps in `history.jsonl`: a change is reported only
+//! when a Mann-Whitney U test (two-sided) puts the two sides apart at p < [`P_VALUE_MAX`],
+//! with at least [`SAMPLES_MIN`] samples each, and the median moved by at least
+//! [`LATENCY_CHANGE_RATIO_MIN`] and [`LATENCY_CHANGE_MS_MIN`], so run-to-run noise is not
+//! mistaken for a change (a dozen samples per row are too few for "outside the other side's
+//! spread" to see even a halved median). Without samples, no latency change is claimed. B is *worse on safety* when a verdict got
 //! worse (valid -> invalid or unknown) or more was lost: `compare` exits 1 then.
 
 use std::collections::BTreeMap;
@@ -25,8 +28,12 @@ pub struct PairDiff {
     /// `[p50, p99]` of each side, in ms; `None` where nothing was measured.
     pub latency_a: Option<(f64, f64)>,
     pub latency_b: Option<(f64, f64)>,
-    /// `slower`, `faster` or empty: only when one side's p50 leaves the other's spread.
+    /// `slower`, `faster` or empty: see the module's rule.
     pub latency_change: &'static str,
+    /// The rank test's two-sided p-value, when both sides had enough samples.
+    pub p_value: Option<f64>,
+    /// Latency samples on each side.
+    pub samples: (usize, usize),
     /// Worse on safety: the verdict got worse or more was lost.
     pub worse: bool,
     /// Better on safety: the verdict got better or less was lost.
@@ -54,14 +61,102 @@ impl Comparison {
     }
 }
 
-/// A p50 change smaller than this, in ms, is never reported: loopback runs jitter by about a
-/// millisecond between runs of the same commit.
-pub const LATENCY_CHANGE_MS_MIN: f64 = 5.0;
-/// ... nor one smaller than this fraction of the baseline's p50.
-pub const LATENCY_CHANGE_RATIO_MIN: f64 = 0.25;
+/// A median change smaller than this, in ms, is never reported ...
+pub const LATENCY_CHANGE_MS_MIN: f64 = 0.2;
+/// ... nor one smaller than this fraction of the baseline's median.
+pub const LATENCY_CHANGE_RATIO_MIN: f64 = 0.2;
+/// Samples each side needs before a latency change is judged.
+pub const SAMPLES_MIN: usize = 8;
+/// The largest two-sided p-value reported as a change.
+pub const P_VALUE_MAX: f64 = 0.01;
 
-fn material(a50: f64, b50: f64) -> bool {
-    (b50 - a50).abs() >= LATENCY_CHANGE_MS_MIN.max(LATENCY_CHANGE_RATIO_MIN * a50)
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Two-sided p-value of the Mann-Whitney U test (normal approximation with tie correction,
+/// fine from about eight samples a side).
+pub fn mann_whitney_p(a: &[f64], b: &[f64]) -> f64 {
+    let (n1, n2) = (a.len() as f64, b.len() as f64);
+    let mut all: Vec<(f64, bool)> = a.iter().map(|x| (*x, true)).chain(b.iter().map(|x| (*x, false))).collect();
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (mut rank_a, mut ties, mut i) = (0.0, 0.0, 0);
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        let t = (j - i + 1) as f64;
+        ties += t * t * t - t;
+        rank_a += all[i..=j].iter().filter(|(_, is_a)| *is_a).count() as f64 * avg;
+        i = j + 1;
+    }
+    let u = rank_a - n1 * (n1 + 1.0) / 2.0;
+    let n = n1 + n2;
+    let var = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    if var <= 0.0 {
+        return 1.0;
+    }
+    let z = ((u - n1 * n2 / 2.0).abs() - 0.5).max(0.0) / var.sqrt();
+    (2.0 * (1.0 - phi(z))).clamp(0.0, 1.0)
+}
+
+/// The standard normal CDF (Abramowitz and Stegun 26.2.17, error below 1e-7).
+fn phi(z: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.231_641_9 * z.abs());
+    let d = 0.398_942_3 * (-z * z / 2.0).exp();
+    let p = d * t * (0.319_381_5 + t * (-0.356_563_8 + t * (1.781_478 + t * (-1.821_256 + t * 1.330_274))));
+    if z >= 0.0 {
+        1.0 - p
+    } else {
+        p
+    }
+}
+
+/// Latency samples per (scenario, strategy), in ms, from a run's `history.jsonl` (each line an
+/// event tagged with its scenario and strategy). Lines that do not parse are skipped.
+pub fn samples_from_history(jsonl: &str) -> BTreeMap<(String, String), Vec<f64>> {
+    let mut runs: BTreeMap<(String, String), crate::history::History> = BTreeMap::new();
+    for line in jsonl.lines() {
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Some(obj) = v.as_object_mut() else { continue };
+        let key = |k: &str| obj.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        let id = (key("scenario"), key("strategy"));
+        obj.remove("scenario");
+        obj.remove("strategy");
+        if let Ok(e) = serde_json::from_value::<crate::history::Event>(v) {
+            runs.entry(id).or_default().push(e);
+        }
+    }
+    runs.into_iter().map(|(k, h)| (k, crate::checker::latency_samples_ms(&h))).collect()
+}
+
+/// Samples of both sides, keyed as the rows are.
+pub type Samples = BTreeMap<(String, String), Vec<f64>>;
+
+/// `slower`, `faster` or empty, with the p-value when judged.
+fn latency_change(a: Option<&Vec<f64>>, b: Option<&Vec<f64>>) -> (&'static str, Option<f64>) {
+    let (Some(a), Some(b)) = (a, b) else { return ("", None) };
+    if a.len() < SAMPLES_MIN || b.len() < SAMPLES_MIN {
+        return ("", None);
+    }
+    let p = mann_whitney_p(a, b);
+    let (ma, mb) = (median(a), median(b));
+    let material = (mb - ma).abs() >= LATENCY_CHANGE_MS_MIN.max(LATENCY_CHANGE_RATIO_MIN * ma);
+    let change = match (p < P_VALUE_MAX && material, mb > ma) {
+        (true, true) => "slower",
+        (true, false) => "faster",
+        _ => "",
+    };
+    (change, Some(p))
 }
 
 /// Rank of a verdict: higher is worse.
@@ -90,16 +185,25 @@ fn rows(report: &serde_json::Value) -> BTreeMap<(String, String), &serde_json::V
     out
 }
 
-/// Compares run A (the baseline) with run B (the change).
-pub fn compare(a: &serde_json::Value, b: &serde_json::Value) -> Comparison {
-    compare_rows(a, b, rows(a), rows(b))
+/// Compares run A (the baseline) with run B (the change); `sa` and `sb` are their latency
+/// samples ([`samples_from_history`]; empty: no latency judgement).
+pub fn compare(a: &serde_json::Value, b: &serde_json::Value, sa: &Samples, sb: &Samples) -> Comparison {
+    compare_rows(a, b, rows(a), rows(b), sa, sb, None)
 }
 
 /// Compares strategy `sa` of run A with strategy `sb` of run B, scenario by scenario (a
 /// design variant against the design it varies, in one run or two).
-pub fn compare_strategies(a: &serde_json::Value, b: &serde_json::Value, sa: &str, sb: &str) -> Comparison {
+pub fn compare_strategies(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    samples_a: &Samples,
+    samples_b: &Samples,
+    sa: &str,
+    sb: &str,
+) -> Comparison {
     let label = format!("{sa} -> {sb}");
-    compare_rows(a, b, strategy_rows(a, sa, &label), strategy_rows(b, sb, &label))
+    let strategies = Some((sa, sb));
+    compare_rows(a, b, strategy_rows(a, sa, &label), strategy_rows(b, sb, &label), samples_a, samples_b, strategies)
 }
 
 /// The rows of strategy `s`, keyed by (scenario, `label`).
@@ -116,6 +220,9 @@ fn compare_rows<'a>(
     b: &serde_json::Value,
     ra: BTreeMap<(String, String), &'a serde_json::Value>,
     rb: BTreeMap<(String, String), &'a serde_json::Value>,
+    samples_a: &Samples,
+    samples_b: &Samples,
+    strategies: Option<(&str, &str)>,
 ) -> Comparison {
     let id = |r: &serde_json::Value| r.get("run_id").and_then(|v| v.as_str()).unwrap_or("?").to_string();
     let mut pairs = Vec::new();
@@ -126,16 +233,23 @@ fn compare_rows<'a>(
         let lost = |r: &serde_json::Value| r.get("lost").and_then(|v| v.as_u64()).unwrap_or(0);
         let (va, vb) = (verdict(x), verdict(y));
         let (la, lb) = (latency(x), latency(y));
-        let latency_change = match (la, lb) {
-            (Some((a50, a99)), Some((b50, _))) if b50 > a99 && material(a50, b50) => "slower",
-            (Some((a50, _)), Some((b50, b99))) if a50 > b99 && material(a50, b50) => "faster",
-            _ => "",
+        // Rows keyed by a strategy pair take their samples under each side's own strategy.
+        let (ka, kb) = match strategies {
+            Some((sa, sb)) => ((key.0.clone(), sa.to_string()), (key.0.clone(), sb.to_string())),
+            None => (key.clone(), key.clone()),
         };
+        let (xa, xb) = (samples_a.get(&ka), samples_b.get(&kb));
+        let (latency_change, p_value) = latency_change(xa, xb);
+        let samples = (xa.map_or(0, Vec::len), xb.map_or(0, Vec::len));
+        // Worse on safety: a verdict got worse, or a row that was valid now loses. A design
+        // that already loses (a canary, persistence none) losing one more is run-to-run noise
+        // in how much a broken design breaks: shown, not counted.
+        let was_valid = va == "valid";
         pairs.push(PairDiff {
             scenario: key.0.clone(),
             strategy: key.1.clone(),
-            worse: rank(&vb) > rank(&va) || lost(y) > lost(x),
-            better: rank(&vb) < rank(&va) || lost(y) < lost(x),
+            worse: rank(&vb) > rank(&va) || (was_valid && lost(y) > lost(x)),
+            better: rank(&vb) < rank(&va) || (was_valid && lost(y) < lost(x)),
             verdict_a: va,
             verdict_b: vb,
             lost_a: lost(x),
@@ -143,6 +257,8 @@ fn compare_rows<'a>(
             latency_a: la,
             latency_b: lb,
             latency_change,
+            p_value,
+            samples,
         });
     }
     let only = |m: &BTreeMap<(String, String), &serde_json::Value>,
@@ -165,6 +281,13 @@ fn cells(p: &PairDiff) -> [String; 6] {
     ]
 }
 
+fn p_cell(p: &PairDiff) -> String {
+    match p.p_value {
+        Some(v) => format!("{v:.4} ({} / {})", p.samples.0, p.samples.1),
+        None => format!("- ({} / {})", p.samples.0, p.samples.1),
+    }
+}
+
 fn lat(l: Option<(f64, f64)>) -> String {
     match l {
         Some((p50, p99)) => format!("{p50:.1} / {p99:.1}"),
@@ -179,7 +302,7 @@ pub fn markdown(c: &Comparison) -> String {
     let _ = writeln!(out, "# Compare {} (A) with {} (B)\n", c.run_a, c.run_b);
     let _ = writeln!(
         out,
-        "**{}**: {} pairs in both runs, {worse} worse on safety, {} better, {} slower, {} faster (latency counts only outside the other run's p50..p99 spread).\n",
+        "**{}**: {} pairs in both runs, {worse} worse on safety, {} better, {} slower, {} faster (a latency change needs a rank test at p < 0.01 on at least 8 samples a side and a median moved 20 %).\n",
         if worse > 0 { "B IS WORSE ON SAFETY" } else { "no safety regression" },
         c.pairs.len(),
         c.pairs.iter().filter(|p| p.better).count(),
@@ -207,7 +330,11 @@ pub fn markdown(c: &Comparison) -> String {
             }
             let [scenario, strategy, verdicts, lost, la, lb] = cells(p);
             let what = what.join(", ");
-            let _ = writeln!(out, "| {scenario} | {strategy} | {what} | {verdicts} | {lost} | {la} | {lb} |");
+            let _ = writeln!(
+                out,
+                "| {scenario} | {strategy} | {what} | {verdicts} | {lost} | {la} | {lb} | {} |",
+                p_cell(p)
+            );
         }
     }
     for (label, list) in [("Only in A", &c.only_a), ("Only in B", &c.only_b)] {
@@ -238,7 +365,8 @@ pub fn html(c: &Comparison) -> String {
         let [scenario, strategy, verdicts, lost, la, lb] = cells(p).map(|c| esc(&c));
         let _ = write!(
             rows,
-            "<tr class=\"{class}\"><td>{scenario}</td><td>{strategy}</td><td><strong>{word}</strong> {extra}</td><td>{verdicts}</td><td>{lost}</td><td>{la}</td><td>{lb}</td></tr>"
+            "<tr class=\"{class}\"><td>{scenario}</td><td>{strategy}</td><td><strong>{word}</strong> {extra}</td><td>{verdicts}</td><td>{lost}</td><td>{la}</td><td>{lb}</td><td>{}</td></tr>",
+            esc(&p_cell(p))
         );
     }
     let md = markdown(c);
@@ -248,7 +376,7 @@ pub fn html(c: &Comparison) -> String {
 body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
 .worse{{background:#fdd}}.better{{background:#dfd}}.latency{{background:#ffe}}</style></head><body>\
 <h1>Compare {a} (A) with {b} (B)</h1><p><strong>{summary}</strong></p>\
-<table><tr><th>scenario</th><th>strategy</th><th>change</th><th>verdict A &rarr; B</th><th>lost A &rarr; B</th><th>p50 / p99 ms A</th><th>p50 / p99 ms B</th></tr>{rows}</table>\
+<table><tr><th>scenario</th><th>strategy</th><th>change</th><th>verdict A &rarr; B</th><th>lost A &rarr; B</th><th>p50 / p99 ms A</th><th>p50 / p99 ms B</th><th>p (samples)</th></tr>{rows}</table>\
 </body></html>\n",
         a = esc(&c.run_a),
         b = esc(&c.run_b),
@@ -270,17 +398,24 @@ mod tests {
                 "latency_ms": { "p50": p50, "p90": p99, "p99": p99, "max": p99 } })
     }
 
+    /// `n` samples around `center`, spread by `width` (deterministic).
+    fn around(center: f64, width: f64, n: usize) -> Vec<f64> {
+        (0..n).map(|i| center + width * ((i * 7 % n) as f64 / n as f64 - 0.5)).collect()
+    }
+
+    fn samples(entries: &[(&str, &str, Vec<f64>)]) -> Samples {
+        entries.iter().map(|(sc, st, v)| ((sc.to_string(), st.to_string()), v.clone())).collect()
+    }
+
     #[test]
     fn the_same_run_twice_is_no_change() {
         let a = report("a", json!([row("clean", "valid", 0, 1.0, 2.0), row("latency", "valid", 0, 140.0, 180.0)]));
         let b = report("b", json!([row("clean", "valid", 0, 1.3, 2.5), row("latency", "valid", 0, 150.0, 175.0)]));
-        // Sub-millisecond moves outside the spread are noise, not a change.
-        let c = compare(
-            &report("a", json!([row("x", "valid", 0, 1.5, 4.1)])),
-            &report("b", json!([row("x", "valid", 0, 0.3, 1.0)])),
+        let (sa, sb) = (
+            samples(&[("clean", "hybrid", around(1.0, 0.8, 14)), ("latency", "hybrid", around(140.0, 80.0, 14))]),
+            samples(&[("clean", "hybrid", around(1.1, 0.8, 14)), ("latency", "hybrid", around(150.0, 80.0, 14))]),
         );
-        assert!(c.changed().next().is_none(), "{c:?}");
-        let c = compare(&a, &b);
+        let c = compare(&a, &b, &sa, &sb);
         assert!(!c.worse_on_safety());
         assert!(markdown(&c).contains("No change."), "{}", markdown(&c));
     }
@@ -296,7 +431,9 @@ mod tests {
                 row("new", "valid", 0, 1.0, 1.0)
             ]),
         );
-        let c = compare(&a, &b);
+        let sa = samples(&[("clean", "hybrid", around(1.0, 0.5, 12))]);
+        let sb = samples(&[("clean", "hybrid", around(30.0, 40.0, 12))]);
+        let c = compare(&a, &b, &sa, &sb);
         assert!(c.worse_on_safety());
         let md = markdown(&c);
         assert!(md.contains("B IS WORSE ON SAFETY"), "{md}");
@@ -308,16 +445,58 @@ mod tests {
             h.contains("<tr class=\"worse\">") && h.contains("<strong>WORSE</strong>"),
             "colour and text agree: {h}"
         );
+        // Too few samples: no latency judgement at all.
+        let few = compare(
+            &a,
+            &b,
+            &samples(&[("clean", "hybrid", vec![1.0; 4])]),
+            &samples(&[("clean", "hybrid", vec![30.0; 4])]),
+        );
+        assert_eq!(few.pairs.iter().find(|p| p.scenario == "clean").unwrap().latency_change, "");
+    }
+
+    #[test]
+    fn a_canary_losing_one_more_is_not_a_regression() {
+        let a = report("a", json!([row("blackhole", "invalid", 8, 1.0, 2.0)]));
+        let b = report("b", json!([row("blackhole", "invalid", 9, 1.0, 2.0)]));
+        let c = compare(&a, &b, &Samples::new(), &Samples::new());
+        assert!(!c.worse_on_safety(), "{c:?}");
     }
 
     #[test]
     fn a_variant_is_compared_with_the_design_it_varies() {
-        let mut fast = row("clean", "valid", 0, 0.5, 0.9);
+        let mut fast = row("latency", "valid", 0, 50.0, 190.0);
         fast["strategy"] = json!("hybrid-payload");
-        let run = report("r", json!([row("clean", "valid", 0, 10.0, 12.0), fast]));
-        let c = compare_strategies(&run, &run, "hybrid", "hybrid-payload");
+        let run = report("r", json!([row("latency", "valid", 0, 95.0, 250.0), fast]));
+        // Wide, overlapping spreads (50 +- 20 ms jitter), medians a round trip apart.
+        let s = samples(&[
+            ("latency", "hybrid", around(95.0, 60.0, 14)),
+            ("latency", "hybrid-payload", around(50.0, 60.0, 14)),
+        ]);
+        let c = compare_strategies(&run, &run, &s, &s, "hybrid", "hybrid-payload");
         assert_eq!(c.pairs.len(), 1);
         assert_eq!((c.pairs[0].strategy.as_str(), c.pairs[0].latency_change), ("hybrid -> hybrid-payload", "faster"));
+    }
+
+    #[test]
+    fn the_rank_test_separates_shifted_samples_and_not_equal_ones() {
+        let a = around(10.0, 4.0, 12);
+        assert!(mann_whitney_p(&a, &a) > 0.9);
+        assert!(mann_whitney_p(&a, &around(30.0, 4.0, 12)) < 0.001);
+        assert!((phi(0.0) - 0.5).abs() < 1e-6 && (phi(1.96) - 0.975).abs() < 1e-3);
+    }
+
+    #[test]
+    fn samples_come_from_the_history_lines() {
+        let lines = [
+            r#"{"f":"wait","id":"a","resume":false,"process":1,"type":"invoke","time_us":0,"scenario":"clean","strategy":"hybrid"}"#,
+            r#"{"f":"respond","id":"a","token":"t","process":2,"type":"invoke","time_us":1000,"scenario":"clean","strategy":"hybrid"}"#,
+            r#"{"f":"respond","id":"a","token":"t","process":2,"type":"ok","time_us":1500,"scenario":"clean","strategy":"hybrid"}"#,
+            r#"{"f":"wait","id":"a","token":"t","via":"notified","resume":false,"process":1,"type":"ok","time_us":3000,"scenario":"clean","strategy":"hybrid"}"#,
+            "not json",
+        ];
+        let s = samples_from_history(&lines.join("\n"));
+        assert_eq!(s[&("clean".to_string(), "hybrid".to_string())], vec![2.0]);
     }
 
     #[test]

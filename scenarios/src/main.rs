@@ -613,9 +613,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
                 serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a report: {e}", path.display()))
             };
+            // Latency is judged on each run's raw samples; a run without history.jsonl gets no
+            // latency judgement, only verdicts and loss.
+            let samples = |dir: &std::path::Path| {
+                std::fs::read_to_string(dir.join("history.jsonl"))
+                    .map(|t| harness::compare::samples_from_history(&t))
+                    .unwrap_or_default()
+            };
+            let (xa, xb) = (samples(&a), samples(&b));
             let c = match (strategy_a, strategy_b) {
-                (Some(sa), Some(sb)) => harness::compare::compare_strategies(&read(&a)?, &read(&b)?, &sa, &sb),
-                _ => harness::compare::compare(&read(&a)?, &read(&b)?),
+                (Some(sa), Some(sb)) => {
+                    harness::compare::compare_strategies(&read(&a)?, &read(&b)?, &xa, &xb, &sa, &sb)
+                }
+                _ => harness::compare::compare(&read(&a)?, &read(&b)?, &xa, &xb),
             };
             let md = harness::compare::markdown(&c);
             std::fs::write(b.join("compare.md"), &md)?;

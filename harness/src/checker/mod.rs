@@ -413,6 +413,24 @@ pub struct LatencyStats {
     pub max_ms: f64,
 }
 
+/// Respond-to-obtain latencies of live waiters, in ms, in history order: the samples
+/// [`latency`] summarises (resumers, and waits begun after the respond, excluded).
+pub fn latency_samples_ms(h: &History) -> Vec<f64> {
+    let ops = feedback_ops(h);
+    let mut out = Vec::new();
+    for (id, responds) in &ops.responds {
+        for (r, token) in responds {
+            for (w, is_resume) in ops.waits.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+                let Some(end) = w.end.filter(|e| obtained_token(e) == Some(*token)) else { continue };
+                if !*is_resume && w.invoke_us <= r.invoke_us {
+                    out.push(end.time_us.saturating_sub(r.invoke_us) as f64 / 1000.0);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Largest latency the histogram resolves, in microseconds (one hour); longer ones count as
 /// this.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
