@@ -314,9 +314,9 @@ pub fn markdown(c: &Comparison) -> String {
     } else {
         let _ = writeln!(
             out,
-            "| scenario | strategy | change | verdict A -> B | lost A -> B | p50 / p99 ms A | p50 / p99 ms B |"
+            "| scenario | strategy | change | verdict A -> B | lost A -> B | p50 / p99 ms A | p50 / p99 ms B | p (samples) |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
         for p in c.changed() {
             let mut what = Vec::new();
             if p.worse {
@@ -438,6 +438,9 @@ mod tests {
         let md = markdown(&c);
         assert!(md.contains("B IS WORSE ON SAFETY"), "{md}");
         assert!(md.contains("| blackhole | hybrid | WORSE | valid -> invalid | 0 -> 3 |"), "{md}");
+        let header = md.lines().find(|l| l.starts_with("| scenario")).unwrap();
+        let first = md.lines().find(|l| l.starts_with("| blackhole")).unwrap();
+        assert_eq!(header.matches('|').count(), first.matches('|').count(), "header and rows have the same columns");
         assert!(md.contains("| clean | hybrid | slower |"), "{md}");
         assert!(md.contains("Only in B: new / hybrid"), "{md}");
         let h = html(&c);
