@@ -69,7 +69,7 @@ async fn toxic_lifecycle_codes_and_shapes() {
     assert_eq!(st, 200, "{t}");
     assert_eq!(
         t,
-        json!({"name": "latency_downstream", "type": "latency", "stream": "downstream", "toxicity": 1.0, "attributes": {"latency": 10, "jitter": 0}})
+        json!({"name": "latency_downstream", "type": "latency", "stream": "downstream", "toxicity": 1, "attributes": {"latency": 10, "jitter": 0}})
     );
 
     let (st, v) = call(&s, "POST", "/proxies/p/toxics", Some(json!({"type": "latency"}))).await;

@@ -179,6 +179,19 @@ async fn slow_close_delays_the_close() {
     assert!(t.elapsed() >= Duration::from_millis(300), "closed after {:?}", t.elapsed());
 }
 
+/// Toxiproxy's `noop` toxic is accepted and listed, and data flows through it untouched.
+#[tokio::test]
+async fn a_noop_toxic_is_listed_and_changes_nothing() {
+    let rig = Rig::new().await;
+    for stream in [Stream::Upstream, Stream::Downstream] {
+        rig.tp().add_toxic(rig.name(), &Toxic::new(ToxicKind::Noop, stream)).await.unwrap();
+    }
+    let listed = rig.tp().proxy(rig.name()).await.unwrap().toxics;
+    assert_eq!(listed.iter().filter(|t| t.kind == "noop").count(), 2, "{listed:?}");
+    let mut c = conn(&rig.proxied_url(), Some(2_000)).await;
+    assert_eq!(ping(&mut c).await.unwrap(), "PONG");
+}
+
 #[tokio::test]
 async fn toxicity_zero_never_applies() {
     let rig = Rig::new().await;

@@ -54,6 +54,8 @@ pub enum ToxicKind {
     Slicer { average_size: u64, size_variation: u64, delay_us: u64 },
     /// Lets `bytes` bytes through, then closes the connection.
     LimitData { bytes: u64 },
+    /// Does nothing (Toxiproxy's `noop`: a toxic clients add to test their own plumbing).
+    Noop,
 }
 
 /// Why a toxic document was refused; the server maps each to Toxiproxy's error text.
@@ -78,6 +80,7 @@ fn attribute_names(type_name: &str) -> Option<&'static [&'static str]> {
         "reset_peer" => &["timeout"],
         "slicer" => &["average_size", "size_variation", "delay"],
         "limit_data" => &["bytes"],
+        "noop" => &[],
         _ => return None,
     })
 }
@@ -92,6 +95,7 @@ impl ToxicKind {
             ToxicKind::ResetPeer { .. } => "reset_peer",
             ToxicKind::Slicer { .. } => "slicer",
             ToxicKind::LimitData { .. } => "limit_data",
+            ToxicKind::Noop => "noop",
         }
     }
 
@@ -107,6 +111,7 @@ impl ToxicKind {
                 vec![average_size, size_variation, delay_us]
             }
             ToxicKind::LimitData { bytes } => vec![bytes],
+            ToxicKind::Noop => vec![],
         }
     }
 
@@ -119,6 +124,7 @@ impl ToxicKind {
             "reset_peer" => ToxicKind::ResetPeer { timeout_ms: v[0] },
             "slicer" => ToxicKind::Slicer { average_size: v[0], size_variation: v[1], delay_us: v[2] },
             "limit_data" => ToxicKind::LimitData { bytes: v[0] },
+            "noop" => ToxicKind::Noop,
             _ => return Err(ModelError::InvalidType),
         })
     }
@@ -250,8 +256,20 @@ pub struct ToxicJson {
     #[serde(rename = "type")]
     pub kind: String,
     pub stream: String,
+    /// Written as Go writes a float32: `1`, not `1.0`.
+    #[serde(serialize_with = "go_float32")]
     pub toxicity: f32,
     pub attributes: Map<String, Value>,
+}
+
+/// Serialises an `f32` as Go's `encoding/json` does: a whole number without a fraction
+/// (`1`, `0`), anything else in its shortest form (`0.5`).
+fn go_float32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f32(*v)
+    }
 }
 
 /// A proxy as Toxiproxy's API shows it.
@@ -283,6 +301,14 @@ mod tests {
         assert_eq!(t.name, "latency_downstream");
         assert_eq!(t.stream, Stream::Downstream);
         assert_eq!(t.toxicity, 1.0);
+        // Toxiproxy (Go, float32) writes toxicity 1 as `1` and 0.3 as `0.3`.
+        let shown = serde_json::to_string(&t.to_json()).unwrap();
+        assert!(shown.contains(r#""toxicity":1,"#), "{shown}");
+        let third = serde_json::to_string(&t.clone().with_toxicity(0.3).to_json()).unwrap();
+        assert!(third.contains(r#""toxicity":0.3,"#), "{third}");
+        // noop: accepted, with no attributes.
+        let noop = Toxic::from_request(&json!({"type": "noop"})).unwrap();
+        assert_eq!((noop.kind.clone(), noop.to_json().attributes.len()), (ToxicKind::Noop, 0));
         assert_eq!(t.kind, ToxicKind::Latency { latency_ms: 100, jitter_ms: 0 });
         assert_eq!(t.to_json().attributes, json!({"latency": 100, "jitter": 0}).as_object().unwrap().clone());
     }
