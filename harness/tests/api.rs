@@ -30,6 +30,7 @@ async fn proxy_lifecycle_codes_and_shapes() {
     let (st, v) = call(&s, "GET", "/version", None).await;
     assert_eq!(st, 200);
     assert!(v["version"].as_str().is_some_and(|x| x.starts_with("2.")), "{v}");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "exactly {{\"version\": ...}}, as Toxiproxy 2.12: {v}");
 
     let (st, created) =
         call(&s, "POST", "/proxies", Some(json!({"name": "p", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:1"})))
@@ -192,4 +193,25 @@ async fn a_stock_toxiproxy_client_drives_it() {
     .await
     .unwrap();
     assert_eq!(seen, (vec!["latency_downstream".to_string(), "limit_data_upstream".to_string()], true, 0, 1));
+}
+
+/// Every response carries `X-Toxiproxy-Request-Id` (Toxiproxy 2.12), a different one per
+/// request, errors included.
+#[tokio::test]
+async fn every_response_carries_its_own_request_id() {
+    let s = server().await;
+    let mut ids = Vec::new();
+    for path in ["/version", "/version", "/proxies/nope"] {
+        let (_, head, _) = support::http_with_head(&s.url(), "GET", path, None, UA).await;
+        let id = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("x-toxiproxy-request-id")))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no request id on {path}: {head}"));
+        assert!(!id.is_empty());
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "request ids repeat: {ids:?}");
 }

@@ -96,6 +96,18 @@ pub async fn read_to_end(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Option
 
 /// One HTTP/1.1 request over a fresh connection; returns (status, body).
 pub async fn http(base: &str, method: &str, path: &str, body: Option<&str>, user_agent: &str) -> (u16, String) {
+    let (status, _, body) = http_with_head(base, method, path, body, user_agent).await;
+    (status, body)
+}
+
+/// [`http`], with the response's head (status line and headers) as well.
+pub async fn http_with_head(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    user_agent: &str,
+) -> (u16, String, String) {
     let hostport = base.trim_start_matches("http://");
     let mut s = TcpStream::connect(hostport).await.expect("connect to API");
     let body = body.unwrap_or("");
@@ -108,7 +120,7 @@ pub async fn http(base: &str, method: &str, path: &str, body: Option<&str>, user
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response has a head");
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    (status, rest.to_string())
+    (status, head.to_string(), rest.to_string())
 }
 
 /// Waits (bounded) until `channel` has exactly `n` subscribers at the server.

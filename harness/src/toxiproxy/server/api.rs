@@ -48,7 +48,23 @@ pub(crate) fn router(registry: Arc<Registry>) -> Router {
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn(stop_browsers))
+        .layer(middleware::from_fn(request_id))
         .with_state(registry)
+}
+
+/// Every response carries `X-Toxiproxy-Request-Id` (Toxiproxy 2.12), unique per request, so
+/// a client can tie its log lines to the server's.
+async fn request_id(req: Request, next: Next) -> Response {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    // Time-ordered and unique within the process: the start time, then a counter.
+    let id = format!("{:012x}{n:08x}", (started as u64) >> 16);
+    let mut res = next.run(req).await;
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-toxiproxy-request-id", v);
+    }
+    res
 }
 
 /// Toxiproxy refuses browser user agents so that no web page can drive the proxy through a
@@ -101,7 +117,8 @@ fn proxy_config(v: &Value) -> ApiResult<ProxyConfig> {
 }
 
 async fn version() -> Json<Value> {
-    Json(json!({ "version": TOXIPROXY_COMPAT_VERSION, "hybrid_chaos": env!("CARGO_PKG_VERSION") }))
+    // Exactly Toxiproxy 2.12's shape: clients compare the whole object.
+    Json(json!({ "version": TOXIPROXY_COMPAT_VERSION }))
 }
 
 async fn reset(State(reg): Reg) -> ApiResult<StatusCode> {
