@@ -710,8 +710,10 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     // until heal + the recovery bound + a margin, planned from absolute times: a response
     // late in the window is never cut off by a deadline on a busy machine.
     let settle = Duration::from_millis(300);
-    let window_start = Instant::now() + if scenario.live_waiters { settle } else { Duration::ZERO };
-    let wait_until = window_start + window + recovery + Duration::from_millis(WAIT_MARGIN_MS);
+    // Planned: the window opens after the waiters settled; the actual opening is taken when
+    // the fault is applied (`window_start` below).
+    let planned_start = Instant::now() + if scenario.live_waiters { settle } else { Duration::ZERO };
+    let wait_until = planned_start + window + recovery + Duration::from_millis(WAIT_MARGIN_MS);
     let waiters_first = scenario.live_waiters && scenario.race != Some(Race::SubscribeWindow);
     let spawn_waiters = |rec: &Arc<Recorder>| -> Vec<RecordedWait> {
         let left = wait_until.saturating_duration_since(Instant::now());
@@ -727,7 +729,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     // Waits nobody answers, ending inside the fault window: what their timeouts are worth.
     // Subscribed before the fault, so no SUBSCRIBE is in flight when it hits (a SUBSCRIBE's
     // own timeout would notice a dead subscriber and hide a health check that never does).
-    let until_in_window = window_start + window * 4 / 5;
+    let until_in_window = planned_start + window * 4 / 5;
     let timeout_probes: Vec<RecordedWait> = unanswered
         .iter()
         .map(|id| spawn_wait(&s, &rec, id, until_in_window.saturating_duration_since(Instant::now()), false))
@@ -741,7 +743,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         .await;
         anyhow::ensure!(all.is_some(), "waiters did not start");
         // Let subscriptions settle so the fault, not start-up, is what the run measures.
-        tokio::time::sleep_until(window_start.into()).await;
+        tokio::time::sleep_until(planned_start.into()).await;
     }
     if scenario.race == Some(Race::SubscribeWindow) && d.notifies {
         // The race is between a waiter's first read and its SUBSCRIBE on a live subscriber:

@@ -345,10 +345,9 @@ pub fn recovery(h: &History, b: &Bounds) -> Verdict {
     let ops = feedback_ops(h);
     let all = samples(h);
     let heals = heals(h);
-    for (i, heal) in heals.iter().enumerate() {
+    for heal in &heals {
         let from = heal + recovery_us;
         let next_apply = ws.iter().map(|w| w.from_us).filter(|t| *t > *heal).min().unwrap_or(u64::MAX);
-        let _ = i;
         let mut tried = 0;
         for (id, responds) in &ops.responds {
             for (r, _) in responds {
