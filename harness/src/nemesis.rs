@@ -57,7 +57,11 @@ pub enum Fault {
     Blackhole {
         target: Target,
     },
-    /// Connections reset (RST), new ones too, until healed.
+    /// Toxiproxy `reset_peer` (timeout 0) on what the server sends, until healed: each
+    /// connection ends at its next reply or message, which is dropped. Connections opened
+    /// under the fault end with RST; ones open before it with FIN (Toxiproxy sets SO_LINGER 0
+    /// at connect). An idle connection is untouched until something is sent to it: the
+    /// subscriber meets the fault at its next health-check reply or published message.
     ResetPeer {
         target: Target,
     },

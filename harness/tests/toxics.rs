@@ -11,7 +11,7 @@ use harness::toxiproxy::{Stream, Toxic, ToxicKind};
 use redis::AsyncCommands;
 use serde_json::json;
 use support::{conn, ping, read_to_end, Rig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -83,20 +83,63 @@ async fn timeout_with_a_value_closes_after_it() {
     assert!(t.elapsed() >= Duration::from_millis(150), "closed after {:?}, before the 200 ms timeout", t.elapsed());
 }
 
+/// Toxiproxy's reset_peer (2.12) takes the first data in its direction, drops it, waits its
+/// timeout and resets. An idle connection never meets it: still open after 1 s. Its first
+/// request then gets a reset instead of the reply (`redis-cli ping` sees the reset).
 #[tokio::test]
-async fn reset_peer_makes_the_client_see_a_reset() {
+async fn reset_peer_leaves_idle_connections_open_and_resets_at_the_first_reply() {
+    let rig = Rig::new().await;
+    rig.tp()
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::ResetPeer { timeout_ms: 0 }, Stream::Downstream))
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let idle = tokio::time::timeout(Duration::from_secs(1), s.read(&mut byte)).await;
+    assert!(idle.is_err(), "an idle connection under reset_peer ended within 1 s: {idle:?}");
+    s.write_all(b"PING\r\n").await.unwrap();
+    let (got, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "the reply passed reset_peer: {got:?}");
+    assert_eq!(end, Some(ErrorKind::ConnectionReset), "expected ECONNRESET, got {end:?}");
+}
+
+/// The timeout counts from the first data, not from connect: 500 ms idle, then a PING; the
+/// reset comes at least the 300 ms timeout after the PING.
+#[tokio::test]
+async fn reset_peer_timeout_counts_from_the_first_data() {
+    let rig = Rig::new().await;
+    rig.tp()
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::ResetPeer { timeout_ms: 300 }, Stream::Downstream))
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    s.write_all(b"PING\r\n").await.unwrap();
+    let (got, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "data passed reset_peer: {got:?}");
+    assert_eq!(end, Some(ErrorKind::ConnectionReset), "expected ECONNRESET, got {end:?}");
+    assert!(t.elapsed() >= Duration::from_millis(300), "reset {:?} after the first data", t.elapsed());
+}
+
+/// Toxiproxy sets SO_LINGER 0 only on connections that start under a reset_peer toxic: one
+/// that was open before the toxic was added is closed with FIN (a clean EOF), not RST.
+#[tokio::test]
+async fn reset_peer_closes_a_connection_opened_before_it_with_fin() {
     let rig = Rig::new().await;
     let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
     s.write_all(b"PING\r\n").await.unwrap();
     let mut first = [0u8; 7];
-    tokio::io::AsyncReadExt::read_exact(&mut s, &mut first).await.unwrap();
+    s.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"+PONG\r\n");
     rig.tp()
         .add_toxic(rig.name(), &Toxic::new(ToxicKind::ResetPeer { timeout_ms: 0 }, Stream::Downstream))
         .await
         .unwrap();
-    let (_, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
-    assert_eq!(end, Some(ErrorKind::ConnectionReset), "expected ECONNRESET, got {end:?}");
+    s.write_all(b"PING\r\n").await.unwrap();
+    let (got, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "the reply passed reset_peer: {got:?}");
+    assert_eq!(end, None, "expected a clean close (FIN), got {end:?}");
 }
 
 #[tokio::test]
@@ -179,6 +222,101 @@ async fn slow_close_delays_the_close() {
     assert!(t.elapsed() >= Duration::from_millis(300), "closed after {:?}", t.elapsed());
 }
 
+/// A client that half-closes (shuts down its sending side) still gets the reply on its way
+/// back, and the close it then sees is held by slow_close, as Toxiproxy holds it.
+#[tokio::test]
+async fn slow_close_holds_the_close_after_a_client_half_close() {
+    let rig = Rig::new().await;
+    rig.tp()
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::SlowClose { delay_ms: 300 }, Stream::Downstream))
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
+    let t = Instant::now();
+    s.write_all(b"PING\r\n").await.unwrap();
+    s.shutdown().await.unwrap();
+    let (got, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(got, b"+PONG\r\n".to_vec());
+    assert_eq!(end, None, "expected a clean close");
+    assert!(t.elapsed() >= Duration::from_millis(300), "closed {:?} after the half-close", t.elapsed());
+}
+
+/// An upstream limit_data ends the request direction at its byte count; the reply to what it
+/// let through still comes back before the close.
+#[tokio::test]
+async fn upstream_limit_data_lets_the_reply_come_back() {
+    let rig = Rig::new().await;
+    let request = b"*1\r\n$4\r\nPING\r\n";
+    let limit = ToxicKind::LimitData { bytes: request.len() as u64 };
+    rig.tp().add_toxic(rig.name(), &Toxic::new(limit, Stream::Upstream)).await.unwrap();
+    let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let (got, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(got, b"+PONG\r\n".to_vec(), "the reply to the bytes limit_data let through was dropped");
+    assert_eq!(end, None, "expected a clean close");
+}
+
+/// Toxiproxy's timeout toxic waits its timeout afresh after each chunk it drops: a byte every
+/// 100 ms keeps a 500 ms timeout from firing; silence then lets it fire.
+#[tokio::test]
+async fn timeout_restarts_after_every_chunk_it_drops() {
+    let rig = Rig::new().await;
+    rig.tp()
+        .add_toxic(rig.name(), &Toxic::new(ToxicKind::Timeout { timeout_ms: 500 }, Stream::Upstream))
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
+    let mut byte = [0u8; 1];
+    for _ in 0..8 {
+        s.write_all(b"P").await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(100), s.read(&mut byte)).await;
+        assert!(early.is_err(), "closed while data kept arriving: {early:?}");
+    }
+    let t = Instant::now();
+    let (got, end) = read_to_end(&mut s, Duration::from_secs(5)).await;
+    assert!(got.is_empty() && end.is_none(), "expected a clean close, got {got:?} {end:?}");
+    assert!(t.elapsed() >= Duration::from_millis(350), "closed {:?} after the last chunk", t.elapsed());
+}
+
+/// With `delay` 0, 50 one-byte slices must still reach the reader as pieces (Toxiproxy: 34
+/// reads for 50; written back to back, the kernel merges them in the reader's buffer into a
+/// few reads). What keeps them apart is a pause between writes, so that is what is asserted,
+/// as a lower bound a busy machine cannot break: the 50-byte reply takes at least the 49
+/// pauses of 50 us (the proxy's least gap) after the request. A count of reads would depend
+/// on the reader being scheduled in time.
+#[tokio::test]
+async fn slicer_pieces_are_written_apart_even_without_delay() {
+    let rig = Rig::new().await;
+    let slicer = ToxicKind::Slicer { average_size: 1, size_variation: 0, delay_us: 0 };
+    rig.tp().add_toxic(rig.name(), &Toxic::new(slicer, Stream::Downstream)).await.unwrap();
+    let addr = rig.proxied_addr().to_string();
+    let (took, reply) = tokio::task::spawn_blocking(move || time_echo(&addr, 43)).await.unwrap();
+    assert_eq!(reply.len(), 50);
+    assert!(took >= Duration::from_micros(49 * 50), "50 slices arrived {took:?} after the request: not paced apart");
+}
+
+/// Sends `ECHO <n x's>` over a blocking socket; returns how long the whole reply took after
+/// the request was written, and the reply.
+fn time_echo(addr: &str, n: usize) -> (Duration, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let arg = "x".repeat(n);
+    let expected = format!("${n}\r\n{arg}\r\n").into_bytes();
+    let t = std::time::Instant::now();
+    s.write_all(format!("*2\r\n$4\r\nECHO\r\n${n}\r\n{arg}\r\n").as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < expected.len() {
+        let k = s.read(&mut buf).expect("reply within 5 s");
+        assert!(k > 0, "closed after {} of {} bytes", got.len(), expected.len());
+        got.extend_from_slice(&buf[..k]);
+    }
+    let took = t.elapsed();
+    assert_eq!(got, expected);
+    (took, got)
+}
+
 /// Toxiproxy's `noop` toxic is accepted and listed, and data flows through it untouched.
 #[tokio::test]
 async fn a_noop_toxic_is_listed_and_changes_nothing() {
@@ -212,14 +350,14 @@ async fn toxicity_is_rolled_once_per_connection() {
         let mut s = TcpStream::connect(rig.proxied_addr()).await.unwrap();
         s.write_all(b"PING\r\n").await.unwrap();
         let mut reply = [0u8; 7];
-        if tokio::io::AsyncReadExt::read_exact(&mut s, &mut reply).await.is_err() {
+        if s.read_exact(&mut reply).await.is_err() {
             cut_connections += 1;
             continue;
         }
         // Spared once, spared for good: the roll is not repeated per chunk.
         for _ in 0..10 {
             s.write_all(b"PING\r\n").await.unwrap();
-            tokio::io::AsyncReadExt::read_exact(&mut s, &mut reply).await.expect("a spared connection was cut later");
+            s.read_exact(&mut reply).await.expect("a spared connection was cut later");
         }
     }
     assert!((5..=35).contains(&cut_connections), "toxicity 0.5 cut {cut_connections} of 40 connections");

@@ -9,6 +9,14 @@
 //! bounded: past it the pump stops reading and TCP backpressure reaches the sender. With no
 //! toxic on a stream the pump is a plain copy loop (no queue, no timers), which is what keeps
 //! the proxy's own overhead small.
+//!
+//! Semantics follow Toxiproxy 2.12 toxic by toxic, with one deliberate difference in how a
+//! direction ends. Toxiproxy closes the whole destination socket when a direction ends, so a
+//! client that half-closes can lose the reply already on its way back. Here the ending
+//! direction sends FIN (after its slow_close) and the other one keeps flowing until it ends
+//! too: the reply arrives, and the close the client then sees is still held by slow_close.
+//! Due times are kept by a timerfd ([`PreciseTimer`]), not tokio's 1 ms wheel, so a latency
+//! toxic adds what it is asked for.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,6 +31,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::timer::PreciseTimer;
 use crate::toxiproxy::model::{Stream, Toxic, ToxicKind};
 
 /// Read buffer per pump, in bytes.
@@ -34,6 +43,11 @@ const QUEUED_BYTES_MAX: usize = 256 * 1024;
 /// Largest piece a bandwidth toxic writes at once: 100 ms worth of data at its rate, as
 /// Toxiproxy paces it.
 const BANDWIDTH_SLICE_MS: u64 = 100;
+/// Least pause between two slicer pieces, in microseconds, even with `delay` 0. Without it
+/// the pieces are written back to back and the kernel merges them in the receiver's socket
+/// buffer (2 reads for 50 one-byte slices); Toxiproxy hands each piece to its writer
+/// goroutine through a channel and a zero timer, a pause of this order.
+const SLICE_GAP_MIN_US: u64 = 50;
 
 /// A toxic as installed on a proxy, with an id that changes when it is re-created so per
 /// connection state (toxicity roll, arm time, byte count) starts fresh.
@@ -45,15 +59,16 @@ pub(crate) struct ActiveToxic {
 
 pub(crate) type ToxicList = Arc<Vec<ActiveToxic>>;
 
-/// How a connection (or one of its pumps) ended.
+/// How one direction (pump) ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
-    /// The source closed its side.
-    Eof,
-    /// The proxy closed it (a toxic, a disable, an I/O error).
+    /// The direction is finished and its destination got FIN: the source closed its side, or
+    /// a limit_data toxic let its last byte through. The other direction keeps flowing, so a
+    /// client that half-closes still gets the reply that is on its way back.
+    Finished,
+    /// The connection must close now, both directions (a timeout or reset_peer toxic fired,
+    /// the proxy was disabled, an I/O error).
     Closed,
-    /// A reset_peer toxic fired: close with SO_LINGER 0 so peers see RST.
-    Reset,
 }
 
 pub(crate) struct LinkCtx {
@@ -64,8 +79,8 @@ pub(crate) struct LinkCtx {
     pub allow_remote_upstream: bool,
 }
 
-/// Serves one accepted client connection until either side closes, a toxic ends it, or the
-/// proxy is disabled/deleted (`cancel`).
+/// Serves one accepted client connection until both directions have finished, a toxic ends
+/// it, or the proxy is disabled/deleted (`cancel`).
 pub(crate) async fn serve(mut client: TcpStream, mut ctx: LinkCtx) {
     let mut upstream = match connect_upstream(&ctx).await {
         Ok(s) => s,
@@ -76,25 +91,37 @@ pub(crate) async fn serve(mut client: TcpStream, mut ctx: LinkCtx) {
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let end = {
+    // Toxiproxy sets SO_LINGER 0 on both sockets when the connection starts under a
+    // reset_peer toxic (either stream, whatever its toxicity), and only then: such a
+    // connection ends with RST however it ends, while one that was open before the toxic was
+    // added ends with FIN when the toxic fires.
+    let abortive = ctx.toxics.borrow().iter().any(|t| matches!(t.toxic.kind, ToxicKind::ResetPeer { .. }));
+    if abortive {
+        for s in [&client, &upstream] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
+    }
+    {
         let (cr, cw) = client.split();
         let (ur, uw) = upstream.split();
         let up_rng = StdRng::from_rng(&mut ctx.rng);
         let down_rng = StdRng::from_rng(&mut ctx.rng);
         let up = pump(cr, uw, Stream::Upstream, ctx.toxics.clone(), up_rng);
         let down = pump(ur, cw, Stream::Downstream, ctx.toxics.clone(), down_rng);
-        tokio::select! {
-            e = up => e,
-            e = down => e,
-            _ = ctx.cancel.cancelled() => End::Closed,
-        }
-    };
-    if end == End::Reset {
-        // With linger 0, close() sends RST instead of FIN: the peer sees ECONNRESET.
-        for s in [&client, &upstream] {
-            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) {
+            let end = tokio::select! {
+                e = &mut up, if !up_done => { up_done = true; e }
+                e = &mut down, if !down_done => { down_done = true; e }
+                _ = ctx.cancel.cancelled() => End::Closed,
+            };
+            if end == End::Closed {
+                break;
+            }
         }
     }
+    // Dropping the streams closes both sockets: FIN, or RST where linger 0 was set.
 }
 
 async fn connect_upstream(ctx: &LinkCtx) -> std::io::Result<TcpStream> {
@@ -111,6 +138,8 @@ struct Chunk {
     at: Instant,
 }
 
+/// Copies `src` to `dst` through the live toxics of `stream` until the direction finishes
+/// (then `dst` gets FIN) or the connection must close.
 async fn pump<R, W>(mut src: R, mut dst: W, stream: Stream, mut toxics: watch::Receiver<ToxicList>, rng: StdRng) -> End
 where
     R: AsyncRead + Unpin,
@@ -119,30 +148,33 @@ where
     let mut shaper = Shaper { stream, states: HashMap::new(), bandwidth_next: Instant::now(), rng };
     let mut active = shaper.refresh(&toxics.borrow_and_update());
     let mut blackhole = is_blackhole(&active);
-    let mut deadline = shaper.next_deadline(&active);
     // Segments shaped but not yet due; reading goes on meanwhile, so delays are pipelined.
     let mut queue: VecDeque<Segment> = VecDeque::new();
+    // When a reset_peer toxic fires. Once its first chunk arrived it fires even if the toxic
+    // is removed meanwhile, as in Toxiproxy, where removal waits for the running toxic.
+    let mut reset_at: Option<Instant> = None;
     let mut src_done = false;
-    let mut close_when_drained = false;
+    let mut limit_reached = false;
+    let mut timer: Option<PreciseTimer> = None;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
-        if queue.is_empty() && (src_done || close_when_drained) {
-            if close_when_drained {
-                return End::Closed;
-            }
+        if queue.is_empty() && (src_done || limit_reached) {
             if let Some(ms) = slow_close_ms(&active) {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                timer.get_or_insert_with(PreciseTimer::new).sleep(Duration::from_millis(ms)).await;
             }
-            return End::Eof;
+            let _ = dst.shutdown().await;
+            return End::Finished;
         }
+        let deadline = [reset_at, shaper.timeout_deadline(&active)].into_iter().flatten().min();
         let next_write = queue.front().map(|s| s.not_before);
         let queued_bytes: usize = queue.iter().map(|s| s.data.len()).sum();
-        let can_read = !src_done && !close_when_drained && queued_bytes < QUEUED_BYTES_MAX;
+        let can_read = !src_done && !limit_reached && queued_bytes < QUEUED_BYTES_MAX;
+        if next_write.is_some() && timer.is_none() {
+            timer = Some(PreciseTimer::new());
+        }
         tokio::select! {
             biased;
-            _ = sleep_until(deadline.map_or_else(Instant::now, |d| d.0)), if deadline.is_some() => {
-                return deadline.map_or(End::Closed, |d| d.1);
-            }
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return End::Closed,
             changed = toxics.changed() => {
                 if changed.is_err() {
                     return End::Closed;
@@ -155,9 +187,8 @@ where
                     return End::Closed;
                 }
                 blackhole = now_blackhole;
-                deadline = shaper.next_deadline(&active);
             }
-            _ = sleep_until(next_write.unwrap_or_else(Instant::now)), if next_write.is_some() => {
+            _ = wait_for(&mut timer, next_write), if next_write.is_some() => {
                 if write_due(&mut queue, &mut dst).await.is_err() {
                     return End::Closed;
                 }
@@ -169,7 +200,19 @@ where
                     Ok(_) => {
                         let data = buf.split().freeze();
                         buf.reserve(READ_CHUNK_BYTES);
+                        if reset_at.is_none() {
+                            if let Some(ms) = reset_peer_ms(&active) {
+                                // Toxiproxy's reset_peer takes the first chunk it sees, drops it,
+                                // waits its timeout and closes: idle connections never see it.
+                                reset_at = Some(Instant::now() + Duration::from_millis(ms));
+                            }
+                        }
+                        if reset_at.is_some() {
+                            continue;
+                        }
                         if blackhole {
+                            // A timeout toxic restarts its timer on every chunk it swallows.
+                            shaper.rearm_timeouts(&active);
                             continue;
                         }
                         if active.is_empty() && queue.is_empty() {
@@ -179,9 +222,9 @@ where
                             }
                             continue;
                         }
-                        let (segs, close_after) = shaper.shape(Chunk { data, at: Instant::now() }, &active);
+                        let (segs, limit) = shaper.shape(Chunk { data, at: Instant::now() }, &active);
                         queue.extend(segs);
-                        close_when_drained |= close_after;
+                        limit_reached |= limit;
                         if write_due(&mut queue, &mut dst).await.is_err() {
                             return End::Closed;
                         }
@@ -192,11 +235,22 @@ where
     }
 }
 
-/// Writes every queued segment that is due now, in order.
+async fn wait_for(timer: &mut Option<PreciseTimer>, at: Option<Instant>) {
+    if let (Some(t), Some(at)) = (timer.as_mut(), at) {
+        t.sleep_until(at).await
+    }
+}
+
+/// Writes every queued segment that is due now, in order. A segment marked `apart` (a slicer
+/// piece) is held at least [`SLICE_GAP_MIN_US`] after the one before it, so it reaches the
+/// receiver as its own read instead of merging with it in the socket buffer.
 async fn write_due<W: AsyncWrite + Unpin>(queue: &mut VecDeque<Segment>, dst: &mut W) -> std::io::Result<()> {
     while queue.front().is_some_and(|s| s.not_before <= Instant::now()) {
         let seg = queue.pop_front().expect("front checked");
         dst.write_all(&seg.data).await?;
+        if let Some(next) = queue.front_mut().filter(|n| n.apart) {
+            next.not_before = next.not_before.max(Instant::now() + Duration::from_micros(SLICE_GAP_MIN_US));
+        }
     }
     Ok(())
 }
@@ -213,6 +267,46 @@ fn slow_close_ms(active: &[ActiveToxic]) -> Option<u64> {
             _ => None,
         })
         .max()
+}
+
+fn reset_peer_ms(active: &[ActiveToxic]) -> Option<u64> {
+    active
+        .iter()
+        .filter_map(|t| match t.toxic.kind {
+            ToxicKind::ResetPeer { timeout_ms } => Some(timeout_ms),
+            _ => None,
+        })
+        .min()
+}
+
+/// One latency draw as Toxiproxy makes it: whole milliseconds, `latency + U[-jitter, jitter)`,
+/// never below zero.
+pub(crate) fn latency_draw_ms(latency_ms: u64, jitter_ms: u64, rng: &mut impl Rng) -> u64 {
+    let jitter = if jitter_ms > 0 { rng.random_range(-(jitter_ms as i64)..jitter_ms as i64) } else { 0 };
+    (latency_ms as i64 + jitter).max(0) as u64
+}
+
+/// Toxiproxy's slicer cut of `len` bytes: the range is halved (plus a uniform shift in
+/// `[-variation, variation)`) until a piece is within `variation` of `average`, so pieces
+/// fall in about `(average / 2, average + variation]` with no bias at either end. Returns
+/// the piece lengths, in order.
+pub(crate) fn slice_lengths(len: usize, average: usize, variation: usize, rng: &mut impl Rng) -> Vec<usize> {
+    fn cut(len: usize, average: usize, variation: usize, rng: &mut impl Rng, out: &mut Vec<usize>) {
+        if len <= average + variation || len < 2 {
+            out.push(len);
+            return;
+        }
+        let shift = if variation > 0 { rng.random_range(-(variation as i64)..variation as i64) } else { 0 };
+        // Clamped inside the range so both halves are non-empty and the recursion ends.
+        let mid = (len as i64 / 2 + shift).clamp(1, len as i64 - 1) as usize;
+        cut(mid, average, variation, rng, out);
+        cut(len - mid, average, variation, rng, out);
+    }
+    let mut out = Vec::new();
+    if len > 0 {
+        cut(len, average.max(1), variation, rng, &mut out);
+    }
+    out
 }
 
 /// Per connection-direction state of one toxic.
@@ -235,6 +329,8 @@ struct Shaper {
 struct Segment {
     data: Bytes,
     not_before: Instant,
+    /// A slicer piece: written on its own, not merged with the piece before it.
+    apart: bool,
 }
 
 impl Shaper {
@@ -258,20 +354,20 @@ impl Shaper {
         active
     }
 
-    /// Splits and schedules one chunk through the data-shaping toxics. Returns the segments
-    /// and whether the connection must close after writing them (limit_data reached).
+    /// Splits and schedules one chunk through the data-shaping toxics, in installation order
+    /// (Toxiproxy's chain). Returns the segments and whether a limit_data toxic let its last
+    /// byte through (the direction then finishes once they are written).
     fn shape(&mut self, chunk: Chunk, active: &[ActiveToxic]) -> (Vec<Segment>, bool) {
-        let mut segs = vec![Segment { data: chunk.data, not_before: chunk.at }];
-        let mut close_after = false;
+        let mut segs = vec![Segment { data: chunk.data, not_before: chunk.at, apart: false }];
+        let mut limit_reached = false;
         for t in active {
             match t.toxic.kind {
                 ToxicKind::Latency { latency_ms, jitter_ms } => {
-                    let jitter =
-                        if jitter_ms > 0 { self.rng.random_range(-(jitter_ms as i64)..=jitter_ms as i64) } else { 0 };
-                    let delay_ms = (latency_ms as i64 + jitter).max(0) as u64;
-                    let due = chunk.at + Duration::from_millis(delay_ms);
+                    // Counted from when the data reached this toxic, so two latency toxics
+                    // add up, as chained Toxiproxy toxics do.
+                    let delay = Duration::from_millis(latency_draw_ms(latency_ms, jitter_ms, &mut self.rng));
                     for s in &mut segs {
-                        s.not_before = s.not_before.max(due);
+                        s.not_before += delay;
                     }
                 }
                 ToxicKind::Bandwidth { rate_kb_s } if rate_kb_s > 0 => {
@@ -283,21 +379,20 @@ impl Shaper {
                             let start = self.bandwidth_next.max(s.not_before);
                             let cost = Duration::from_nanos(piece.len() as u64 * 1_000_000 / rate_kb_s);
                             self.bandwidth_next = start + cost;
-                            out.push(Segment { data: piece, not_before: self.bandwidth_next });
+                            out.push(Segment { data: piece, not_before: self.bandwidth_next, apart: s.apart });
                         }
                     }
                     segs = out;
                 }
-                ToxicKind::Slicer { average_size, size_variation, delay_us } if average_size > 0 => {
+                ToxicKind::Slicer { average_size, size_variation, delay_us } => {
                     let mut out = Vec::new();
                     for s in segs {
+                        let lens =
+                            slice_lengths(s.data.len(), average_size as usize, size_variation as usize, &mut self.rng);
                         let mut rest = s.data;
                         let mut at = s.not_before;
-                        while !rest.is_empty() {
-                            let var = size_variation.min(average_size - 1) as i64;
-                            let size = (average_size as i64 + self.rng.random_range(-var..=var)).max(1) as usize;
-                            let piece = rest.split_to(size.min(rest.len()));
-                            out.push(Segment { data: piece, not_before: at });
+                        for len in lens {
+                            out.push(Segment { data: rest.split_to(len), not_before: at, apart: true });
                             at += Duration::from_micros(delay_us);
                         }
                     }
@@ -318,33 +413,36 @@ impl Shaper {
                         kept.push(s);
                     }
                     segs = kept;
-                    if st.passed_bytes >= bytes {
-                        close_after = true;
-                    }
+                    limit_reached |= st.passed_bytes >= bytes;
                 }
                 _ => {}
             }
         }
-        (segs, close_after)
+        (segs, limit_reached)
     }
 
-    /// The earliest moment a timer toxic (timeout > 0, reset_peer) ends the connection.
-    fn next_deadline(&self, active: &[ActiveToxic]) -> Option<(Instant, End)> {
+    /// When a timeout toxic with a value closes the connection: its timeout after it was
+    /// installed or after the last chunk it swallowed, whichever is later.
+    fn timeout_deadline(&self, active: &[ActiveToxic]) -> Option<Instant> {
         active
             .iter()
-            .filter_map(|t| {
-                let armed = self.states.get(&t.uid)?.armed_at;
-                match t.toxic.kind {
-                    ToxicKind::ResetPeer { timeout_ms } => {
-                        Some((armed + Duration::from_millis(timeout_ms), End::Reset))
-                    }
-                    ToxicKind::Timeout { timeout_ms } if timeout_ms > 0 => {
-                        Some((armed + Duration::from_millis(timeout_ms), End::Closed))
-                    }
-                    _ => None,
+            .filter_map(|t| match t.toxic.kind {
+                ToxicKind::Timeout { timeout_ms } if timeout_ms > 0 => {
+                    Some(self.states.get(&t.uid)?.armed_at + Duration::from_millis(timeout_ms))
                 }
+                _ => None,
             })
-            .min_by_key(|(at, _)| *at)
+            .min()
+    }
+
+    /// Toxiproxy's timeout toxic waits for its timeout afresh after every chunk it drops.
+    fn rearm_timeouts(&mut self, active: &[ActiveToxic]) {
+        let now = Instant::now();
+        for t in active.iter().filter(|t| matches!(t.toxic.kind, ToxicKind::Timeout { .. })) {
+            if let Some(st) = self.states.get_mut(&t.uid) {
+                st.armed_at = now;
+            }
+        }
     }
 }
 
@@ -357,4 +455,42 @@ fn split_every(mut data: Bytes, size: usize) -> Vec<Bytes> {
         out.push(data);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_drawn_as_toxiproxy_draws_it() {
+        // Go: latency + rand.Int63n(2 * jitter) - jitter, whole milliseconds: [L - J, L + J).
+        let mut rng = StdRng::seed_from_u64(1);
+        let draws: Vec<u64> = (0..20_000).map(|_| latency_draw_ms(10, 3, &mut rng)).collect();
+        assert_eq!(*draws.iter().min().unwrap(), 7);
+        assert_eq!(*draws.iter().max().unwrap(), 12, "L + J itself is never drawn");
+        let mean = draws.iter().sum::<u64>() as f64 / draws.len() as f64;
+        assert!((9.3..9.7).contains(&mean), "mean {mean}: the draw is uniform over [L - J, L + J)");
+        assert!((0..100).all(|_| latency_draw_ms(10, 0, &mut rng) == 10));
+        assert!((0..1_000).map(|_| latency_draw_ms(2, 5, &mut rng)).all(|d| d <= 6), "clamped at 0, never wraps");
+    }
+
+    #[test]
+    fn slicer_halves_recursively_like_toxiproxy() {
+        // No variation: pure halving. 1000 -> 500 -> 250 -> 125 -> 62 + 63, all in (50, 100].
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(slice_lengths(1000, 100, 0, &mut rng), [62, 63].repeat(8));
+        // With variation: every piece in (0, average + variation], none lost, and pieces are
+        // not a fixed average +- variation draw (they fall in about (average/2, average+var]).
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let pieces = slice_lengths(4_000, 10, 5, &mut rng);
+            assert_eq!(pieces.iter().sum::<usize>(), 4_000);
+            assert!(pieces.iter().all(|&p| (1..=15).contains(&p)), "{pieces:?}");
+            let mean = 4_000.0 / pieces.len() as f64;
+            assert!((5.0..=15.0).contains(&mean), "mean piece {mean}");
+        }
+        assert_eq!(slice_lengths(50, 1, 0, &mut rng), vec![1; 50]);
+        assert_eq!(slice_lengths(7, 10, 5, &mut rng), vec![7], "short data is one piece");
+        assert!(slice_lengths(0, 10, 5, &mut rng).is_empty());
+    }
 }

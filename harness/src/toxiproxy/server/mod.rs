@@ -11,6 +11,7 @@
 
 mod api;
 mod link;
+mod timer;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
