@@ -1,9 +1,16 @@
 //! The Toxiproxy 2.x REST API over the proxy registry.
 //!
-//! Status codes as Toxiproxy answers: 201 for a created proxy and for populate, 200 for a
-//! created toxic, 204 for deletes and reset, 400/404/409 with `{"error": ..., "status": N}`.
+//! Follows Toxiproxy 2.12 byte for byte where clients can see it: 201 for a created proxy and
+//! for populate, 200 for a created toxic, 204 for deletes and reset; errors as Go's
+//! `http.Error` writes them (`{"error": ..., "status": N}` plus a newline, Content-Type
+//! text/plain, `X-Content-Type-Options: nosniff`); populate's body with `"proxies": null`
+//! when it made none; `404 page not found` for unknown routes; the version line exactly.
 //! Bodies are parsed by hand from bytes rather than through axum's `Json` extractor so a
-//! malformed body gets Toxiproxy's error shape instead of axum's plain-text rejection.
+//! malformed body gets Toxiproxy's error shape instead of axum's rejection.
+//!
+//! Deliberately stricter than Toxiproxy: negative or non-integer attributes, a toxicity
+//! outside [0, 1], a wrongly typed field and a non-loopback upstream are refused with 400
+//! where Toxiproxy would accept them (or fail later).
 
 use std::sync::Arc;
 
@@ -24,8 +31,15 @@ type Reg = State<Arc<Registry>>;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorJson { error: self.message, status: self.status.as_u16() };
-        (self.status, Json(body)).into_response()
+        let json = serde_json::to_string(&body).expect("an error serialises");
+        go_http_error(self.status, json)
     }
+}
+
+/// A response as Go's `http.Error` writes it: the text and a newline, as text/plain.
+fn go_http_error(status: StatusCode, text: String) -> Response {
+    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")];
+    (status, headers, text + "\n").into_response()
 }
 
 impl From<ModelError> for ApiError {
@@ -46,7 +60,8 @@ pub(crate) fn router(registry: Arc<Registry>) -> Router {
             "/proxies/{proxy}/toxics/{toxic}",
             get(toxic_show).post(toxic_update).patch(toxic_update).delete(toxic_delete),
         )
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
+        // gorilla/mux's answer to a route it does not know.
+        .fallback(|| async { go_http_error(StatusCode::NOT_FOUND, "404 page not found".into()) })
         .layer(middleware::from_fn(stop_browsers))
         .layer(middleware::from_fn(request_id))
         .with_state(registry)
@@ -76,7 +91,7 @@ async fn stop_browsers(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ua| ua.starts_with("Mozilla/"));
     if browser {
-        return ApiError::new(StatusCode::FORBIDDEN, "User agent not allowed").into_response();
+        return go_http_error(StatusCode::FORBIDDEN, "User agent not allowed".into());
     }
     next.run(req).await
 }
@@ -116,9 +131,10 @@ fn proxy_config(v: &Value) -> ApiResult<ProxyConfig> {
     Ok(ProxyConfig { name, listen, upstream, enabled })
 }
 
-async fn version() -> Json<Value> {
-    // Exactly Toxiproxy 2.12's shape: clients compare the whole object.
-    Json(json!({ "version": TOXIPROXY_COMPAT_VERSION }))
+async fn version() -> Response {
+    // Exactly Toxiproxy 2.12's bytes: clients compare the whole object, some the text.
+    let body = format!("{{\"version\": \"{TOXIPROXY_COMPAT_VERSION}\"}}\n");
+    ([(header::CONTENT_TYPE, "application/json;charset=utf-8")], body).into_response()
 }
 
 async fn reset(State(reg): Reg) -> ApiResult<StatusCode> {
@@ -127,24 +143,36 @@ async fn reset(State(reg): Reg) -> ApiResult<StatusCode> {
 }
 
 async fn populate(State(reg): Reg, body: Bytes) -> Response {
+    // Toxiproxy checks every entry before it changes anything; an entry's error names it
+    // ("missing required field: name at proxy 2").
     let configs = parse_body(&body).and_then(|v| match v {
-        Value::Array(items) => items.iter().map(proxy_config).collect::<ApiResult<Vec<_>>>(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                proxy_config(item).map_err(|mut e| {
+                    if e.message.starts_with("missing required field") {
+                        e.message = format!("{} at proxy {}", e.message, i + 1);
+                    }
+                    e
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>(),
         _ => Err(bad_field("expected a JSON array of proxies")),
     });
-    let configs = match configs {
-        Ok(c) => c,
-        Err(e) => return with_proxies(e, Vec::new()),
+    let (proxies, error) = match configs {
+        Ok(c) => reg.populate(c).await,
+        Err(e) => (Vec::new(), Some(e)),
     };
-    match reg.populate(configs).await {
-        (proxies, None) => (StatusCode::CREATED, Json(json!({ "proxies": proxies }))).into_response(),
-        (proxies, Some(e)) => with_proxies(e, proxies),
+    // Go marshals an empty slice of proxies as null, with or without an error.
+    let proxies = if proxies.is_empty() { Value::Null } else { json!(proxies) };
+    match error {
+        None => (StatusCode::CREATED, Json(json!({ "proxies": proxies }))).into_response(),
+        Some(e) => {
+            let body = json!({ "error": e.message, "status": e.status.as_u16(), "proxies": proxies });
+            (e.status, Json(body)).into_response()
+        }
     }
-}
-
-/// Populate's error shape: the error fields plus the proxies created before it.
-fn with_proxies(e: ApiError, proxies: Vec<crate::toxiproxy::model::ProxyJson>) -> Response {
-    let body = json!({ "error": e.message, "status": e.status.as_u16(), "proxies": proxies });
-    (e.status, Json(body)).into_response()
 }
 
 async fn proxy_index(State(reg): Reg) -> Response {

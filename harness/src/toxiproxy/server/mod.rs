@@ -158,9 +158,7 @@ impl Registry {
         if entry.running.is_some() {
             return Ok(());
         }
-        let listener = TcpListener::bind(&entry.config.listen).await.map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("listen tcp {}: {e}", entry.config.listen))
-        })?;
+        let listener = listen(&entry.config.listen).await?;
         if let Ok(actual) = listener.local_addr() {
             // Port 0 picks a free port; show the real one from now on, as Toxiproxy does.
             entry.config.listen = actual.to_string();
@@ -237,14 +235,19 @@ impl Registry {
     }
 
     async fn populate(&self, configs: Vec<ProxyConfig>) -> (Vec<ProxyJson>, Option<ApiError>) {
+        // Every entry is checked before any is applied, as Toxiproxy does.
+        for config in &configs {
+            if let Err(e) = self.check_upstream(&config.upstream).await {
+                return (Vec::new(), Some(e));
+            }
+        }
         let mut out = Vec::new();
         for config in configs {
-            if let Err(e) = self.check_upstream(&config.upstream).await {
-                return (out, Some(e));
-            }
             let mut proxies = self.proxies.lock().await;
             if let Some(existing) = proxies.get_mut(&config.name) {
-                if existing.config.listen == config.listen && existing.config.upstream == config.upstream {
+                if existing.config.upstream == config.upstream
+                    && same_listen(&existing.config.listen, &config.listen).await
+                {
                     // Same proxy: leave it (and its open connections) alone, as Toxiproxy does.
                     if let Err(e) = self.set_enabled(existing, config.enabled).await {
                         return (out, Some(e));
@@ -373,6 +376,42 @@ impl Registry {
         }
         entry.publish_toxics();
         Ok(())
+    }
+}
+
+/// Opens a proxy's listener. Errors read as Go's `net.Listen` writes them, with the address
+/// resolved (`listen tcp 127.0.0.1:6379: bind: address already in use`), because Toxiproxy
+/// clients and users match on that text.
+async fn listen(addr: &str) -> ApiResult<TcpListener> {
+    let failed = |text: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, text);
+    let (host, _) = addr.rsplit_once(':').unwrap_or((addr, ""));
+    let resolved = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| failed(format!("listen tcp: lookup {host}: {}", go_errno_text(&e))))?
+        .next()
+        .ok_or_else(|| failed(format!("listen tcp: lookup {host}: no such host")))?;
+    TcpListener::bind(resolved).await.map_err(|e| failed(format!("listen tcp {resolved}: bind: {}", go_errno_text(&e))))
+}
+
+/// An OS error as Go's `syscall.Errno` prints it: the C library's text, lower-cased, without
+/// Rust's " (os error N)".
+fn go_errno_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default()
+}
+
+/// Whether two listen addresses name the same socket: equal text, or `localhost:P` against
+/// the `127.0.0.1:P` a started proxy reports.
+async fn same_listen(current: &str, requested: &str) -> bool {
+    if current == requested {
+        return true;
+    }
+    let Ok(current) = current.parse::<SocketAddr>() else { return false };
+    match tokio::net::lookup_host(requested).await {
+        Ok(mut addrs) => addrs.any(|a| a == current),
+        Err(_) => false,
     }
 }
 
