@@ -110,6 +110,67 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     }
 }
 
+/// The proxy's targets (issue 11), judged on one phase of a `proxy_overhead` result
+/// (`quiet` or `loaded`): (target, bound, unit, value, limit, met). A missing figure is
+/// `None`, never a pass.
+type ProxyTargetRow = (&'static str, &'static str, &'static str, Option<f64>, Option<f64>, Option<bool>);
+
+fn proxy_phase_targets(phase: &serde_json::Value) -> Vec<ProxyTargetRow> {
+    let q = |path: &[&str], key: &str| -> Option<f64> {
+        let mut v = phase;
+        for p in path {
+            v = v.get(*p)?;
+        }
+        v.get(key)?.as_f64()
+    };
+    let mut rows = Vec::new();
+    for (label50, label99, run) in [
+        ("PING p50, 1 client: proxied / direct", "PING p99, 1 client: proxied", "ping_one_client"),
+        ("PING p50, 200 connections: proxied / direct", "PING p99, 200 connections: proxied", "ping_200_connections"),
+    ] {
+        let ratio = q(&[run, "proxied"], "p50").zip(q(&[run, "direct"], "p50")).map(|(p, d)| p / d);
+        rows.push((label50, "<= 1.3x", "x", ratio, Some(1.3), ratio.map(|r| r <= 1.3)));
+        let p99 = q(&[run, "proxied"], "p99");
+        let limit = q(&[run, "direct"], "p99").map(|d| 2.0 * d + 200.0);
+        let met = p99.zip(limit).map(|(p, l)| p <= l);
+        rows.push((label99, "<= 2x direct p99 + 200 us", "us", p99, limit, met));
+    }
+    let thr = q(&["pipelined_set"], "ratio");
+    rows.push(("pipelined SET throughput: proxied / direct", ">= 0.8", "x", thr, Some(0.8), thr.map(|r| r >= 0.8)));
+    let requested = q(&["latency_toxic"], "requested_ms");
+    let over = |k: &str| Some(q(&["latency_toxic"], k)? - requested?);
+    let (o50, o99) = (over("added_p50_ms"), over("added_p99_ms"));
+    rows.push((
+        "5 ms latency toxic: added p50 - requested",
+        "within [-0.1, +0.3] ms",
+        "ms",
+        o50,
+        Some(0.3),
+        o50.map(|o| (-0.1..=0.3).contains(&o)),
+    ));
+    rows.push(("5 ms latency toxic: added p99 - requested", "<= +1 ms", "ms", o99, Some(1.0), o99.map(|o| o <= 1.0)));
+    rows
+}
+
+/// Every proxy target with its quiet verdict (the one that counts) and the loaded figure
+/// beside it, as `proxy_overhead.json` stores them.
+pub fn proxy_targets(result: &serde_json::Value) -> serde_json::Value {
+    let quiet = proxy_phase_targets(&result["quiet"]);
+    let loaded = proxy_phase_targets(&result["loaded"]);
+    let rows = quiet
+        .into_iter()
+        .zip(loaded)
+        .map(|((what, bound, unit, qv, ql, qm), (_, _, _, lv, ll, lm))| {
+            serde_json::json!({
+                "target": what, "bound": bound, "unit": unit,
+                "quiet": qv, "quiet_limit": ql, "quiet_met": qm,
+                "loaded": lv, "loaded_limit": ll, "loaded_met": lm,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
 /// The benches whose results the summary gathers, in report order.
 pub const BENCHES: [&str; 4] = ["notify_latency", "stream_catchup", "waiters_scale", "proxy_overhead"];
 
@@ -204,8 +265,16 @@ fn targets(load: &dyn Fn(&str) -> Option<serde_json::Value>) -> (String, serde_j
     );
     let heap = max(&col("bytes_per_waiter"));
     target_row(&mut md, &mut rows, "heap bytes per waiter", "absolute", "< 2,048", heap, heap.map(|h| h < 2048.0));
-    let proxy = load("proxy_overhead").and_then(|v| v["p50_ratio"].as_f64());
-    target_row(&mut md, &mut rows, "PING p50 through the proxy", "direct", "<= 1.3x", proxy, proxy.map(|r| r <= 1.3));
+    let proxy = load("proxy_overhead").map(|v| proxy_targets(&v)).unwrap_or_default();
+    let proxy_rows = proxy.as_array().cloned().unwrap_or_default();
+    if proxy_rows.is_empty() {
+        target_row(&mut md, &mut rows, "proxy: PING p50, 1 client", "direct", "<= 1.3x", None, None);
+    }
+    for t in proxy_rows {
+        let what = format!("proxy, quiet: {}", t["target"].as_str().unwrap_or(""));
+        let bound = t["bound"].as_str().unwrap_or("");
+        target_row(&mut md, &mut rows, &what, "direct", bound, t["quiet"].as_f64(), t["quiet_met"].as_bool());
+    }
     (md, serde_json::Value::Array(rows))
 }
 
@@ -312,12 +381,8 @@ pub fn write_summary_in(dir: &std::path::Path) -> std::io::Result<std::path::Pat
                 json["waiters_scale"] = v["rows"].clone();
             }
             _ => {
-                let ratio = v["p50_ratio"].as_f64().unwrap_or(f64::NAN);
-                md.push_str(&format!(
-                    "\n## proxy_overhead\n\nPING p50 direct {} us, through the proxy {} us: **{ratio:.2}x**.\n",
-                    v["direct_us"]["p50"], v["proxied_us"]["p50"]
-                ));
-                json["proxy_overhead"] = serde_json::json!({ "p50_ratio": ratio });
+                md.push_str(&proxy_section(&v));
+                json["proxy_overhead"] = v["targets"].clone();
             }
         }
     }
@@ -330,6 +395,51 @@ pub fn write_summary_in(dir: &std::path::Path) -> std::io::Result<std::path::Pat
     let path = dir.join("summary.md");
     std::fs::write(&path, md)?;
     Ok(path)
+}
+
+/// The proxy_overhead section: each target, quiet and loaded side by side, then the raw
+/// figures that explain them (the control forwarder's PING beside the proxy's).
+fn proxy_section(v: &serde_json::Value) -> String {
+    let fmt = |x: Option<f64>, unit: &str| x.map_or("n/a".into(), |x| format!("{x:.2} {unit}"));
+    let verdict = |m: Option<bool>| match m {
+        Some(true) => "met",
+        Some(false) => "**NOT MET**",
+        None => "n/a",
+    };
+    let mut md = String::from("\n## proxy_overhead (direct vs proxied, interleaved)\n\n| target | bound | quiet | limit | verdict | loaded | limit | within |\n|---|---|---|---|---|---|---|---|\n");
+    for t in v["targets"].as_array().into_iter().flatten() {
+        let unit = t["unit"].as_str().unwrap_or("");
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            t["target"].as_str().unwrap_or(""),
+            t["bound"].as_str().unwrap_or(""),
+            fmt(t["quiet"].as_f64(), unit),
+            fmt(t["quiet_limit"].as_f64(), unit),
+            verdict(t["quiet_met"].as_bool()),
+            fmt(t["loaded"].as_f64(), unit),
+            fmt(t["loaded_limit"].as_f64(), unit),
+            match t["loaded_met"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "n/a",
+            },
+        ));
+    }
+    if let Some(why) = v["loaded"]["skipped"].as_str() {
+        md.push_str(&format!("\nLoaded run skipped: {why}.\n"));
+    } else if let Some(load) = v["loaded"]["load"].as_str() {
+        md.push_str(&format!("\nLoaded: beside `{load}`.\n"));
+    }
+    md.push_str("\nPING p50 / p99 (us), one client: direct, the proxy, and the control forwarder (a blocking thread per direction: the floor of any extra hop).\n\n| run | direct | proxy | control |\n|---|---|---|---|\n");
+    for phase in ["quiet", "loaded"] {
+        let one = &v[phase]["ping_one_client"];
+        let cell = |k: &str| match (p50(one, k), p99(one, k)) {
+            (Some(a), Some(b)) => format!("{a:.1} / {b:.1}"),
+            _ => "n/a".into(),
+        };
+        md.push_str(&format!("| {phase} | {} | {} | {} |\n", cell("direct"), cell("proxied"), cell("control")));
+    }
+    md
 }
 
 /// Writes a bench's result and rebuilds the summary, saying where (or why not) on stdout.
@@ -364,9 +474,53 @@ mod tests {
             md.contains("| hybrid notify latency p50, clean | raw Pub/Sub | <= 1.5x | 1.88 | **NOT MET** |"),
             "{md}"
         );
-        assert!(md.contains("| PING p50 through the proxy | direct | <= 1.3x | not measured | not measured |"), "{md}");
+        assert!(md.contains("| proxy: PING p50, 1 client | direct | <= 1.3x | not measured | not measured |"), "{md}");
         assert_eq!(json["targets"][0]["met"], false);
         assert!(md.find("| clean").unwrap() < md.find("| latency_5ms").unwrap(), "clean first:\n{md}");
         assert_eq!(json["missing"], serde_json::json!(["stream_catchup", "waiters_scale", "proxy_overhead"]));
+    }
+
+    /// A result that misses every proxy target must fail every one; a missing figure is not
+    /// a pass; the loaded run is shown but not judged.
+    #[test]
+    fn proxy_targets_fail_when_missed_and_pass_when_met() {
+        let q = |p50: f64, p99: f64| serde_json::json!({ "p50": p50, "p99": p99 });
+        let phase = |proxied: (f64, f64), ratio: f64, added: (f64, f64)| {
+            serde_json::json!({
+                "ping_one_client": { "direct": q(50.0, 100.0), "proxied": q(proxied.0, proxied.1) },
+                "ping_200_connections": { "direct": q(50.0, 100.0), "proxied": q(proxied.0, proxied.1) },
+                "pipelined_set": { "ratio": ratio },
+                "latency_toxic": { "requested_ms": 5, "added_p50_ms": added.0, "added_p99_ms": added.1 },
+            })
+        };
+        let good = phase((60.0, 390.0), 0.9, (5.1, 5.8));
+        let bad = phase((70.0, 410.0), 0.7, (5.5, 6.2));
+        let verdicts = |r: &serde_json::Value| -> Vec<Option<bool>> {
+            r.as_array().unwrap().iter().map(|t| t["quiet_met"].as_bool()).collect()
+        };
+        let met = proxy_targets(&serde_json::json!({ "quiet": good, "loaded": bad }));
+        assert_eq!(verdicts(&met), vec![Some(true); 7], "{met:#}");
+        assert_eq!(met[1]["quiet_limit"], 400.0, "2 x 100 us + 200 us");
+        assert_eq!(met[1]["loaded_met"], false);
+        let missed = proxy_targets(&serde_json::json!({ "quiet": bad.clone(), "loaded": { "skipped": "no" } }));
+        assert_eq!(verdicts(&missed), vec![Some(false); 7], "{missed:#}");
+        let undershoot = phase((60.0, 390.0), 0.9, (4.8, 5.8));
+        let under = proxy_targets(&serde_json::json!({ "quiet": undershoot }));
+        assert_eq!(under[5]["quiet_met"], false, "a toxic that adds less than asked fails too");
+        let none = proxy_targets(&serde_json::json!({}));
+        assert!(verdicts(&none).iter().all(Option::is_none));
+
+        let dir = tempfile::tempdir().unwrap();
+        let result =
+            serde_json::json!({ "quiet": good, "loaded": { "skipped": "stress-ng not started" }, "targets": met });
+        std::fs::write(dir.path().join("proxy_overhead.json"), result.to_string()).unwrap();
+        let md = std::fs::read_to_string(write_summary_in(dir.path()).unwrap()).unwrap();
+        assert!(
+            md.contains(
+                "| proxy, quiet: PING p99, 1 client: proxied | direct | <= 2x direct p99 + 200 us | 390.00 | met |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("Loaded run skipped: stress-ng not started."), "{md}");
     }
 }

@@ -34,6 +34,8 @@
 //!   scenarios is the suite's (`scenarios/`).
 //! - [`report`]: `report.json` (fixed field names), `report.md`, a self-contained
 //!   `report.html`, and `history.jsonl`, built from outcomes by pure functions.
+//! - [`overhead`]: the fault proxy's own p50/p99, sampled during a run beside the scenarios,
+//!   so a report says how much of a latency is the proxy's.
 //! - [`compare`]: two runs' `report.json` compared (verdict, loss and latency changes), for
 //!   validating a design change against a baseline run.
 //! - [`smoke`]: a short end-to-end exercise of the above, what `./ci/chaos` runs until the
@@ -48,6 +50,7 @@ pub mod compare;
 pub mod history;
 pub mod infra;
 pub mod nemesis;
+pub mod overhead;
 pub mod reference;
 pub mod report;
 pub mod scenario;

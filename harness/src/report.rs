@@ -112,6 +112,10 @@ pub struct Report {
     /// What a machine reads first: counts and whether any verdict differs from its
     /// expectation.
     pub summary: Summary,
+    /// What the fault proxy itself adds to a round trip, sampled during this run under the
+    /// same load (PING direct vs through a proxy with no toxic); absent if it could not be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_overhead: Option<crate::overhead::ProxyOverhead>,
     pub scenarios: Vec<Row>,
 }
 
@@ -317,6 +321,9 @@ pub fn markdown(r: &Report) -> String {
     }
     let mismatches = r.scenarios.iter().filter(|x| x.verdict != x.expected_verdict).count();
     let _ = writeln!(out, "- **mismatches**: {mismatches}\n");
+    if let Some(line) = proxy_line(r) {
+        let _ = writeln!(out, "{line}\n");
+    }
     for (name, rows) in groups(r) {
         let _ = writeln!(out, "## {name}\n");
         let _ = writeln!(out, "| {} |", COLUMNS.join(" | "));
@@ -348,6 +355,15 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(out, "- **{k}**: {d}");
     }
     out
+}
+
+/// One sentence on the proxy's own share of the latencies, when it was measured.
+fn proxy_line(r: &Report) -> Option<String> {
+    let o = r.proxy_overhead.as_ref()?;
+    Some(format!(
+        "The fault proxy itself adds p50 {:.3} ms, p99 {:.3} ms per crossing (PING direct p50 {:.3} / p99 {:.3} ms, through the proxy {:.3} / {:.3} ms; {} pairs sampled during this run). The latencies below include it once per crossing.",
+        o.added_ms.p50, o.added_ms.p99, o.direct_ms.p50, o.direct_ms.p99, o.proxied_ms.p50, o.proxied_ms.p99, o.samples
+    ))
 }
 
 /// The per-strategy table columns, shared by `report.md` and `report.html`.
@@ -478,7 +494,8 @@ const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:80em}table
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,th:first-child{text-align:left}\
 .ok{background:#e3f4e3}.canary{background:#eee}.mismatch{background:#f8c9c9;font-weight:bold}.unknown{background:#fde9b8}\
 .banner{padding:.6em 1em;font-size:1.3em;border:2px solid}.banner.ok{border-color:#3a3}.banner.mismatch{border-color:#c33}\
-.nodata{color:#777;font-style:italic}code{background:#f4f4f4;padding:1px 3px}svg text{font-family:sans-serif}";
+.nodata{color:#777;font-style:italic}code{background:#f4f4f4;padding:1px 3px}svg text{font-family:sans-serif}\
+.note{border-left:4px solid #69c;padding:.3em .8em;background:#f3f7fb}";
 
 /// The matrix cell of one row: what text says, the colour repeats.
 fn matrix_cell(x: &Row) -> (&'static str, String) {
@@ -655,12 +672,20 @@ pub fn html(r: &Report) -> String {
         "<h2>Loss</h2>{}",
         svg_bars("acknowledged responses lost", "acknowledged responses (or chunks) lost, count", &lost, false)
     );
+    if let Some(line) = proxy_line(r) {
+        let _ = write!(out, "<p class=\"note\">{}</p>", esc(&line));
+    }
     for (q, pick) in [("p50", 0usize), ("p99", 1)] {
-        let items: Vec<(String, Option<f64>)> = r
+        let mut items: Vec<(String, Option<f64>)> = r
             .scenarios
             .iter()
-            .map(|x| (label(x), has_latency(x).then(|| if pick == 0 { x.latency_ms.p50 } else { x.latency_ms.p99 })))
+            .map(|x| (label(x), has_latency(x).then_some(if pick == 0 { x.latency_ms.p50 } else { x.latency_ms.p99 })))
             .collect();
+        if let Some(o) = &r.proxy_overhead {
+            // Beside the strategies, on the same axis: the proxy's own share.
+            let added = if pick == 0 { o.added_ms.p50 } else { o.added_ms.p99 };
+            items.insert(0, ("the fault proxy itself (one crossing)".to_string(), Some(added.max(0.001))));
+        }
         let _ = write!(
             out,
             "<h2>Latency {q}</h2>{}",

@@ -349,8 +349,22 @@ async fn run_suite(
     let budget = Budget::new(quick).with_mutation(mutation);
     let pairs: Vec<(&harness::scenario::Scenario, &str)> =
         chosen.iter().flat_map(|sc| strats.iter().filter(|st| sc.applies(st)).map(move |st| (sc, *st))).collect();
+    // The proxy's own share, sampled beside the rows under the same load; a run whose probe
+    // cannot start still runs, and its report says nothing of the proxy's share.
+    let probe = match harness::overhead::ProxyProbe::start().await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("hybrid-chaos: the proxy-overhead probe did not start ({e}); the report will not show it");
+            None
+        }
+    };
     let outcomes =
-        run_pairs(pairs, seed, budget, quick, jobs, "").await.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        run_pairs(pairs, seed, budget, quick, jobs, "").await.into_iter().collect::<anyhow::Result<Vec<_>>>();
+    let proxy_overhead = match probe {
+        Some(p) => p.finish().await,
+        None => None,
+    };
+    let outcomes = outcomes?;
     let rows: Vec<_> = outcomes.iter().map(harness::report::row).collect();
     let report = harness::report::Report {
         run_id: run_id.clone(),
@@ -361,6 +375,7 @@ async fn run_suite(
             .into(),
         quick,
         summary: harness::report::Summary::of(&rows),
+        proxy_overhead,
         scenarios: rows,
     };
     harness::report::write_dir(&dir, &report, &outcomes)?;
