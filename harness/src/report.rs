@@ -542,7 +542,14 @@ fn svg_bars(title: &str, unit: &str, items: &[(String, Option<f64>)], log: bool)
                     r##"<rect x="{label_w}" y="{y}" width="{w:.1}" height="{bar_h}" fill="#4c78a8"/><text x="{:.1}" y="{}" font-size="10">{}</text>"##,
                     label_w + w + 4.0,
                     y + 10.0,
-                    if *v >= 10.0 || v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+                    if *v >= 10.0 || v.fract() == 0.0 {
+                        format!("{v:.0}")
+                    } else if *v < 0.1 {
+                        // Sub-0.1 ms figures (the proxy's own share) keep two significant digits.
+                        format!("{v:.3}")
+                    } else {
+                        format!("{v:.1}")
+                    }
                 );
             }
             None => {
