@@ -88,3 +88,69 @@ hc_check_no_leaked_redis() {
   ps -o pid,ppid,stat,args -p "$leaked" >&2 || true
   return 1
 }
+
+# Whether a Docker engine answers (the container provider's tests and scenarios need one).
+hc_docker_answers() {
+  command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1
+}
+
+# The Redis image the container provider starts: HYBRID_CHAOS_REDIS_IMAGE, default
+# hybrid-chaos/redis:local. When that default is missing it is built here from the installed
+# redis-server, since no registry can be reached: FROM scratch, the binary (also run as
+# redis-sentinel), the libraries ldd lists, /etc/passwd and /etc/group, writable /data and
+# /etc/sentinel. About 18 MB, a few seconds. A user with a registry sets the variable to
+# redis:7 instead and nothing is built.
+hc_ensure_redis_image() {
+  local image="${HYBRID_CHAOS_REDIS_IMAGE:-hybrid-chaos/redis:local}"
+  if docker image inspect "$image" >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$image" != "hybrid-chaos/redis:local" ]; then
+    echo "ci: the Redis image $image is not present; pull it (docker pull $image) or unset HYBRID_CHAOS_REDIS_IMAGE to build hybrid-chaos/redis:local" >&2
+    return 1
+  fi
+  local bin ctx
+  bin=$(readlink -f "$(command -v redis-server)")
+  ctx=$(mktemp -d)
+  mkdir -p "$ctx/rootfs/usr/bin" "$ctx/rootfs/etc/sentinel" "$ctx/rootfs/data" "$ctx/rootfs/tmp"
+  cp "$bin" "$ctx/rootfs/usr/bin/redis-server"
+  ln -s redis-server "$ctx/rootfs/usr/bin/redis-sentinel"
+  # Every library the binary loads, at the same path, plus the loader itself.
+  ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
+    mkdir -p "$ctx/rootfs$(dirname "$lib")"
+    cp -L "$lib" "$ctx/rootfs$lib"
+  done
+  echo 'root:x:0:0:root:/root:/bin/false' > "$ctx/rootfs/etc/passwd"
+  echo 'redis:x:999:999:redis:/data:/bin/false' >> "$ctx/rootfs/etc/passwd"
+  printf 'root:x:0:\nredis:x:999:\n' > "$ctx/rootfs/etc/group"
+  : > "$ctx/rootfs/etc/sentinel/sentinel.conf"
+  chmod 777 "$ctx/rootfs/etc/sentinel" "$ctx/rootfs/data" "$ctx/rootfs/tmp"
+  chmod 666 "$ctx/rootfs/etc/sentinel/sentinel.conf"
+  cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY rootfs/ /
+WORKDIR /data
+EXPOSE 6379 26379
+ENTRYPOINT ["/usr/bin/redis-server"]
+DOCKERFILE
+  echo "ci: building the Redis image $image from $bin" >&2
+  if ! docker build -q -t "$image" --label org.hybrid-chaos.image=redis "$ctx" >/dev/null; then
+    rm -rf "$ctx"
+    echo "ci: FAIL: could not build $image from $bin" >&2
+    return 1
+  fi
+  rm -rf "$ctx"
+}
+
+# Fails if a container or network of this run (label org.hybrid-chaos.run=$HC_RUN_TAG) is
+# still there: every test must leave nothing behind.
+hc_check_no_leaked_containers() {
+  [ "${HC_DOCKER:-}" = "1" ] || return 0
+  local left
+  left=$(docker ps -aq --filter "label=org.hybrid-chaos.run=$HC_RUN_TAG"; docker network ls -q --filter "label=org.hybrid-chaos.run=$HC_RUN_TAG")
+  if [ -n "$left" ]; then
+    echo "ci: FAIL: containers or networks of this run were left behind:" >&2
+    docker ps -a --filter "label=org.hybrid-chaos.run=$HC_RUN_TAG" >&2
+    return 1
+  fi
+}

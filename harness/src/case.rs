@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checker::{self, CleanupLimits, LatencyBound, Validity, Verdict};
 use crate::history::{History, Kind, Op, Reading};
-use crate::infra::{admin, Persistence, RedisNode, RedisSpec};
+use crate::infra::{admin, Persistence, RedisSpec};
 use crate::nemesis::{Fault, Target};
 use crate::reference::{Config, Mutation};
 use crate::scenario::{self, Rig};
@@ -224,7 +224,7 @@ pub struct CaseRig {
 impl CaseRig {
     pub async fn start(seed: u64) -> anyhow::Result<CaseRig> {
         let spec = RedisSpec::default().persistence(Persistence::AofAlways);
-        let mut rig = Rig::start_with("case", spec, seed, POLL_INTERVAL_MS).await?;
+        let mut rig = Rig::start_with("case", spec, seed, POLL_INTERVAL_MS, crate::infra::Provider::Process).await?;
         rig.quiesce_wait_ms = SETTLE_WAIT_MS;
         let base_cfg = Config {
             health_check_interval_ms: 200,
@@ -251,7 +251,7 @@ impl CaseRig {
         self.rig.prefix = format!("{}c{}:", self.base_prefix, self.cases);
         self.rig.cfg = Config { mutation, ..self.base_cfg.clone() }.with_prefix(&self.rig.prefix);
         // Start clean: every fault healed, the previous case's clients gone.
-        self.rig.nemesis().heal(&mut self.rig.redis).await?;
+        self.rig.nemesis().heal(&mut *self.rig.redis).await?;
         let url = self.rig.redis.url();
         let gone = crate::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
             admin::clients_under_test(&url).await.ok().filter(|c| c.is_empty())
@@ -345,9 +345,9 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
         tokio::time::sleep_until(at(start_ms)).await;
         let described = serde_json::to_string(&[&step.fault]).expect("faults serialise");
         rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
-        nemesis.apply(&step.fault, &mut rig.redis).await?;
+        nemesis.apply(&step.fault, &mut *rig.redis).await?;
         tokio::time::sleep(Duration::from_millis(step.duration_ms)).await;
-        nemesis.heal(&mut rig.redis).await?;
+        nemesis.heal(&mut *rig.redis).await?;
         rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
     }
     for t in tasks {

@@ -109,6 +109,9 @@ pub struct Report {
     /// Whether the run used the quick budget (reproduce commands need it).
     #[serde(default)]
     pub quick: bool,
+    /// Where the servers ran (`process` or `container`) and in what shape (`standalone`).
+    pub provider: String,
+    pub topology: String,
     /// What a machine reads first: counts and whether any verdict differs from its
     /// expectation.
     pub summary: Summary,
@@ -305,8 +308,8 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "# hybrid-chaos run {}\n", r.run_id);
     let _ = writeln!(
         out,
-        "seed {} | redis {} | toxiproxy {} | started {}\n",
-        r.seed, r.redis_version, r.toxiproxy, r.started_at
+        "seed {} | redis {} ({} {}) | toxiproxy {} | started {}\n",
+        r.seed, r.redis_version, r.topology, r.provider, r.toxiproxy, r.started_at
     );
     let mut counts: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
     for row in &r.scenarios {
@@ -457,6 +460,9 @@ pub fn reproduce(r: &Report, x: &Row) -> String {
     }
     if let Some(m) = &x.mutant {
         c.push_str(&format!(" --mutant {m}"));
+    }
+    if r.provider != "process" && !r.provider.is_empty() {
+        c.push_str(&format!(" --provider {}", r.provider));
     }
     c
 }
@@ -622,11 +628,13 @@ pub fn html(r: &Report) -> String {
     let sum = &r.summary;
     let _ = write!(
         out,
-        "<h1>hybrid-chaos run {}</h1><p>seed {} | {} budget | redis {} | toxiproxy {} | started {}</p>",
+        "<h1>hybrid-chaos run {}</h1><p>seed {} | {} budget | redis {} ({} {}) | toxiproxy {} | started {}</p>",
         esc(&r.run_id),
         r.seed,
         if r.quick { "quick" } else { "default" },
         esc(&r.redis_version),
+        esc(&r.topology),
+        esc(&r.provider),
         esc(&r.toxiproxy),
         esc(&r.started_at)
     );

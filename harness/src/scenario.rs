@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::checker::{self, Bounds, CleanupLimits, Validity, Verdict};
 use crate::history::{Event, History, Kind, Op, Reading};
-use crate::infra::{admin, Persistence, ProcessRedis, RedisNode, RedisSpec};
+use crate::infra::{admin, Persistence, Provider, RedisNode, RedisSpec};
 use crate::nemesis::{Fault, Nemesis};
 use crate::reference::baselines::{PollingOnly, PollingOnlyStream, PubSubOnly, PubSubOnlyStream};
 use crate::reference::feedback::Hybrid;
@@ -305,6 +305,8 @@ pub struct Budget {
     /// **Test-only.** A deliberately broken variant of the reference to run instead of the
     /// reference as written (`hybrid-chaos mutants`); `None` everywhere else.
     pub mutation: Option<Mutation>,
+    /// Where each run's Redis runs (a process by default).
+    pub provider: Provider,
 }
 
 impl Budget {
@@ -320,6 +322,7 @@ impl Budget {
                 breaker_reset_ms: 500,
                 command_timeout_ms: 500,
                 mutation: None,
+                provider: Provider::Process,
             }
         } else {
             // The seed's 0.5 s poll interval.
@@ -333,12 +336,18 @@ impl Budget {
                 breaker_reset_ms: 1_000,
                 command_timeout_ms: 1_000,
                 mutation: None,
+                provider: Provider::Process,
             }
         }
     }
 
     pub fn with_mutation(mut self, m: Option<Mutation>) -> Budget {
         self.mutation = m;
+        self
+    }
+
+    pub fn with_provider(mut self, p: Provider) -> Budget {
+        self.provider = p;
         self
     }
 }
@@ -493,7 +502,7 @@ pub(crate) fn via_name(via: crate::reference::Via) -> String {
 
 /// One run's infrastructure: its own Redis, the fault proxy, two proxies in front of it.
 pub(crate) struct Rig {
-    pub(crate) redis: ProcessRedis,
+    pub(crate) redis: Box<dyn RedisNode>,
     faults: FaultProxy,
     tp: crate::toxiproxy::ToxiproxyClient,
     cmd_proxy: String,
@@ -514,7 +523,7 @@ impl Rig {
             spec = spec.config(name, value);
         }
         let poll_interval_ms = if scenario.fallback { budget.poll_interval_ms } else { FALLBACK_OFF_POLL_MS };
-        let mut rig = Rig::start_with(scenario.name, spec, seed, poll_interval_ms).await?;
+        let mut rig = Rig::start_with(scenario.name, spec, seed, poll_interval_ms, budget.provider).await?;
         rig.cfg = Config {
             health_check_interval_ms: budget.health_check_interval_ms,
             health_check_timeout_ms: budget.health_check_timeout_ms,
@@ -533,11 +542,13 @@ impl Rig {
         spec: RedisSpec,
         seed: u64,
         poll_interval_ms: u64,
+        provider: Provider,
     ) -> anyhow::Result<Rig> {
-        let redis = ProcessRedis::start(spec).await?;
+        let redis = provider.start(spec).await?;
         let faults = FaultProxy::from_env(ServerOptions { seed: Some(seed), ..Default::default() }).await?;
         let tp = faults.client().clone();
-        let base = format!("{name}-{}", redis.port());
+        let port = redis.addr().rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+        let base = format!("{name}-{port}");
         let cmd = tp.create_proxy(&format!("{base}-cmd"), "127.0.0.1:0", &redis.addr()).await?;
         let sub = tp.create_proxy(&format!("{base}-sub"), "127.0.0.1:0", &redis.addr()).await?;
         let prefix = redis.key_prefix().to_string();
@@ -764,7 +775,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let described = serde_json::to_string(&scenario.faults).expect("faults serialise");
     rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
     for f in &scenario.faults {
-        nemesis.apply(f, &mut rig.redis).await?;
+        nemesis.apply(f, &mut *rig.redis).await?;
     }
     if scenario.live_waiters && !waiters_first {
         // The SUBSCRIBE race: waiters start with the lever pulled, responses follow at once.
@@ -783,10 +794,10 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
         r.await?;
     }
     for f in &scenario.late_faults {
-        nemesis.apply(f, &mut rig.redis).await?;
+        nemesis.apply(f, &mut *rig.redis).await?;
     }
     tokio::time::sleep_until((window_start + window).into()).await;
-    nemesis.heal(&mut rig.redis).await?;
+    nemesis.heal(&mut *rig.redis).await?;
     rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
     let healed_at = Instant::now();
 
@@ -941,7 +952,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
             let described = serde_json::to_string(&scenario.faults).expect("faults serialise");
             rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
             for f in &scenario.faults {
-                nemesis.apply(f, &mut rig.redis).await?;
+                nemesis.apply(f, &mut *rig.redis).await?;
             }
             if shape == StreamShape::CatchupRace {
                 // The late joiner starts with its SUBSCRIBE held in flight; the final chunk
@@ -950,7 +961,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
             }
         }
         if phase == 2 {
-            nemesis.heal(&mut rig.redis).await?;
+            nemesis.heal(&mut *rig.redis).await?;
             rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
             if late.is_none() {
                 late = Some(follower(&joiner, 1, 0));
@@ -1089,6 +1100,8 @@ pub(crate) async fn respond_recorded(
         PublishOutcome::Failed { reason } if reason.contains("circuit open") => (Kind::Fail, Some(reason)),
         PublishOutcome::Refused { reason } => (Kind::Fail, Some(format!("refused: {reason}"))),
         PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
+        // Stored but not replicated: not acknowledged (it may or may not survive).
+        o @ PublishOutcome::StoredUnreplicated { .. } => (Kind::Info, Some(o.status().to_string())),
         other => (Kind::Ok, Some(other.status().to_string())),
     };
     rec.record(p, kind, op, note);
@@ -1142,6 +1155,7 @@ pub(crate) async fn produce_recorded(
     let (kind, note) = match s.publish(task, &chunk).await {
         PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
         PublishOutcome::Refused { reason } => (Kind::Fail, Some(format!("refused: {reason}"))),
+        o @ PublishOutcome::StoredUnreplicated { .. } => (Kind::Info, Some(o.status().to_string())),
         other => (Kind::Ok, Some(other.status().to_string())),
     };
     rec.record(p, kind, op, note);

@@ -459,3 +459,36 @@ async fn metrics_are_exposed_in_prometheus_text() {
     }
     h.shutdown().await;
 }
+
+/// With the durability option a response counts as acknowledged only once a replica holds
+/// it: with one replica attached the outcome is a normal one; with the replica gone, WAIT
+/// times out and the outcome says `stored_unreplicated`, never `notified` or `unheard`.
+#[tokio::test]
+async fn durability_acknowledges_only_what_a_replica_confirmed() {
+    use harness::infra::{ProcessRedis, RedisNode, RedisSpec};
+    use harness::reference::Durability;
+    let primary = ProcessRedis::start(RedisSpec::default()).await.unwrap();
+    let (host, port) = primary.addr().rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
+    let replica =
+        ProcessRedis::start(RedisSpec::default().config("replicaof", &format!("{host} {port}"))).await.unwrap();
+    // Wait (bounded) until the replica is online: during its initial sync it acks nothing.
+    let attached = harness::poll_until(Duration::from_secs(10), Duration::from_millis(50), || async {
+        let info = harness::infra::admin::info(&primary.url(), Some("replication")).await.ok()?;
+        info.get("slave0").is_some_and(|s| s.contains("state=online")).then_some(())
+    })
+    .await;
+    assert!(attached.is_some(), "the replica never attached");
+    let config = Config {
+        durability: Some(Durability { replicas: 1, timeout_ms: 300 }),
+        ..Config::default().with_prefix(primary.key_prefix())
+    };
+    let h = Hybrid::connect(&primary.url(), &primary.url(), config).await.unwrap();
+    let first = h.respond("dur-1", &response_fields("dur-1", &serde_json::Map::new())).await;
+    assert!(matches!(first, PublishOutcome::Unheard | PublishOutcome::Notified { .. }), "{first:?}");
+    drop(replica);
+    let t = Instant::now();
+    let second = h.respond("dur-2", &response_fields("dur-2", &serde_json::Map::new())).await;
+    assert_eq!(second, PublishOutcome::StoredUnreplicated { replicas: 0, wanted: 1 });
+    assert!(t.elapsed() >= Duration::from_millis(300), "WAIT gave up before its timeout: {:?}", t.elapsed());
+    h.shutdown().await;
+}

@@ -85,6 +85,10 @@ enum Command {
         /// e.g. to reproduce a kill; its verdicts are findings, not mismatches.
         #[arg(long)]
         mutant: Option<String>,
+        /// Where each run's Redis runs: a child process (default), or a container started
+        /// through testcontainers from HYBRID_CHAOS_REDIS_IMAGE (needs Docker).
+        #[arg(long, default_value = "process", value_parser = ["process", "container"])]
+        provider: String,
     },
     /// Run every catalogued mutation of the reference (deliberately broken hybrids) through
     /// the scenario suite, and through a 40-case property search when the suite misses one;
@@ -304,8 +308,11 @@ async fn run_suite(
     out: PathBuf,
     jobs: usize,
     mutant: Option<String>,
+    provider: &str,
 ) -> anyhow::Result<ExitCode> {
     use harness::checker::Validity;
+    let provider = harness::infra::Provider::parse(provider)
+        .ok_or_else(|| anyhow::anyhow!("unknown provider {provider:?}; valid: process, container"))?;
     use harness::scenario::{Budget, STRATEGIES};
     let mutation = match &mutant {
         None => None,
@@ -343,10 +350,15 @@ async fn run_suite(
         .filter(|s| if strategies.is_empty() { STRATEGIES.contains(s) } else { strategies.iter().any(|n| n == s) })
         .collect();
     preflight()?;
+    if provider == harness::infra::Provider::Container {
+        // Before minutes are spent: Docker answers and the image is there.
+        let d = harness::infra::container::docker().await?;
+        harness::infra::container::require_image(&d, &harness::infra::container::image()).await?;
+    }
     let seed = seed.unwrap_or_else(rand::random);
     let (run_id, dir) = run_dir(&out, "", seed)?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let budget = Budget::new(quick).with_mutation(mutation);
+    let budget = Budget::new(quick).with_mutation(mutation).with_provider(provider);
     let pairs: Vec<(&harness::scenario::Scenario, &str)> =
         chosen.iter().flat_map(|sc| strats.iter().filter(|st| sc.applies(st)).map(move |st| (sc, *st))).collect();
     // The proxy's own share, sampled beside the rows under the same load; a run whose probe
@@ -374,6 +386,8 @@ async fn run_suite(
         toxiproxy: if std::env::var("TOXIPROXY_URL").is_ok_and(|u| !u.is_empty()) { "external" } else { "embedded" }
             .into(),
         quick,
+        provider: provider.as_str().into(),
+        topology: "standalone".into(),
         summary: harness::report::Summary::of(&rows),
         proxy_overhead,
         scenarios: rows,
@@ -604,12 +618,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("strategies: {}", harness::scenario::STRATEGIES.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { scenarios, strategies, seed, quick, out, jobs, mutant } => {
+        Command::Run { scenarios, strategies, seed, quick, out, jobs, mutant, provider } => {
             // Ctrl-C or SIGTERM drops the run: every redis-server it owns is killed on drop
             // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short).
             let stop = interrupted();
             tokio::select! {
-                r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize, mutant) => r,
+                r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize, mutant, &provider) => r,
                 _ = stop => anyhow::bail!("interrupted; no report written"),
             }
         }
@@ -667,6 +681,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 PublishOutcome::Failed { reason } | PublishOutcome::Refused { reason } => {
                     anyhow::bail!("response for {id} not stored: {reason}")
                 }
+                PublishOutcome::StoredUnreplicated { replicas, wanted } => {
+                    anyhow::bail!("response for {id} stored but confirmed by {replicas} of {wanted} replicas")
+                }
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
@@ -696,6 +713,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match outcome {
                 PublishOutcome::Failed { reason } | PublishOutcome::Refused { reason } => {
                     anyhow::bail!("chunk {index} of {task} not stored: {reason}")
+                }
+                PublishOutcome::StoredUnreplicated { replicas, wanted } => {
+                    anyhow::bail!("chunk {index} of {task} stored but confirmed by {replicas} of {wanted} replicas")
                 }
                 _ => Ok(ExitCode::SUCCESS),
             }

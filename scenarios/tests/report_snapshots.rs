@@ -66,6 +66,8 @@ fn report() -> Report {
         redis_version: "[redacted]".into(),
         toxiproxy: "embedded".into(),
         quick: true,
+        provider: "process".into(),
+        topology: "standalone".into(),
         summary: Summary::of(&scenarios),
         // Fixed figures: the probe's numbers are the machine's, the rendering is what is pinned.
         proxy_overhead: Some(harness::overhead::ProxyOverhead {

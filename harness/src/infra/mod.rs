@@ -4,16 +4,18 @@
 //!   stop/start for an outage window, freeze/thaw, flush). Providers implement it:
 //!   [`ProcessRedis`] (a `redis-server` child process, owned) and [`ExternalRedis`] (a server
 //!   given by URL, borrowed: read and written under a unique key prefix, never disturbed).
-//!   A testcontainers provider is meant to be a third implementation.
+//!   [`ContainerRedis`] (a container started through testcontainers, owned) is the third.
 //! - [`admin`]: read-only inspection any node supports (`INFO`, `CLIENT LIST`,
 //!   `PUBSUB NUMSUB`), used by checkers to compare against a baseline.
 //! - [`process`]: child processes that die with the harness, even on SIGKILL.
 
 pub mod admin;
+pub mod container;
 mod external;
 pub mod process;
 mod redis_process;
 
+pub use container::ContainerRedis;
 pub use external::ExternalRedis;
 pub use redis_process::ProcessRedis;
 
@@ -44,6 +46,12 @@ pub enum Error {
     Redis(#[from] redis::RedisError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("Docker does not answer ({reason}); the container provider needs a running Docker engine (or use --provider process)")]
+    DockerUnavailable { reason: String },
+    #[error("the Redis image {image} is not present and is never pulled: build it with `bash -c 'source ci/lib.sh && hc_ensure_redis_image'` (./ci/test and ./ci/chaos do), or set HYBRID_CHAOS_REDIS_IMAGE to an image you have (e.g. redis:7)")]
+    ImageMissing { image: String },
+    #[error("Docker failed: {what}: {reason}")]
+    Docker { what: String, reason: String },
 }
 
 impl Error {
@@ -144,6 +152,42 @@ pub struct Readiness {
     pub ready_ms: u64,
     /// `PING`s answered with `LOADING` (the server was reading its dataset from disk).
     pub loading_polls: u32,
+}
+
+/// Where a Redis the harness owns runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    /// A `redis-server` child process: fast, no Docker needed. The default.
+    #[default]
+    Process,
+    /// A container started through testcontainers ([`ContainerRedis`]).
+    Container,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Process => "process",
+            Provider::Container => "container",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Provider> {
+        match s {
+            "process" => Some(Provider::Process),
+            "container" => Some(Provider::Container),
+            _ => None,
+        }
+    }
+
+    /// Starts a server from `spec` with this provider.
+    pub async fn start(self, spec: RedisSpec) -> Result<Box<dyn RedisNode>> {
+        Ok(match self {
+            Provider::Process => Box::new(ProcessRedis::start(spec).await?),
+            Provider::Container => Box::new(ContainerRedis::start(spec).await?),
+        })
+    }
 }
 
 /// What the harness may do to a Redis, whoever provides it.

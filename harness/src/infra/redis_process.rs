@@ -331,7 +331,7 @@ fn validate_overrides(config: &[(String, String)]) -> Result<()> {
 }
 
 /// Sends one inline command and returns the first reply line (`+PONG`, `-LOADING ...`).
-async fn raw_command(port: u16, command: &str) -> std::io::Result<String> {
+pub(crate) async fn raw_command(port: u16, command: &str) -> std::io::Result<String> {
     let probe = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.write_all(format!("{command}\r\n").as_bytes()).await?;

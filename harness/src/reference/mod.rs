@@ -121,6 +121,9 @@ pub struct Config {
     pub breaker_reset_ms: u64,
     /// Fan-out consumer queue depth (seed `004_*`: 1024).
     pub queue_len_max: usize,
+    /// Replicated deployments: acknowledge a response only once this many replicas hold it
+    /// (`WAIT`). `None`: acknowledged when the primary has it, which a failover can undo.
+    pub durability: Option<Durability>,
     /// **Test-only.** A deliberately broken variant of the hybrid, which the property tests
     /// must catch (the harness's own teeth). `None` in every real use.
     pub mutation: Option<Mutation>,
@@ -275,9 +278,21 @@ impl Default for Config {
             breaker_failures_max: 5,
             breaker_reset_ms: 5_000,
             queue_len_max: 1024,
+            durability: None,
             mutation: None,
         }
     }
+}
+
+/// `WAIT numreplicas timeout` after every store: the write counts as acknowledged only when
+/// `replicas` replicas confirmed it within `timeout_ms`. WAIT does not make Redis strongly
+/// consistent (a failover can still promote a replica that missed it when more replicas
+/// exist than were waited for); it narrows the window in which an acknowledged write can
+/// be lost, and the failover scenarios measure by how much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Durability {
+    pub replicas: u32,
+    pub timeout_ms: u64,
 }
 
 impl Config {

@@ -35,6 +35,10 @@ pub enum PublishOutcome {
     /// The server refused the write (out of memory, wrong type, no permission...): certainly
     /// not applied.
     Refused { reason: String },
+    /// Stored on the primary, but fewer than the wanted replicas confirmed it within the
+    /// durability timeout ([`super::Durability`]): not acknowledged, and not announced, since
+    /// a failover may still lose it.
+    StoredUnreplicated { replicas: u64, wanted: u32 },
 }
 
 impl PublishOutcome {
@@ -59,6 +63,7 @@ impl PublishOutcome {
             PublishOutcome::StoredNotNotified { .. } => "stored_not_notified",
             PublishOutcome::Failed { .. } => "failed",
             PublishOutcome::Refused { .. } => "refused",
+            PublishOutcome::StoredUnreplicated { .. } => "stored_unreplicated",
         }
     }
 }
@@ -219,7 +224,8 @@ impl Publisher {
     }
 
     async fn commit_inner(&self, store: Option<redis::Pipeline>, notify: Option<(&str, &str)>) -> PublishOutcome {
-        if let (Some(store), Some((channel, message))) = (&store, notify) {
+        // With durability the hint must wait for the replicas, so no one-trip commit.
+        if let (Some(store), Some((channel, message)), None) = (&store, notify, self.config.durability) {
             if let Some(outcome) = self.commit_one_trip(store, channel, message).await {
                 return outcome;
             }
@@ -231,6 +237,16 @@ impl Publisher {
                 // The swallow-store-errors mutation logs and carries on to the publish.
                 if !self.config.mutated(super::Mutation::SwallowStoreErrors) {
                     return not_stored(reason);
+                }
+            }
+            if let Some(d) = self.config.durability {
+                // WAIT on the connection that wrote: it counts the replicas holding that
+                // connection's writes. An error means unknown, so not acknowledged.
+                let mut wait = redis::pipe();
+                wait.cmd("WAIT").arg(d.replicas).arg(d.timeout_ms);
+                let replicas = self.run::<(u64,)>("wait", &wait).await.map(|(n,)| n).unwrap_or(0);
+                if replicas < u64::from(d.replicas) {
+                    return PublishOutcome::StoredUnreplicated { replicas, wanted: d.replicas };
                 }
             }
         }
