@@ -59,6 +59,18 @@ enum Command {
     Smoke,
     /// List the scenarios and strategies.
     List,
+    /// Failover on replicated Redis in containers (a primary, a replica, three Sentinels):
+    /// each fault on the primary, as deployed (asynchronous replication) and with the
+    /// durability option; writes failover.md / failover.json, the acknowledged responses
+    /// each lost. Needs Docker. Exit 0 when every run converged, 2 otherwise.
+    Failover {
+        /// Fault on the primary (repeatable): partition, pause, kill; default all three.
+        #[arg(long = "fault", value_parser = ["partition", "pause", "kill"])]
+        faults: Vec<String>,
+        /// Where the run directory goes.
+        #[arg(long, default_value = "reports/out")]
+        out: PathBuf,
+    },
     /// Run scenarios x strategies against a real Redis behind the fault proxy and write the
     /// report. Exit 0: every verdict as expected; 1: a mismatch; 2: unknown or infra failure.
     Run {
@@ -604,6 +616,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stop.await;
             drop(redis);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Failover { faults, out } => {
+            use harness::failover::FailoverFault;
+            let faults: Vec<FailoverFault> = if faults.is_empty() {
+                FailoverFault::ALL.to_vec()
+            } else {
+                faults.iter().filter_map(|f| FailoverFault::parse(f)).collect()
+            };
+            let d = harness::infra::container::docker().await?;
+            harness::infra::container::require_image(&d, &harness::infra::container::image()).await?;
+            let (run_id, dir) = run_dir(&out, "failover-", 0)?;
+            let mut runs = Vec::new();
+            for fault in faults {
+                for durable in [false, true] {
+                    let label = if durable { "durable" } else { "async" };
+                    let t = std::time::Instant::now();
+                    let r = harness::failover::run(fault, durable).await?;
+                    println!(
+                        "{} / {label}: {} acknowledged, {} lost, failover after {} ms  ({} s)",
+                        fault.name(),
+                        r.loss.acknowledged,
+                        r.loss.lost,
+                        r.failover_ms.map_or("-".into(), |m| m.to_string()),
+                        t.elapsed().as_secs()
+                    );
+                    runs.push(r);
+                }
+            }
+            std::fs::write(dir.join("failover.md"), harness::failover::markdown(&runs))?;
+            std::fs::write(dir.join("failover.json"), serde_json::to_string_pretty(&serde_json::json!({ "run_id": run_id, "runs": runs }))? + "\n")?;
+            println!("failover report: {}", dir.join("failover.md").display());
+            Ok(if runs.iter().all(|r| r.converged) { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Command::List => {
             for s in scenarios::catalogue() {

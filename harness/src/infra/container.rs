@@ -64,6 +64,11 @@ fn owner_alive(label: &str) -> bool {
     }
 }
 
+/// The labels every container and network the harness creates carries.
+pub(crate) fn owner_labels() -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([(OWNER_LABEL.to_string(), owner()), (RUN_LABEL.to_string(), run_label())])
+}
+
 fn run_label() -> String {
     std::env::var("HC_RUN_TAG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }

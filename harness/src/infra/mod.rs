@@ -14,6 +14,7 @@ pub mod container;
 mod external;
 pub mod process;
 mod redis_process;
+pub mod sentinel;
 
 pub use container::ContainerRedis;
 pub use external::ExternalRedis;
