@@ -28,8 +28,10 @@ pub const RESOLVE_INTERVAL_MS: u64 = 250;
 const BEFORE_MS: u64 = 1_000;
 const FAULT_MS: u64 = 6_000;
 const AFTER_MS: u64 = 4_000;
-/// How long the topology may take to converge after the heal, in ms.
+/// How long the topology may take to converge after the heal, in ms, and how often it is
+/// checked meanwhile.
 const CONVERGE_TIMEOUT_MS: u64 = 30_000;
+const CONVERGE_POLL_MS: u64 = 500;
 /// The durability option: replicas to wait for, and for how long, in ms.
 const DURABLE_WAIT: Durability = Durability { replicas: 1, timeout_ms: 500 };
 
@@ -98,10 +100,15 @@ pub struct FailoverRun {
     pub unreplicated: usize,
     /// Responses refused or failed: not acknowledged.
     pub failed: usize,
+    /// The distinct reasons of the first failures (at most 5), for the report.
+    pub failure_reasons: Vec<String>,
     /// When the Sentinels first named another primary, in ms after the fault began.
     pub failover_ms: Option<u64>,
     /// Whether the topology converged (one primary, replicas linked) before the check.
     pub converged: bool,
+    /// When it converged, in ms after the heal: the old primary demoted and linked to the
+    /// new one (sampled every [`CONVERGE_POLL_MS`]).
+    pub converged_after_heal_ms: Option<u64>,
 }
 
 /// Runs `fault` on a fresh topology, with or without the durability option.
@@ -127,10 +134,13 @@ pub async fn run(fault: FailoverFault, durable: bool) -> anyhow::Result<Failover
 
     let mut acked: Vec<(String, i64)> = Vec::new();
     let (mut unreplicated, mut failed) = (0, 0);
+    let mut failure_reasons: Vec<String> = Vec::new();
     let mut current: Option<(usize, Hybrid)> = None;
     let mut resolved_at: Option<Instant> = None;
     let mut failover_ms = None;
     let (mut faulted, mut healed) = (false, false);
+    let mut converged_after_heal_ms: Option<u64> = None;
+    let mut converge_checked: Option<Instant> = None;
     let mut n = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(WRITE_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -144,6 +154,15 @@ pub async fn run(fault: FailoverFault, durable: bool) -> anyhow::Result<Failover
         if faulted && !healed && now >= heal_at {
             heal(&topo, fault).await?;
             healed = true;
+        }
+        if healed
+            && converged_after_heal_ms.is_none()
+            && converge_checked.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(CONVERGE_POLL_MS))
+        {
+            converge_checked = Some(now);
+            if topo.converged().await.is_some() {
+                converged_after_heal_ms = Some(now.duration_since(heal_at).as_millis() as u64);
+            }
         }
         if resolved_at.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(RESOLVE_INTERVAL_MS)) {
             resolved_at = Some(now);
@@ -171,8 +190,17 @@ pub async fn run(fault: FailoverFault, durable: bool) -> anyhow::Result<Failover
                 acked.push((id, ms_after_fault(Instant::now())))
             }
             PublishOutcome::StoredUnreplicated { .. } => unreplicated += 1,
-            _ => {
+            other => {
                 failed += 1;
+                let reason = match &other {
+                    PublishOutcome::Failed { reason } | PublishOutcome::Refused { reason } => reason.clone(),
+                    o => o.status().to_string(),
+                };
+                // Keep the kind of failure, not the id in it.
+                let reason: String = reason.chars().take(80).collect();
+                if failure_reasons.len() < 5 && !failure_reasons.contains(&reason) {
+                    failure_reasons.push(reason);
+                }
                 // Ask the Sentinels again at the next write.
                 resolved_at = None;
             }
@@ -181,10 +209,12 @@ pub async fn run(fault: FailoverFault, durable: bool) -> anyhow::Result<Failover
     if let Some((_, h)) = current.take() {
         h.shutdown().await;
     }
-    let winner = crate::poll_until(Duration::from_millis(CONVERGE_TIMEOUT_MS), Duration::from_millis(200), || {
-        topo.converged()
-    })
-    .await;
+    let winner =
+        crate::poll_until(Duration::from_millis(CONVERGE_TIMEOUT_MS), Duration::from_millis(200), || topo.converged())
+            .await;
+    if winner.is_some() && converged_after_heal_ms.is_none() {
+        converged_after_heal_ms = Some(heal_at.elapsed().as_millis() as u64);
+    }
     let primary = match winner {
         Some(p) => p,
         None => topo.primary().await.ok_or_else(|| anyhow::anyhow!("no primary after the heal"))?,
@@ -196,8 +226,10 @@ pub async fn run(fault: FailoverFault, durable: bool) -> anyhow::Result<Failover
         loss: loss(&acked, &stored),
         unreplicated,
         failed,
+        failure_reasons,
         failover_ms,
         converged: winner.is_some(),
+        converged_after_heal_ms,
     })
 }
 
@@ -236,7 +268,7 @@ async fn stored_ids(url: &str, config: &Config, acked: &[(String, i64)]) -> anyh
 
 /// The loss table, as `failover.md` shows it.
 pub fn markdown(runs: &[FailoverRun]) -> String {
-    let mut md = String::from("# Failover on replicated Redis (Sentinel, 1 replica)\n\nA response every 20 ms to the primary the Sentinels name; the fault hits the primary 1 s in and is healed 6 s later. Lost: acknowledged, then missing from the primary that won. The window: when the lost ones were acknowledged, in ms after the fault began.\n\n| fault | replication | acknowledged | lost | lost window ms | not replicated | failed | failover after ms | converged |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut md = String::from("# Failover on replicated Redis (Sentinel, 1 replica)\n\nA response every 20 ms to the primary the Sentinels name; the fault hits the primary 1 s in and is healed 6 s later. Lost: acknowledged, then missing from the primary that won. The window: when the lost ones were acknowledged, in ms after the fault began.\n\n| fault | replication | acknowledged | lost | lost window ms | not replicated | failed | failover after ms | converged after heal ms |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in runs {
         let window = match (r.loss.lost_from_ms, r.loss.lost_to_ms) {
             (Some(a), Some(b)) => format!("{a} .. {b}"),
@@ -252,10 +284,21 @@ pub fn markdown(runs: &[FailoverRun]) -> String {
             r.unreplicated,
             r.failed,
             r.failover_ms.map_or("none".into(), |m| m.to_string()),
-            if r.converged { "yes" } else { "NO" },
+            match (r.converged, r.converged_after_heal_ms) {
+                (true, Some(ms)) => ms.to_string(),
+                _ => "NOT CONVERGED".to_string(),
+            },
         ));
     }
-    md.push_str("\n`async`: as deployed, asynchronous replication. `durable`: the reference's durability option (`WAIT 1 500` after every store: acknowledged only once a replica holds it) with `min-replicas-to-write 1` and `min-replicas-max-lag 2` on the servers. WAIT does not make Redis strongly consistent; these are the losses measured, not a bound.\n");
+    for r in runs.iter().filter(|r| !r.failure_reasons.is_empty()) {
+        md.push_str(&format!(
+            "\n- {} / {} failed with: {}",
+            r.fault.name(),
+            r.replication,
+            r.failure_reasons.join("; ")
+        ));
+    }
+    md.push_str("\n\n`async`: as deployed, asynchronous replication. `durable`: the reference's durability option (`WAIT 1 500` after every store: acknowledged only once a replica holds it) with `min-replicas-to-write 1` and `min-replicas-max-lag 2` on the servers. WAIT does not make Redis strongly consistent; these are the losses measured, not a bound.\n");
     md
 }
 

@@ -645,7 +645,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             std::fs::write(dir.join("failover.md"), harness::failover::markdown(&runs))?;
-            std::fs::write(dir.join("failover.json"), serde_json::to_string_pretty(&serde_json::json!({ "run_id": run_id, "runs": runs }))? + "\n")?;
+            std::fs::write(
+                dir.join("failover.json"),
+                serde_json::to_string_pretty(&serde_json::json!({ "run_id": run_id, "runs": runs }))? + "\n",
+            )?;
             println!("failover report: {}", dir.join("failover.md").display());
             Ok(if runs.iter().all(|r| r.converged) { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }

@@ -106,7 +106,10 @@ async fn create_net(d: &bollard::Docker, name: &str) -> Result<Net> {
         let req = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
-            ipam: Some(Ipam { config: Some(vec![IpamConfig { subnet: Some(subnet), ..Default::default() }]), ..Default::default() }),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig { subnet: Some(subnet), ..Default::default() }]),
+                ..Default::default()
+            }),
             labels: Some(owner_labels()),
             ..Default::default()
         };
@@ -220,15 +223,18 @@ impl SentinelTopology {
         for (k, v) in owner_labels() {
             req = req.with_label(k, v);
         }
-        let container = req.start().await.map_err(|e| Error::Docker {
-            what: format!("starting {role} from {name}:{tag}"),
-            reason: e.to_string(),
-        })?;
+        let container = req
+            .start()
+            .await
+            .map_err(|e| Error::Docker { what: format!("starting {role} from {name}:{tag}"), reason: e.to_string() })?;
         let id = container.id().to_string();
         let backbone_ip = ip_on(&self.docker, &id, &self.backbone.name).await?;
         let front_ip = if front {
             let req = NetworkConnectRequest { container: id.clone(), endpoint_config: None };
-            self.docker.connect_network(&self.front.name, req).await.map_err(docker_err(format!("connecting {role}")))?;
+            self.docker
+                .connect_network(&self.front.name, req)
+                .await
+                .map_err(docker_err(format!("connecting {role}")))?;
             Some(ip_on(&self.docker, &id, &self.front.name).await?)
         } else {
             None
@@ -249,7 +255,8 @@ impl SentinelTopology {
     async fn wait_ready(&self, replicas: usize) -> Result<()> {
         let ready = crate::poll_until(Duration::from_millis(READY_TIMEOUT_MS), Duration::from_millis(100), || async {
             let info = crate::infra::admin::info(&self.url(0), Some("replication")).await.ok()?;
-            let online = (0..replicas).all(|i| info.get(&format!("slave{i}")).is_some_and(|s| s.contains("state=online")));
+            let online =
+                (0..replicas).all(|i| info.get(&format!("slave{i}")).is_some_and(|s| s.contains("state=online")));
             if !online {
                 return None;
             }
@@ -290,14 +297,20 @@ impl SentinelTopology {
     pub async fn partition(&self, server: usize) -> Result<()> {
         let n = &self.servers[server];
         let req = NetworkDisconnectRequest { container: n.id().to_string(), force: Some(true) };
-        self.docker.disconnect_network(&self.backbone.name, req).await.map_err(docker_err(format!("partitioning {}", n.name)))
+        self.docker
+            .disconnect_network(&self.backbone.name, req)
+            .await
+            .map_err(docker_err(format!("partitioning {}", n.name)))
     }
 
     /// Reconnects a partitioned server at its old backbone address.
     pub async fn heal(&self, server: usize) -> Result<()> {
         let n = &self.servers[server];
         let endpoint = EndpointSettings {
-            ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(n.backbone_ip.to_string()), ..Default::default() }),
+            ipam_config: Some(EndpointIpamConfig {
+                ipv4_address: Some(n.backbone_ip.to_string()),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let req = NetworkConnectRequest { container: n.id().to_string(), endpoint_config: Some(endpoint) };
@@ -306,12 +319,18 @@ impl SentinelTopology {
 
     pub async fn pause(&self, server: usize) -> Result<()> {
         let n = &self.servers[server];
-        n.container.pause().await.map_err(|e| Error::Docker { what: format!("pausing {}", n.name), reason: e.to_string() })
+        n.container
+            .pause()
+            .await
+            .map_err(|e| Error::Docker { what: format!("pausing {}", n.name), reason: e.to_string() })
     }
 
     pub async fn unpause(&self, server: usize) -> Result<()> {
         let n = &self.servers[server];
-        n.container.unpause().await.map_err(|e| Error::Docker { what: format!("unpausing {}", n.name), reason: e.to_string() })
+        n.container
+            .unpause()
+            .await
+            .map_err(|e| Error::Docker { what: format!("unpausing {}", n.name), reason: e.to_string() })
     }
 
     /// SIGKILL, as a crashed host.
@@ -324,7 +343,10 @@ impl SentinelTopology {
     /// Starts a killed server again; it keeps its addresses.
     pub async fn restart_killed(&self, server: usize) -> Result<()> {
         let n = &self.servers[server];
-        n.container.start().await.map_err(|e| Error::Docker { what: format!("starting {}", n.name), reason: e.to_string() })
+        n.container
+            .start()
+            .await
+            .map_err(|e| Error::Docker { what: format!("starting {}", n.name), reason: e.to_string() })
     }
 
     /// Whether every server agrees on one primary and every replica's link to it is up:
@@ -339,7 +361,8 @@ impl SentinelTopology {
             } else {
                 role == "slave"
                     && info.get("master_link_status").map(String::as_str) == Some("up")
-                    && info.get("master_host").map(String::as_str) == Some(&self.servers[primary].backbone_ip.to_string())
+                    && info.get("master_host").map(String::as_str)
+                        == Some(&self.servers[primary].backbone_ip.to_string())
             };
             if !ok {
                 return None;
