@@ -628,11 +628,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             harness::infra::container::require_image(&d, &harness::infra::container::image()).await?;
             let (run_id, dir) = run_dir(&out, "failover-", 0)?;
             let mut runs = Vec::new();
+            let stop = interrupted();
+            tokio::pin!(stop);
             for fault in faults {
                 for durable in [false, true] {
                     let label = if durable { "durable" } else { "async" };
                     let t = std::time::Instant::now();
-                    let r = harness::failover::run(fault, durable).await?;
+                    // Ctrl-C drops the running topology: its containers and networks go.
+                    let r = tokio::select! {
+                        r = harness::failover::run(fault, durable) => r?,
+                        _ = &mut stop => anyhow::bail!("interrupted; no failover report written"),
+                    };
                     println!(
                         "{} / {label}: {} acknowledged, {} lost, failover after {} ms  ({} s)",
                         fault.name(),

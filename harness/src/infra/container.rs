@@ -8,9 +8,9 @@
 //! - The server listens on a fixed host port on 127.0.0.1, chosen at start and kept across
 //!   restarts, so a proxy in front of it keeps its upstream.
 //! - Every container carries the labels [`OWNER_LABEL`] (this process: pid and start time)
-//!   and [`RUN_LABEL`]. testcontainers removes a container when its handle drops, and with
-//!   its `watchdog` feature on SIGINT/SIGTERM; what a SIGKILLed run left behind is removed by
-//!   the next start here ([`reap_orphans`]), by label only, never anything else.
+//!   and [`RUN_LABEL`]. testcontainers removes a container when its handle drops (the binary
+//!   turns SIGINT/SIGTERM into drops); what a SIGKILLed run left behind is removed by the
+//!   next start here ([`reap_orphans`]), by label only, never anything else.
 
 use std::time::Duration;
 
