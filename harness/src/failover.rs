@@ -45,16 +45,21 @@ pub enum FailoverFault {
     Pause,
     /// SIGKILL, started again at the heal.
     Kill,
+    /// Clients cut off the primary while the Sentinels and the replica still see it: no
+    /// failover, so no loss, but no writes either until the heal.
+    ClientCut,
 }
 
 impl FailoverFault {
-    pub const ALL: [FailoverFault; 3] = [FailoverFault::Partition, FailoverFault::Pause, FailoverFault::Kill];
+    pub const ALL: [FailoverFault; 4] =
+        [FailoverFault::Partition, FailoverFault::ClientCut, FailoverFault::Pause, FailoverFault::Kill];
 
     pub fn name(self) -> &'static str {
         match self {
             FailoverFault::Partition => "partition",
             FailoverFault::Pause => "pause",
             FailoverFault::Kill => "kill",
+            FailoverFault::ClientCut => "client-cut",
         }
     }
 
@@ -124,6 +129,9 @@ pub async fn run(fault: FailoverFault, durable: bool) -> anyhow::Result<Failover
         connect_timeout_ms: 500,
         command_timeout_ms: 1_000,
         publish_attempts_max: 1,
+        // The quick budget's breaker: with the default 5 s, a breaker opened during the
+        // fault outlasts the 4 s after the heal and hides whether writes recover.
+        breaker_reset_ms: 500,
         ..Config::default().with_prefix(&prefix)
     };
     let started = Instant::now();
@@ -238,6 +246,7 @@ async fn apply(topo: &SentinelTopology, fault: FailoverFault) -> anyhow::Result<
         FailoverFault::Partition => topo.partition(0).await?,
         FailoverFault::Pause => topo.pause(0).await?,
         FailoverFault::Kill => topo.kill(0).await?,
+        FailoverFault::ClientCut => topo.cut_clients(0).await?,
     }
     Ok(())
 }
@@ -247,6 +256,7 @@ async fn heal(topo: &SentinelTopology, fault: FailoverFault) -> anyhow::Result<(
         FailoverFault::Partition => topo.heal(0).await?,
         FailoverFault::Pause => topo.unpause(0).await?,
         FailoverFault::Kill => topo.restart_killed(0).await?,
+        FailoverFault::ClientCut => topo.restore_clients(0).await?,
     }
     Ok(())
 }

@@ -64,8 +64,9 @@ enum Command {
     /// durability option; writes failover.md / failover.json, the acknowledged responses
     /// each lost. Needs Docker. Exit 0 when every run converged, 2 otherwise.
     Failover {
-        /// Fault on the primary (repeatable): partition, pause, kill; default all three.
-        #[arg(long = "fault", value_parser = ["partition", "pause", "kill"])]
+        /// Fault on the primary (repeatable): partition (from the Sentinels and replica),
+        /// client-cut (from the clients), pause, kill; default all four.
+        #[arg(long = "fault", value_parser = ["partition", "client-cut", "pause", "kill"])]
         faults: Vec<String>,
         /// Where the run directory goes.
         #[arg(long, default_value = "reports/out")]

@@ -317,6 +317,29 @@ impl SentinelTopology {
         self.docker.connect_network(&self.backbone.name, req).await.map_err(docker_err(format!("healing {}", n.name)))
     }
 
+    /// Cuts a server off the front network: clients lose it while the Sentinels and the
+    /// replicas still see it (the asymmetric cut the other way round from [`Self::partition`]).
+    pub async fn cut_clients(&self, server: usize) -> Result<()> {
+        let n = &self.servers[server];
+        let req = NetworkDisconnectRequest { container: n.id().to_string(), force: Some(true) };
+        self.docker
+            .disconnect_network(&self.front.name, req)
+            .await
+            .map_err(docker_err(format!("cutting clients off {}", n.name)))
+    }
+
+    /// Reconnects a server to the front network at its old address.
+    pub async fn restore_clients(&self, server: usize) -> Result<()> {
+        let n = &self.servers[server];
+        let ip = n.front_ip.expect("servers are on the front network");
+        let endpoint = EndpointSettings {
+            ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(ip.to_string()), ..Default::default() }),
+            ..Default::default()
+        };
+        let req = NetworkConnectRequest { container: n.id().to_string(), endpoint_config: Some(endpoint) };
+        self.docker.connect_network(&self.front.name, req).await.map_err(docker_err(format!("reconnecting {}", n.name)))
+    }
+
     pub async fn pause(&self, server: usize) -> Result<()> {
         let n = &self.servers[server];
         n.container
