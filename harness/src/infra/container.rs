@@ -21,7 +21,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::time::Instant;
 
 use super::process::free_port;
-use super::redis_process::raw_command;
+use super::redis_process::{flush_all, raw_command};
 use super::{new_run_id, Error, Readiness, RedisNode, RedisSpec, Restart, Result};
 
 /// The image, unless `HYBRID_CHAOS_REDIS_IMAGE` names another.
@@ -331,11 +331,7 @@ impl RedisNode for ContainerRedis {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        let reply = raw_command(self.port, "FLUSHALL").await.map_err(Error::io("FLUSHALL"))?;
-        if !reply.starts_with("+OK") {
-            return Err(Error::Io { what: "FLUSHALL".into(), source: std::io::Error::other(reply) });
-        }
-        Ok(())
+        flush_all(self.port).await
     }
 }
 

@@ -299,11 +299,7 @@ impl RedisNode for ProcessRedis {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        let reply = raw_command(self.port, "FLUSHALL").await.map_err(Error::io("FLUSHALL"))?;
-        if !reply.starts_with("+OK") {
-            return Err(Error::Io { what: "FLUSHALL".into(), source: std::io::Error::other(reply) });
-        }
-        Ok(())
+        flush_all(self.port).await
     }
 }
 
@@ -326,6 +322,15 @@ fn validate_overrides(config: &[(String, String)]) -> Result<()> {
         if value.contains(['\n', '\r']) {
             return Err(bad("the value must be one line"));
         }
+    }
+    Ok(())
+}
+
+/// `FLUSHALL` on the server at 127.0.0.1:`port`, whoever provides it.
+pub(crate) async fn flush_all(port: u16) -> Result<()> {
+    let reply = raw_command(port, "FLUSHALL").await.map_err(Error::io("FLUSHALL"))?;
+    if !reply.starts_with("+OK") {
+        return Err(Error::Io { what: "FLUSHALL".into(), source: std::io::Error::other(reply) });
     }
     Ok(())
 }
