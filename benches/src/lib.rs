@@ -45,12 +45,7 @@ pub async fn ping(c: &mut redis::aio::MultiplexedConnection) -> Duration {
     t.elapsed()
 }
 
-/// Quantile `q` in [0, 1] of `samples` (sorted in place), nearest rank.
-pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
-    samples.sort_unstable();
-    let rank = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len());
-    samples[rank - 1]
-}
+pub use harness::quantile;
 
 /// Writes `value` as pretty JSON to `reports/out/bench/<name>.json` at the workspace root.
 pub fn write_result(name: &str, value: &serde_json::Value) -> std::io::Result<std::path::PathBuf> {

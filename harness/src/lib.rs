@@ -58,6 +58,14 @@ pub mod scenario;
 pub mod smoke;
 pub mod toxiproxy;
 
+/// Quantile `q` in [0, 1] of `samples` (sorted in place), nearest rank: a value that was
+/// measured, never an interpolation. The benches and the proxy probe share it.
+pub fn quantile(samples: &mut [std::time::Duration], q: f64) -> std::time::Duration {
+    samples.sort_unstable();
+    let rank = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len());
+    samples[rank - 1]
+}
+
 /// Bounded polling of a condition: the one readiness-loop shape used across the harness.
 ///
 /// Calls `probe` every `interval` until it returns `Some`, or gives up after `deadline`.

@@ -45,12 +45,8 @@ impl ProxyOverhead {
             return None;
         }
         let q = |mut v: Vec<Duration>| {
-            v.sort_unstable();
-            let at = |p: f64| {
-                let rank = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len());
-                v[rank - 1].as_secs_f64() * 1e3
-            };
-            Quantiles { p50: at(0.5), p99: at(0.99) }
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            Quantiles { p50: ms(crate::quantile(&mut v, 0.5)), p99: ms(crate::quantile(&mut v, 0.99)) }
         };
         let direct = q(pairs.iter().map(|p| p.0).collect());
         let proxied = q(pairs.iter().map(|p| p.1).collect());

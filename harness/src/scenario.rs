@@ -1096,15 +1096,24 @@ pub(crate) async fn respond_recorded(
     if payload_bytes > 0 {
         fields.insert("padding".into(), "x".repeat(payload_bytes));
     }
-    let (kind, note) = match s.respond(id, &fields).await {
-        PublishOutcome::Failed { reason } if reason.contains("circuit open") => (Kind::Fail, Some(reason)),
+    let (kind, note) = publish_record(s.respond(id, &fields).await, true);
+    rec.record(p, kind, op, note);
+}
+
+/// How a publish outcome goes into the history: `ok` when acknowledged; `fail` when
+/// certainly not applied (a refusal by the server, or, if `breaker_refusal_fails`, by the
+/// circuit breaker); `info` when it may or may not have been (a failure mid-command, or
+/// stored but not replicated, which a failover may undo).
+fn publish_record(outcome: PublishOutcome, breaker_refusal_fails: bool) -> (Kind, Option<String>) {
+    match outcome {
+        PublishOutcome::Failed { reason } if breaker_refusal_fails && reason.contains("circuit open") => {
+            (Kind::Fail, Some(reason))
+        }
         PublishOutcome::Refused { reason } => (Kind::Fail, Some(format!("refused: {reason}"))),
         PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
-        // Stored but not replicated: not acknowledged (it may or may not survive).
         o @ PublishOutcome::StoredUnreplicated { .. } => (Kind::Info, Some(o.status().to_string())),
         other => (Kind::Ok, Some(other.status().to_string())),
-    };
-    rec.record(p, kind, op, note);
+    }
 }
 
 /// Follows stream `task` from `from` in its own task, recording every delivery.
@@ -1152,12 +1161,7 @@ pub(crate) async fn produce_recorded(
     let p = rec.process();
     let op = Op::Produce { task: task.into(), index, last };
     rec.record(p, Kind::Invoke, op.clone(), None);
-    let (kind, note) = match s.publish(task, &chunk).await {
-        PublishOutcome::Failed { reason } => (Kind::Info, Some(reason)),
-        PublishOutcome::Refused { reason } => (Kind::Fail, Some(format!("refused: {reason}"))),
-        o @ PublishOutcome::StoredUnreplicated { .. } => (Kind::Info, Some(o.status().to_string())),
-        other => (Kind::Ok, Some(other.status().to_string())),
-    };
+    let (kind, note) = publish_record(s.publish(task, &chunk).await, false);
     rec.record(p, kind, op, note);
     kind == Kind::Ok
 }

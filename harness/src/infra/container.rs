@@ -21,7 +21,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::time::Instant;
 
 use super::process::free_port;
-use super::redis_process::{flush_all, raw_command};
+use super::redis_process::{await_pong, flush_all};
 use super::{new_run_id, Error, Readiness, RedisNode, RedisSpec, Restart, Result};
 
 /// The image, unless `HYBRID_CHAOS_REDIS_IMAGE` names another.
@@ -122,6 +122,13 @@ pub async fn reap_orphans(d: &bollard::Docker) -> Result<usize> {
     Ok(removed)
 }
 
+/// [`reap_orphans`] on the first call in this process only: what dead runs left cannot
+/// change while this one runs, and a suite starts a container per row.
+pub(crate) async fn reap_orphans_once(d: &bollard::Docker) -> Result<()> {
+    static REAPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    REAPED.get_or_try_init(|| async { reap_orphans(d).await.map(drop) }).await.map(drop)
+}
+
 /// Fails with a one-line error naming the image and how to build it when it is missing.
 pub async fn require_image(d: &bollard::Docker, image: &str) -> Result<()> {
     match d.inspect_image(image).await {
@@ -160,7 +167,7 @@ impl ContainerRedis {
     /// [`ContainerRedis::start`] from the given image.
     pub async fn start_image(spec: RedisSpec, image: &str) -> Result<ContainerRedis> {
         let docker = docker().await?;
-        reap_orphans(&docker).await?;
+        reap_orphans_once(&docker).await?;
         require_image(&docker, image).await?;
         let port = match spec.port {
             Some(p) => p,
@@ -219,26 +226,12 @@ impl ContainerRedis {
     }
 
     async fn wait_ready(&mut self) -> Result<Readiness> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(self.spec.ready_timeout_ms);
-        let mut loading_polls = 0;
-        loop {
-            match raw_command(self.port, "PING").await {
-                Ok(reply) if reply.starts_with("+PONG") => {
-                    return Ok(Readiness { ready_ms: started.elapsed().as_millis() as u64, loading_polls });
-                }
-                Ok(reply) if reply.starts_with("-LOADING") => loading_polls += 1,
-                _ => {}
+        let (port, limit_ms) = (self.port, self.spec.ready_timeout_ms);
+        match await_pong(port, limit_ms, || None).await? {
+            Ok(r) => Ok(r),
+            Err(loading_polls) => {
+                Err(Error::NotReady { port, waited_ms: limit_ms, loading_polls, log_tail: self.log_tail().await })
             }
-            if Instant::now() >= deadline {
-                return Err(Error::NotReady {
-                    port: self.port,
-                    waited_ms: self.spec.ready_timeout_ms,
-                    loading_polls,
-                    log_tail: self.log_tail().await,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
         }
     }
 

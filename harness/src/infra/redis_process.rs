@@ -163,39 +163,27 @@ impl ProcessRedis {
     }
 
     async fn wait_ready(&mut self) -> Result<Readiness> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(self.spec.ready_timeout_ms);
-        let mut loading_polls = 0;
-        loop {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                let mut log_tail = self.log_tail();
-                // Config errors go to stderr before the log file is opened.
-                if let Some(stderr) = self.child.as_mut().and_then(|c| c.stderr.take()) {
-                    let mut s = String::new();
-                    let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut s);
-                    log_tail.push_str(&s);
-                }
-                self.child = None;
-                return Err(Error::Exited { port: self.port, status: status.to_string(), log_tail });
+        let (port, limit_ms) = (self.port, self.spec.ready_timeout_ms);
+        match await_pong(port, limit_ms, || self.exit_error()).await? {
+            Ok(r) => Ok(r),
+            Err(loading_polls) => {
+                Err(Error::NotReady { port, waited_ms: limit_ms, loading_polls, log_tail: self.log_tail() })
             }
-            match raw_command(self.port, "PING").await {
-                Ok(reply) if reply.starts_with("+PONG") => {
-                    return Ok(Readiness { ready_ms: started.elapsed().as_millis() as u64, loading_polls });
-                }
-                Ok(reply) if reply.starts_with("-LOADING") => loading_polls += 1,
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::NotReady {
-                    port: self.port,
-                    waited_ms: self.spec.ready_timeout_ms,
-                    loading_polls,
-                    log_tail: self.log_tail(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
         }
+    }
+
+    /// The start-up error if the child has exited, with the log tail and its stderr.
+    fn exit_error(&mut self) -> Option<Error> {
+        let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
+        let mut log_tail = self.log_tail();
+        // Config errors go to stderr before the log file is opened.
+        if let Some(stderr) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut s);
+            log_tail.push_str(&s);
+        }
+        self.child = None;
+        Some(Error::Exited { port: self.port, status: status.to_string(), log_tail })
     }
 
     fn kill_now(&mut self) {
@@ -324,6 +312,35 @@ fn validate_overrides(config: &[(String, String)]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Polls `PING` on 127.0.0.1:`port` until `PONG`, for at most `limit_ms`, whoever provides
+/// the server. A `-LOADING` reply counts as "not yet"; `exited` is asked before each probe
+/// and ends the wait with its error. `Ok(Err(loading polls))` when the limit passed.
+pub(crate) async fn await_pong(
+    port: u16,
+    limit_ms: u64,
+    mut exited: impl FnMut() -> Option<Error>,
+) -> Result<std::result::Result<Readiness, u32>> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(limit_ms);
+    let mut loading_polls = 0;
+    loop {
+        if let Some(e) = exited() {
+            return Err(e);
+        }
+        match raw_command(port, "PING").await {
+            Ok(reply) if reply.starts_with("+PONG") => {
+                return Ok(Ok(Readiness { ready_ms: started.elapsed().as_millis() as u64, loading_polls }));
+            }
+            Ok(reply) if reply.starts_with("-LOADING") => loading_polls += 1,
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Ok(Err(loading_polls));
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
 }
 
 /// `FLUSHALL` on the server at 127.0.0.1:`port`, whoever provides it.

@@ -25,7 +25,7 @@ use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
-use super::container::{docker, image, owner_labels, reap_orphans, require_image};
+use super::container::{docker, image, owner_labels, reap_orphans_once, require_image};
 use super::{Error, Persistence, Result};
 
 /// The name Sentinels monitor the primary under.
@@ -148,7 +148,7 @@ impl SentinelTopology {
     /// others. On error everything started so far is removed.
     pub async fn start(spec: SentinelSpec) -> Result<SentinelTopology> {
         let d = docker().await?;
-        reap_orphans(&d).await?;
+        reap_orphans_once(&d).await?;
         let image = image();
         require_image(&d, &image).await?;
         let tag = format!("hc-{}-{:06x}", std::process::id(), rand::random::<u32>() & 0xff_ffff);
@@ -295,49 +295,44 @@ impl SentinelTopology {
 
     /// Cuts a server off the backbone: Sentinels and replicas lose it, clients still reach it.
     pub async fn partition(&self, server: usize) -> Result<()> {
-        let n = &self.servers[server];
-        let req = NetworkDisconnectRequest { container: n.id().to_string(), force: Some(true) };
-        self.docker
-            .disconnect_network(&self.backbone.name, req)
-            .await
-            .map_err(docker_err(format!("partitioning {}", n.name)))
+        self.detach(&self.backbone.name, server).await
     }
 
     /// Reconnects a partitioned server at its old backbone address.
     pub async fn heal(&self, server: usize) -> Result<()> {
-        let n = &self.servers[server];
-        let endpoint = EndpointSettings {
-            ipam_config: Some(EndpointIpamConfig {
-                ipv4_address: Some(n.backbone_ip.to_string()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let req = NetworkConnectRequest { container: n.id().to_string(), endpoint_config: Some(endpoint) };
-        self.docker.connect_network(&self.backbone.name, req).await.map_err(docker_err(format!("healing {}", n.name)))
+        self.attach(&self.backbone.name, server, self.servers[server].backbone_ip).await
     }
 
     /// Cuts a server off the front network: clients lose it while the Sentinels and the
     /// replicas still see it (the asymmetric cut the other way round from [`Self::partition`]).
     pub async fn cut_clients(&self, server: usize) -> Result<()> {
-        let n = &self.servers[server];
-        let req = NetworkDisconnectRequest { container: n.id().to_string(), force: Some(true) };
-        self.docker
-            .disconnect_network(&self.front.name, req)
-            .await
-            .map_err(docker_err(format!("cutting clients off {}", n.name)))
+        self.detach(&self.front.name, server).await
     }
 
     /// Reconnects a server to the front network at its old address.
     pub async fn restore_clients(&self, server: usize) -> Result<()> {
+        let ip = self.servers[server].front_ip.expect("servers are on the front network");
+        self.attach(&self.front.name, server, ip).await
+    }
+
+    async fn detach(&self, net: &str, server: usize) -> Result<()> {
         let n = &self.servers[server];
-        let ip = n.front_ip.expect("servers are on the front network");
+        let req = NetworkDisconnectRequest { container: n.id().to_string(), force: Some(true) };
+        self.docker
+            .disconnect_network(net, req)
+            .await
+            .map_err(docker_err(format!("disconnecting {} from {net}", n.name)))
+    }
+
+    /// Reconnects at `ip`: the address peers and Sentinels know it by.
+    async fn attach(&self, net: &str, server: usize, ip: Ipv4Addr) -> Result<()> {
+        let n = &self.servers[server];
         let endpoint = EndpointSettings {
             ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(ip.to_string()), ..Default::default() }),
             ..Default::default()
         };
         let req = NetworkConnectRequest { container: n.id().to_string(), endpoint_config: Some(endpoint) };
-        self.docker.connect_network(&self.front.name, req).await.map_err(docker_err(format!("reconnecting {}", n.name)))
+        self.docker.connect_network(net, req).await.map_err(docker_err(format!("reconnecting {} to {net}", n.name)))
     }
 
     pub async fn pause(&self, server: usize) -> Result<()> {

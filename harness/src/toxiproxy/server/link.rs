@@ -259,24 +259,22 @@ fn is_blackhole(active: &[ActiveToxic]) -> bool {
     active.iter().any(|t| matches!(t.toxic.kind, ToxicKind::Timeout { .. }))
 }
 
-fn slow_close_ms(active: &[ActiveToxic]) -> Option<u64> {
-    active
-        .iter()
-        .filter_map(|t| match t.toxic.kind {
-            ToxicKind::SlowClose { delay_ms } => Some(delay_ms),
-            _ => None,
-        })
-        .max()
+/// The attribute `pick` reads from each active toxic that has it.
+fn attrs<'a>(
+    active: &'a [ActiveToxic],
+    pick: impl Fn(&ToxicKind) -> Option<u64> + 'a,
+) -> impl Iterator<Item = u64> + 'a {
+    active.iter().filter_map(move |t| pick(&t.toxic.kind))
 }
 
+/// The longest slow_close delay, in ms.
+fn slow_close_ms(active: &[ActiveToxic]) -> Option<u64> {
+    attrs(active, |k| if let ToxicKind::SlowClose { delay_ms } = *k { Some(delay_ms) } else { None }).max()
+}
+
+/// The shortest reset_peer timeout, in ms.
 fn reset_peer_ms(active: &[ActiveToxic]) -> Option<u64> {
-    active
-        .iter()
-        .filter_map(|t| match t.toxic.kind {
-            ToxicKind::ResetPeer { timeout_ms } => Some(timeout_ms),
-            _ => None,
-        })
-        .min()
+    attrs(active, |k| if let ToxicKind::ResetPeer { timeout_ms } = *k { Some(timeout_ms) } else { None }).min()
 }
 
 /// One latency draw as Toxiproxy makes it: whole milliseconds, `latency + U[-jitter, jitter)`,
