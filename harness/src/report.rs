@@ -120,6 +120,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_overhead: Option<crate::overhead::ProxyOverhead>,
     pub scenarios: Vec<Row>,
+    /// The sentinel topology's loss table: per scenario and replication, what was
+    /// acknowledged and what a failover took back. Empty on a standalone run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<crate::failover::FailoverRun>,
 }
 
 /// The run at a glance.
@@ -352,6 +356,9 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(out, "\n{}", findings.join("\n"));
         }
         let _ = writeln!(out);
+    }
+    if !r.failover.is_empty() {
+        let _ = writeln!(out, "{}", crate::failover::markdown(&r.failover));
     }
     let _ = writeln!(out, "## Glossary\n");
     for (k, d) in GLOSSARY {
@@ -717,6 +724,9 @@ pub fn html(r: &Report) -> String {
         let items: String = slow.iter().map(|l| format!("<li>{}</li>", esc(l))).collect();
         let _ = write!(out, "<h2>Where a strategy is slower</h2><ul>{items}</ul>");
     }
+    if !r.failover.is_empty() {
+        out.push_str(&failover_html(&r.failover));
+    }
     let gl: String =
         GLOSSARY.iter().map(|(k, d)| format!("<dt><code>{}</code></dt><dd>{}</dd>", esc(k), esc(d))).collect();
     let _ = write!(out, "<h2>Glossary</h2><dl>{gl}</dl>");
@@ -759,6 +769,33 @@ pub fn html(r: &Report) -> String {
         out.push_str("</ul>");
     }
     out.push_str("</body></html>\n");
+    out
+}
+
+/// The loss table of a sentinel run: a lost acknowledged response stands out.
+fn failover_html(runs: &[crate::failover::FailoverRun]) -> String {
+    let mut out = String::from("<h2>Failover on replicated Redis</h2><p class=\"note\">Acknowledged responses a failover took back: acknowledged, then not found by a worker resuming on the primary that won. <code>async</code>: as deployed; <code>durable</code>: WAIT 1 after every store with min-replicas-to-write 1. Measured, not a bound.</p><table><tr><th>scenario</th><th>replication</th><th>acknowledged</th><th>lost</th><th>lost window, ms after the fault</th><th>not acknowledged</th><th>refused</th><th>failover after ms</th><th>converged after heal ms</th></tr>");
+    for f in runs {
+        let class = if f.loss.lost > 0 { "mismatch" } else { "ok" };
+        let window = match (f.loss.lost_from_ms, f.loss.lost_to_ms) {
+            (Some(a), Some(b)) => format!("{a} .. {b}"),
+            _ => "-".into(),
+        };
+        let cells = [
+            f.scenario.to_string(),
+            f.replication.to_string(),
+            f.loss.acknowledged.to_string(),
+            f.loss.lost.to_string(),
+            window,
+            f.unacknowledged.to_string(),
+            f.refused.to_string(),
+            f.failover_ms.map_or("none".into(), |m| m.to_string()),
+            f.converged_after_heal_ms.filter(|_| f.converged).map_or("NOT CONVERGED".into(), |m| m.to_string()),
+        ];
+        let tds: String = cells.iter().map(|c| format!("<td>{}</td>", esc(c))).collect();
+        let _ = write!(out, "<tr class=\"{class}\">{tds}</tr>");
+    }
+    out.push_str("</table>");
     out
 }
 

@@ -1,10 +1,12 @@
 //! Replicated Redis in containers (a primary, a replica, three Sentinels): a partition of the
-//! primary makes asynchronous replication lose acknowledged responses, and the durability
-//! option (WAIT 1 + min-replicas-to-write 1) loses none. Needs Docker: without it the test
-//! says so on stderr and passes, unless `HC_DOCKER=1` (set by `./ci/test` when Docker
-//! answers).
+//! primary makes asynchronous replication lose acknowledged responses, which the `lost`
+//! checker calls invalid, and the durability option (WAIT 1 + min-replicas-to-write 1) loses
+//! none. The reference finds the primary through the Sentinels by itself and writes to the
+//! new one after the heal. Needs Docker: without it the test says so on stderr and passes,
+//! unless `HC_DOCKER=1` (set by `./ci/test` when Docker answers).
 
-use harness::failover::{run, FailoverFault};
+use harness::checker::Validity;
+use harness::failover::{catalogue, run};
 
 fn docker_expected() -> bool {
     std::env::var("HC_DOCKER").as_deref() == Ok("1")
@@ -17,13 +19,20 @@ async fn a_partitioned_primary_loses_acknowledged_responses_unless_writes_wait_f
         eprintln!("SKIP a_partitioned_primary_loses_acknowledged_responses_unless_writes_wait_for_a_replica: {e}");
         return;
     }
-    let as_deployed = run(FailoverFault::Partition, false).await.unwrap();
-    assert!(as_deployed.converged, "{as_deployed:?}");
-    assert!(as_deployed.failover_ms.is_some(), "the Sentinels never failed over: {as_deployed:?}");
-    assert!(as_deployed.loss.lost > 0, "the harness saw no loss on asynchronous replication: {as_deployed:?}");
+    let sc = catalogue().into_iter().find(|s| s.name == "failover-partition").expect("in the catalogue");
+    let (row, outcome) = run(&sc, "hybrid").await.unwrap();
+    assert!(row.converged, "{row:?}");
+    assert!(row.failover_ms.is_some(), "the Sentinels never failed over: {row:?}");
+    assert!(row.loss.lost > 0, "the harness saw no loss on asynchronous replication: {row:?}");
+    let lost = outcome.checks.iter().find(|c| c.checker == "lost").expect("the lost checker ran");
+    assert_eq!(lost.validity, Validity::Invalid, "{lost:?}");
+    assert_eq!(outcome.verdict, outcome.expected_verdict);
+    assert!(row.acknowledged_after_heal > 0, "the responder never found the new primary: {row:?}");
     // With one replica, what WAIT 1 confirmed is on the server that gets promoted.
-    let durable = run(FailoverFault::Partition, true).await.unwrap();
-    assert!(durable.converged, "{durable:?}");
-    assert!(durable.loss.acknowledged > 0, "nothing was acknowledged: {durable:?}");
-    assert_eq!(durable.loss.lost, 0, "{durable:?}");
+    let (row, outcome) = run(&sc, "hybrid-durable").await.unwrap();
+    assert!(row.converged, "{row:?}");
+    assert!(row.loss.acknowledged > 0, "nothing was acknowledged: {row:?}");
+    assert_eq!(row.loss.lost, 0, "{row:?}");
+    assert_eq!(outcome.verdict, Validity::Valid, "{:?}", outcome.checks);
+    assert!(row.acknowledged_after_heal > 0, "the responder never found the new primary: {row:?}");
 }

@@ -59,19 +59,6 @@ enum Command {
     Smoke,
     /// List the scenarios and strategies.
     List,
-    /// Failover on replicated Redis in containers (a primary, a replica, three Sentinels):
-    /// each fault on the primary, as deployed (asynchronous replication) and with the
-    /// durability option; writes failover.md / failover.json, the acknowledged responses
-    /// each lost. Needs Docker. Exit 0 when every run converged, 2 otherwise.
-    Failover {
-        /// Fault on the primary (repeatable): partition (from the Sentinels and replica),
-        /// client-cut (from the clients), pause, kill; default all four.
-        #[arg(long = "fault", value_parser = ["partition", "client-cut", "pause", "kill"])]
-        faults: Vec<String>,
-        /// Where the run directory goes.
-        #[arg(long, default_value = "reports/out")]
-        out: PathBuf,
-    },
     /// Run scenarios x strategies against a real Redis behind the fault proxy and write the
     /// report. Exit 0: every verdict as expected; 1: a mismatch; 2: unknown or infra failure.
     Run {
@@ -102,6 +89,12 @@ enum Command {
         /// through testcontainers from HYBRID_CHAOS_REDIS_IMAGE (needs Docker).
         #[arg(long, default_value = "process", value_parser = ["process", "container"])]
         provider: String,
+        /// standalone: one server per run (the catalogue). sentinel: a primary, a replica and
+        /// three Sentinels in containers (needs Docker), with the failover scenarios for the
+        /// hybrid as deployed and with the durability option (hybrid-durable); the report
+        /// adds the loss table.
+        #[arg(long, default_value = "standalone", value_parser = ["standalone", "sentinel"])]
+        topology: String,
     },
     /// Run every catalogued mutation of the reference (deliberately broken hybrids) through
     /// the scenario suite, and through a 40-case property search when the suite misses one;
@@ -404,6 +397,7 @@ async fn run_suite(
         summary: harness::report::Summary::of(&rows),
         proxy_overhead,
         scenarios: rows,
+        failover: vec![],
     };
     harness::report::write_dir(&dir, &report, &outcomes)?;
     // `latest` points at the last run of the whole catalogue: a reproduce run of one scenario,
@@ -451,6 +445,94 @@ async fn run_suite(
         }
     }
     Ok(code)
+}
+
+/// `run --topology sentinel`: every failover scenario for the hybrid as deployed and with the
+/// durability option, one topology at a time (five containers each; two at once would only
+/// slow the Sentinels' timers on two cores). The report adds the loss table.
+async fn run_sentinel(scenarios: Vec<String>, strategies: Vec<String>, out: PathBuf) -> anyhow::Result<ExitCode> {
+    use harness::failover::{catalogue, STRATEGIES};
+    let all = catalogue();
+    let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+    if let Some(bad) = scenarios.iter().find(|s| !names.contains(&s.as_str())) {
+        anyhow::bail!("unknown scenario {bad:?} for the sentinel topology; valid: {}", names.join(", "));
+    }
+    if let Some(bad) = strategies.iter().find(|s| !STRATEGIES.contains(&s.as_str())) {
+        anyhow::bail!("unknown strategy {bad:?} for the sentinel topology; valid: {}", STRATEGIES.join(", "));
+    }
+    let d = harness::infra::container::docker().await?;
+    harness::infra::container::require_image(&d, &harness::infra::container::image()).await?;
+    let pairs: Vec<(&harness::failover::FailoverScenario, &str)> = all
+        .iter()
+        .filter(|s| scenarios.is_empty() || scenarios.iter().any(|n| n == s.name))
+        .flat_map(|s| {
+            STRATEGIES
+                .iter()
+                .filter(|st| strategies.is_empty() || strategies.iter().any(|n| n == *st))
+                .map(move |st| (s, *st))
+        })
+        .collect();
+    let (run_id, dir) = run_dir(&out, "sentinel-", 0)?;
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let started = std::time::Instant::now();
+    let (mut outcomes, mut table) = (Vec::new(), Vec::new());
+    for (i, (sc, st)) in pairs.iter().enumerate() {
+        let (row, outcome) = harness::failover::run(sc, st).await.map_err(|e| {
+            anyhow::anyhow!(
+                "{} / {st}: {e:#} (reproduce: hybrid-chaos run --topology sentinel --scenario {} --strategy {st})",
+                sc.name,
+                sc.name
+            )
+        })?;
+        eprintln!(
+            "[{}/{}] {} / {st}: {:?}{}; {} acknowledged, {} lost, failover after {} ms  ({:.0} s)",
+            i + 1,
+            pairs.len(),
+            sc.name,
+            outcome.verdict,
+            if outcome.verdict != outcome.expected_verdict { " MISMATCH" } else { "" },
+            row.loss.acknowledged,
+            row.loss.lost,
+            row.failover_ms.map_or("-".into(), |m| m.to_string()),
+            started.elapsed().as_secs_f64()
+        );
+        outcomes.push(outcome);
+        table.push(row);
+    }
+    let rows: Vec<_> = outcomes.iter().map(harness::report::row).collect();
+    let report = harness::report::Report {
+        run_id,
+        seed: 0,
+        started_at,
+        redis_version: redis_server_version(),
+        toxiproxy: "none".into(),
+        quick: false,
+        provider: "container".into(),
+        topology: "sentinel".into(),
+        summary: harness::report::Summary::of(&rows),
+        proxy_overhead: None,
+        scenarios: rows,
+        failover: table,
+    };
+    harness::report::write_dir(&dir, &report, &outcomes)?;
+    std::fs::write(dir.join("failover.md"), harness::failover::markdown(&report.failover))?;
+    let sum = &report.summary;
+    println!(
+        "{} pairs: {} valid, {} invalid, {} unknown; {}",
+        sum.pairs,
+        sum.valid,
+        sum.invalid,
+        sum.unknown,
+        if sum.mismatch { format!("{} MISMATCH(ES)", sum.mismatches) } else { "every verdict as expected".into() }
+    );
+    println!("report: {} (also report.md with the loss table, failover.md)", dir.join("report.html").display());
+    Ok(if sum.mismatch {
+        ExitCode::from(1)
+    } else if sum.unknown > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `hybrid-chaos mutants`: each mutation through the hybrid's scenarios, then, for the ones
@@ -618,47 +700,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drop(redis);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Failover { faults, out } => {
-            use harness::failover::FailoverFault;
-            let faults: Vec<FailoverFault> = if faults.is_empty() {
-                FailoverFault::ALL.to_vec()
-            } else {
-                faults.iter().filter_map(|f| FailoverFault::parse(f)).collect()
-            };
-            let d = harness::infra::container::docker().await?;
-            harness::infra::container::require_image(&d, &harness::infra::container::image()).await?;
-            let (run_id, dir) = run_dir(&out, "failover-", 0)?;
-            let mut runs = Vec::new();
-            let stop = interrupted();
-            tokio::pin!(stop);
-            for fault in faults {
-                for durable in [false, true] {
-                    let label = if durable { "durable" } else { "async" };
-                    let t = std::time::Instant::now();
-                    // Ctrl-C drops the running topology: its containers and networks go.
-                    let r = tokio::select! {
-                        r = harness::failover::run(fault, durable) => r?,
-                        _ = &mut stop => anyhow::bail!("interrupted; no failover report written"),
-                    };
-                    println!(
-                        "{} / {label}: {} acknowledged, {} lost, failover after {} ms  ({} s)",
-                        fault.name(),
-                        r.loss.acknowledged,
-                        r.loss.lost,
-                        r.failover_ms.map_or("-".into(), |m| m.to_string()),
-                        t.elapsed().as_secs()
-                    );
-                    runs.push(r);
-                }
-            }
-            std::fs::write(dir.join("failover.md"), harness::failover::markdown(&runs))?;
-            std::fs::write(
-                dir.join("failover.json"),
-                serde_json::to_string_pretty(&serde_json::json!({ "run_id": run_id, "runs": runs }))? + "\n",
-            )?;
-            println!("failover report: {}", dir.join("failover.md").display());
-            Ok(if runs.iter().all(|r| r.converged) { ExitCode::SUCCESS } else { ExitCode::from(2) })
-        }
         Command::List => {
             for s in scenarios::catalogue() {
                 let expected: Vec<String> = harness::scenario::STRATEGIES
@@ -672,10 +713,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("strategies: {}", harness::scenario::STRATEGIES.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { scenarios, strategies, seed, quick, out, jobs, mutant, provider } => {
+        Command::Run { scenarios, strategies, seed, quick, out, jobs, mutant, provider, topology } => {
             // Ctrl-C or SIGTERM drops the run: every redis-server it owns is killed on drop
-            // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short).
+            // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short), and
+            // a topology's containers and networks are removed.
             let stop = interrupted();
+            if topology == "sentinel" {
+                if mutant.is_some() || provider != "process" && provider != "container" {
+                    anyhow::bail!("--topology sentinel runs the reference in containers; it takes no --mutant");
+                }
+                return tokio::select! {
+                    r = run_sentinel(scenarios, strategies, out) => r,
+                    _ = stop => anyhow::bail!("interrupted; no report written"),
+                };
+            }
             tokio::select! {
                 r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize, mutant, &provider) => r,
                 _ = stop => anyhow::bail!("interrupted; no report written"),

@@ -77,6 +77,7 @@ fn report() -> Report {
             added_ms: harness::overhead::Quantiles { p50: 0.03, p99: 0.06 },
         }),
         scenarios,
+        failover: vec![],
     }
 }
 

@@ -68,6 +68,19 @@ struct Net {
     name: String,
 }
 
+/// One container of a topology, for a fault: a Redis server or a Sentinel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    Server(usize),
+    Sentinel(usize),
+}
+
+impl From<usize> for Host {
+    fn from(server: usize) -> Host {
+        Host::Server(server)
+    }
+}
+
 /// One container of the topology.
 pub struct Node {
     pub name: String,
@@ -293,30 +306,39 @@ impl SentinelTopology {
         None
     }
 
-    /// Cuts a server off the backbone: Sentinels and replicas lose it, clients still reach it.
-    pub async fn partition(&self, server: usize) -> Result<()> {
-        self.detach(&self.backbone.name, server).await
+    fn node(&self, h: Host) -> &Node {
+        match h {
+            Host::Server(i) => &self.servers[i],
+            Host::Sentinel(i) => &self.sentinels[i],
+        }
     }
 
-    /// Reconnects a partitioned server at its old backbone address.
-    pub async fn heal(&self, server: usize) -> Result<()> {
-        self.attach(&self.backbone.name, server, self.servers[server].backbone_ip).await
+    /// Cuts a host off the backbone: a server loses the Sentinels and replicas while
+    /// clients still reach it; a Sentinel loses everything.
+    pub async fn partition(&self, h: impl Into<Host>) -> Result<()> {
+        self.detach(&self.backbone.name, h.into()).await
+    }
+
+    /// Reconnects a partitioned host at its old backbone address.
+    pub async fn heal(&self, h: impl Into<Host>) -> Result<()> {
+        let h = h.into();
+        self.attach(&self.backbone.name, h, self.node(h).backbone_ip).await
     }
 
     /// Cuts a server off the front network: clients lose it while the Sentinels and the
     /// replicas still see it (the asymmetric cut the other way round from [`Self::partition`]).
     pub async fn cut_clients(&self, server: usize) -> Result<()> {
-        self.detach(&self.front.name, server).await
+        self.detach(&self.front.name, Host::Server(server)).await
     }
 
     /// Reconnects a server to the front network at its old address.
     pub async fn restore_clients(&self, server: usize) -> Result<()> {
         let ip = self.servers[server].front_ip.expect("servers are on the front network");
-        self.attach(&self.front.name, server, ip).await
+        self.attach(&self.front.name, Host::Server(server), ip).await
     }
 
-    async fn detach(&self, net: &str, server: usize) -> Result<()> {
-        let n = &self.servers[server];
+    async fn detach(&self, net: &str, h: Host) -> Result<()> {
+        let n = self.node(h);
         let req = NetworkDisconnectRequest { container: n.id().to_string(), force: Some(true) };
         self.docker
             .disconnect_network(net, req)
@@ -325,8 +347,8 @@ impl SentinelTopology {
     }
 
     /// Reconnects at `ip`: the address peers and Sentinels know it by.
-    async fn attach(&self, net: &str, server: usize, ip: Ipv4Addr) -> Result<()> {
-        let n = &self.servers[server];
+    async fn attach(&self, net: &str, h: Host, ip: Ipv4Addr) -> Result<()> {
+        let n = self.node(h);
         let endpoint = EndpointSettings {
             ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(ip.to_string()), ..Default::default() }),
             ..Default::default()
@@ -335,16 +357,16 @@ impl SentinelTopology {
         self.docker.connect_network(net, req).await.map_err(docker_err(format!("reconnecting {} to {net}", n.name)))
     }
 
-    pub async fn pause(&self, server: usize) -> Result<()> {
-        let n = &self.servers[server];
+    pub async fn pause(&self, h: impl Into<Host>) -> Result<()> {
+        let n = self.node(h.into());
         n.container
             .pause()
             .await
             .map_err(|e| Error::Docker { what: format!("pausing {}", n.name), reason: e.to_string() })
     }
 
-    pub async fn unpause(&self, server: usize) -> Result<()> {
-        let n = &self.servers[server];
+    pub async fn unpause(&self, h: impl Into<Host>) -> Result<()> {
+        let n = self.node(h.into());
         n.container
             .unpause()
             .await
@@ -352,19 +374,34 @@ impl SentinelTopology {
     }
 
     /// SIGKILL, as a crashed host.
-    pub async fn kill(&self, server: usize) -> Result<()> {
-        let n = &self.servers[server];
+    pub async fn kill(&self, h: impl Into<Host>) -> Result<()> {
+        let n = self.node(h.into());
         let opts = bollard::query_parameters::KillContainerOptionsBuilder::new().signal("SIGKILL").build();
         self.docker.kill_container(n.id(), Some(opts)).await.map_err(docker_err(format!("killing {}", n.name)))
     }
 
-    /// Starts a killed server again; it keeps its addresses.
-    pub async fn restart_killed(&self, server: usize) -> Result<()> {
-        let n = &self.servers[server];
+    /// Starts a killed host again; it keeps its addresses (a Sentinel also keeps its
+    /// rewritten config file, so it rejoins knowing the current primary).
+    pub async fn restart_killed(&self, h: impl Into<Host>) -> Result<()> {
+        let n = self.node(h.into());
         n.container
             .start()
             .await
             .map_err(|e| Error::Docker { what: format!("starting {}", n.name), reason: e.to_string() })
+    }
+
+    /// A Sentinel URL for the reference (see `reference::endpoint`): every Sentinel, and a
+    /// map from the backbone addresses Sentinels announce to the front addresses clients
+    /// reach.
+    pub fn sentinel_client_url(&self) -> String {
+        let sentinels: Vec<String> =
+            self.sentinels.iter().map(|n| format!("{}:{SENTINEL_PORT}", n.backbone_ip)).collect();
+        let map: Vec<String> = self
+            .servers
+            .iter()
+            .filter_map(|n| n.front_ip.map(|f| format!("{}:{REDIS_PORT}={f}:{REDIS_PORT}", n.backbone_ip)))
+            .collect();
+        format!("redis+sentinel://{}/{MASTER_NAME}?map={}", sentinels.join(","), map.join(","))
     }
 
     /// Whether every server agrees on one primary and every replica's link to it is up:

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::endpoint::Conn;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{sleep_until, Instant};
 
@@ -100,7 +100,7 @@ impl FeedbackStrategy for PubSubOnly {
 /// Storage with a fixed poll interval, no Pub/Sub.
 pub struct PollingOnly {
     config: Config,
-    conn: ConnectionManager,
+    conn: Conn,
     publisher: Publisher,
     waiters: AtomicUsize,
 }
@@ -227,7 +227,7 @@ impl StreamStrategy for PubSubOnlyStream {
 /// Streaming by polling the chunk list at a fixed interval, no Pub/Sub.
 pub struct PollingOnlyStream {
     config: Config,
-    conn: ConnectionManager,
+    conn: Conn,
     publisher: Publisher,
 }
 

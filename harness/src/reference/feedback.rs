@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::endpoint::Conn;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ use super::{
 pub const NOTIFY_MESSAGE: &str = "completed";
 
 /// Reads a response hash; an empty hash is "no response yet".
-pub(crate) async fn read_response(conn: &ConnectionManager, key: &str) -> Result<Option<Fields>> {
+pub(crate) async fn read_response(conn: &Conn, key: &str) -> Result<Option<Fields>> {
     let mut c = conn.clone();
     let fields: Fields = redis::cmd("HGETALL").arg(key).query_async(&mut c).await?;
     Ok((!fields.is_empty()).then_some(fields))
@@ -92,7 +92,7 @@ impl Poller {
 
     /// One tick: `EXISTS` over all pending keys in batches; only if some exist, find which
     /// (one pipelined `EXISTS` each, rare: it means a notification was missed) and wake them.
-    async fn tick(&self, conn: &ConnectionManager, batch_max: usize) -> Result<()> {
+    async fn tick(&self, conn: &Conn, batch_max: usize) -> Result<()> {
         let keys: Vec<Arc<str>> = self.pending.lock().expect("poller lock").keys().cloned().collect();
         for batch in keys.chunks(batch_max.max(1)) {
             let mut c = conn.clone();
@@ -150,7 +150,7 @@ pub struct Hybrid {
     /// The hint carries the response (JSON of its fields): a woken waiter needs no read.
     payload_hint: bool,
     config: Config,
-    conn: ConnectionManager,
+    conn: Conn,
     hub: Hub,
     publisher: Publisher,
     poller: Arc<Poller>,

@@ -372,7 +372,16 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Arc<s
     let cfg = &inner.config;
     let connect_limit = Duration::from_millis(cfg.connect_timeout_ms);
     let command_limit = Duration::from_millis(cfg.command_timeout_ms);
-    let client = match redis::Client::open(inner.url.as_str()) {
+    // A Sentinel URL is asked again at every connect: after a failover this is where the
+    // subscriber moves to the new primary (Sentinel disconnects a demoted server's clients).
+    let target = tokio::select! {
+        _ = inner.cancel.cancelled() => return Ended::Shutdown,
+        r = super::endpoint::resolve(&inner.url, cfg) => match r {
+            Ok(t) => t,
+            Err(_) => return Ended::Lost("no primary"),
+        },
+    };
+    let client = match redis::Client::open(target.as_str()) {
         Ok(c) => c,
         Err(_) => return Ended::Lost("bad url"),
     };

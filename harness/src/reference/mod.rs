@@ -9,6 +9,8 @@
 //! # Layout
 //!
 //! - [`keys`]: the key/channel schema (the seeds' schema by default, optional prefix).
+//! - [`endpoint`]: one server, or the primary a set of Sentinels names, followed across a
+//!   failover.
 //! - [`hub`]: the robust subscriber. One Pub/Sub connection per process for every waiter,
 //!   reference-counted channels, `PING` health checks, reconnect with backoff and full
 //!   jitter, resubscribe and wake every waiter to re-read storage, a control channel.
@@ -27,6 +29,7 @@
 //! [`FeedbackStrategy`].
 
 pub mod baselines;
+pub mod endpoint;
 pub mod fanout;
 pub mod feedback;
 pub mod hub;
@@ -316,19 +319,10 @@ pub fn backoff_delay(attempt: u32, min_ms: u64, max_ms: u64) -> Duration {
 }
 
 /// The command connection: one per process, reconnecting by itself (redis-rs
-/// `ConnectionManager`), with bounded connect and response times.
-pub async fn command_connection(url: &str, config: &Config) -> Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url).map_err(|source| Error::BadUrl { url: url.to_string(), source })?;
-    let mgr = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
-        .set_response_timeout(Some(Duration::from_millis(config.command_timeout_ms)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(config.reconnect_delay_ms_max));
-    let connect = client.get_connection_manager_with_config(mgr);
-    match tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms * 3), connect).await {
-        Ok(r) => r.map_err(|source| Error::Connect { url: url.to_string(), source }),
-        Err(_) => Err(Error::ConnectTimeout(config.connect_timeout_ms * 3)),
-    }
+/// `ConnectionManager`), with bounded connect and response times, following the primary when
+/// `url` is a Sentinel URL ([`endpoint`]).
+pub async fn command_connection(url: &str, config: &Config) -> Result<endpoint::Conn> {
+    endpoint::Conn::connect(url, config).await
 }
 
 /// Counts a live waiter for [`ImplStats::waiters`]; decrements on drop, so a cancelled

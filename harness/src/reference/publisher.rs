@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use super::endpoint::Conn;
 
 use super::metrics as m;
 use super::{is_transient, Config};
@@ -158,14 +158,14 @@ fn not_stored(reason: String) -> PublishOutcome {
 
 /// Storage writes and notifications over the process's command connection.
 pub struct Publisher {
-    conn: ConnectionManager,
+    conn: Conn,
     config: Config,
     breaker: Breaker,
     label: &'static str,
 }
 
 impl Publisher {
-    pub fn new(conn: ConnectionManager, config: Config, label: &'static str) -> Publisher {
+    pub fn new(conn: Conn, config: Config, label: &'static str) -> Publisher {
         let mut breaker = Breaker::new(config.breaker_failures_max, Duration::from_millis(config.breaker_reset_ms));
         breaker.never_closes = config.mutated(super::Mutation::BreakerNeverCloses);
         Publisher { conn, config, breaker, label }
@@ -232,21 +232,35 @@ impl Publisher {
         }
         let stored = store.is_some();
         if let Some(mut pipe) = store {
-            pipe.atomic();
-            if let Err(reason) = self.run::<()>("store", &pipe).await {
+            let written = match self.config.durability {
+                None => {
+                    pipe.atomic();
+                    self.run::<()>("store", &pipe).await
+                }
+                // The store and its WAIT in one pipeline: both run on the same connection, so
+                // WAIT counts the replicas holding this write (after a switch to a new primary
+                // in between, it would count another connection's writes and say yes).
+                // Any error, the server's too, fails the whole pipeline: never acknowledged.
+                Some(d) => {
+                    let mut both = redis::pipe();
+                    both.cmd("MULTI").ignore();
+                    for c in pipe.cmd_iter() {
+                        both.add_command(c.clone()).ignore();
+                    }
+                    both.cmd("EXEC").ignore();
+                    both.cmd("WAIT").arg(d.replicas).arg(d.timeout_ms);
+                    match self.run::<(u64,)>("store", &both).await {
+                        Ok((replicas,)) if replicas < u64::from(d.replicas) => {
+                            return PublishOutcome::StoredUnreplicated { replicas, wanted: d.replicas };
+                        }
+                        r => r.map(|_| ()),
+                    }
+                }
+            };
+            if let Err(reason) = written {
                 // The swallow-store-errors mutation logs and carries on to the publish.
                 if !self.config.mutated(super::Mutation::SwallowStoreErrors) {
                     return not_stored(reason);
-                }
-            }
-            if let Some(d) = self.config.durability {
-                // WAIT on the connection that wrote: it counts the replicas holding that
-                // connection's writes. An error means unknown, so not acknowledged.
-                let mut wait = redis::pipe();
-                wait.cmd("WAIT").arg(d.replicas).arg(d.timeout_ms);
-                let replicas = self.run::<(u64,)>("wait", &wait).await.map(|(n,)| n).unwrap_or(0);
-                if replicas < u64::from(d.replicas) {
-                    return PublishOutcome::StoredUnreplicated { replicas, wanted: d.replicas };
                 }
             }
         }

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::endpoint::Conn;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{sleep_until, Instant};
@@ -56,7 +56,7 @@ impl Chunk {
 /// consumer stalled until its deadline.)
 pub struct StreamProducer {
     config: Config,
-    conn: ConnectionManager,
+    conn: Conn,
     publisher: Publisher,
 }
 
@@ -118,7 +118,7 @@ pub enum FollowEnd {
 /// Follows streams: one command connection and a shared subscriber [`Hub`].
 pub struct StreamConsumer {
     config: Config,
-    conn: ConnectionManager,
+    conn: Conn,
     hub: Hub,
 }
 
