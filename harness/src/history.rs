@@ -70,6 +70,10 @@ pub enum Op {
     /// (sampled from what it exposes; it knows nothing of faults). The detection check reads
     /// when a dead subscriber was noticed from these.
     Reconnected { count: u64 },
+    /// An implementation the harness did not write broke the process protocol: it crashed,
+    /// printed a line that is not the protocol, or did not answer in time (see
+    /// `crate::external`).
+    Problem { what: String },
 }
 
 /// What a fan-out consumer counted (see `reference::fanout::FanoutStats`).

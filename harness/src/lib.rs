@@ -47,6 +47,7 @@
 pub mod case;
 pub mod checker;
 pub mod compare;
+pub mod external;
 pub mod failover;
 pub mod history;
 pub mod infra;

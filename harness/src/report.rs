@@ -697,7 +697,11 @@ pub fn html(r: &Report) -> String {
     if let Some(line) = proxy_line(r) {
         let _ = write!(out, "<p class=\"note\">{}</p>", esc(&line));
     }
-    for (q, pick) in [("p50", 0usize), ("p99", 1)] {
+    // A run with no latency at all (the sentinel topology's writes-then-resume) gets no
+    // empty charts.
+    let charts: &[(&str, usize)] =
+        if r.scenarios.iter().any(has_latency) { &[("p50", 0usize), ("p99", 1)] } else { &[] };
+    for &(q, pick) in charts {
         let mut items: Vec<(String, Option<f64>)> = r
             .scenarios
             .iter()

@@ -56,12 +56,18 @@ pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
 pub const VARIANTS: [&str; 1] = ["hybrid-payload"];
 
 /// The strategy whose expectations a strategy is held to (a variant: the hybrid's).
+/// An implementation registered with `--implementation` is held to the built-in strategy its
+/// `hello` names, or to none (then itself: not a strategy with expectations, so its verdicts
+/// are findings).
 pub fn expectation_of(strategy: &str) -> &str {
     if VARIANTS.contains(&strategy) {
-        "hybrid"
-    } else {
-        strategy
+        return "hybrid";
     }
+    if let Some(spec) = crate::external::lookup(strategy) {
+        let declared = spec.hello.expect.as_deref();
+        return STRATEGIES.iter().copied().find(|s| Some(*s) == declared).unwrap_or(strategy);
+    }
+    strategy
 }
 
 /// Poll interval when a scenario switches the fallback off, in ms: beyond every deadline of
@@ -109,6 +115,9 @@ pub struct Design {
 
 /// The design of a built-in strategy.
 pub fn design(strategy: &str) -> Design {
+    if let Some(spec) = crate::external::lookup(strategy) {
+        return spec.design();
+    }
     match strategy {
         "pubsub-only" => Design { notifies: true, polls: false },
         "polling-only" => Design { notifies: false, polls: true },
@@ -189,7 +198,7 @@ impl Scenario {
     /// Whether `strategy` runs in this scenario. The feedback variants run where the hybrid
     /// does, in feedback scenarios (streams already carry data in their messages).
     pub fn applies(&self, strategy: &str) -> bool {
-        if VARIANTS.contains(&strategy) {
+        if VARIANTS.contains(&strategy) || crate::external::lookup(strategy).is_some() {
             return !self.stream && !self.fanout && self.applies("hybrid");
         }
         self.applies_to.is_empty() || self.applies_to.contains(&strategy)
@@ -427,6 +436,9 @@ pub(crate) async fn connect(
     sub_url: &str,
     cfg: Config,
 ) -> anyhow::Result<Arc<dyn FeedbackStrategy>> {
+    if let Some(spec) = crate::external::lookup(strategy) {
+        return Ok(Arc::new(crate::external::Worker::start(&spec, cmd_url, sub_url, &cfg).await?));
+    }
     Ok(match strategy {
         "hybrid" => Arc::new(Hybrid::connect(cmd_url, sub_url, cfg).await?),
         "hybrid-payload" => Arc::new(Hybrid::payload_variant(cmd_url, sub_url, cfg).await?),
@@ -642,6 +654,7 @@ impl Rig {
         }
         let left = worker.stats();
         worker.shutdown().await;
+        record_problems(rec, &*worker);
         drop(worker);
         // The server notices closed connections asynchronously: read until it has (bounded).
         let closed = |r: &Reading| r.connections <= base.connections;
@@ -655,6 +668,13 @@ impl Rig {
         }
         drop(self.faults);
         drop(self.redis);
+    }
+}
+
+/// Puts an implementation's protocol problems into the history, for the `protocol` checker.
+pub(crate) fn record_problems(rec: &Recorder, s: &dyn FeedbackStrategy) {
+    for what in s.problems() {
+        rec.record(rec.process(), Kind::Info, Op::Problem { what }, None);
     }
 }
 
@@ -840,6 +860,7 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     let back = |r: &Reading| r.subscriptions <= base.subscriptions && r.waiters == 0 && r.pending_polls == 0;
     rig.observe_when(&rec, "settled", &channels, || s.stats(), reconnects, back).await?;
     s.shutdown().await;
+    record_problems(&rec, &*s);
     drop(s);
 
     // Phase 2: final reads by a fresh worker after everything healed.
@@ -1331,6 +1352,10 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
         c
     };
     checks.push(checker::exercised(&history));
+    let external = crate::external::lookup(strategy).is_some();
+    if external {
+        checks.push(checker::protocol(&history));
+    }
     if !scenario.live_waiters && !scenario.stream && !scenario.fanout {
         checks.push(checker::resume(&history));
     }
@@ -1338,15 +1363,19 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
     // recovery checks'.
     let verdict = checks.iter().filter(|c| c.checker != "latency").fold(Validity::Valid, |acc, c| acc.and(c.validity));
     let idx = STRATEGIES.iter().position(|s| *s == expectation_of(strategy));
+    // An implementation with no declared expectation: what it gets is a finding.
+    let (expected_verdict, expectation) = match idx.map(|i| scenario.expected[i]) {
+        None if external => (verdict, "no expectation declared: this verdict is a finding, not a mismatch".to_string()),
+        None => (Validity::Unknown, String::new()),
+        Some(Validity::Valid) => (Validity::Valid, String::new()),
+        Some(v) => (v, scenario.why.to_string()),
+    };
     Outcome {
         scenario: scenario.name.into(),
         strategy: strategy.into(),
         verdict,
-        expected_verdict: idx.map_or(Validity::Unknown, |i| scenario.expected[i]),
-        expectation: match idx.map(|i| scenario.expected[i]) {
-            Some(Validity::Valid) | None => String::new(),
-            Some(_) => scenario.why.to_string(),
-        },
+        expected_verdict,
+        expectation,
         checks,
         bounds: bounds.copied(),
         mutation: None,

@@ -95,6 +95,20 @@ enum Command {
         /// adds the loss table.
         #[arg(long, default_value = "standalone", value_parser = ["standalone", "sentinel"])]
         topology: String,
+        /// An implementation the harness did not write (repeatable): NAME=COMMAND, a program
+        /// speaking the JSON-lines protocol of harness/PROTOCOL.md, run through `sh -c`, one
+        /// process per worker. Runs beside the strategies in every feedback scenario; its
+        /// stderr goes to the run directory.
+        #[arg(long = "implementation", value_name = "NAME=COMMAND")]
+        implementations: Vec<String>,
+    },
+    /// Serve a built-in strategy over the process protocol (harness/PROTOCOL.md) on
+    /// stdin/stdout: `run --implementation NAME='hybrid-chaos serve-impl --strategy hybrid'`
+    /// must give the verdicts the strategy gives in-process.
+    ServeImpl {
+        /// hybrid, pubsub-only, polling-only or hybrid-payload.
+        #[arg(long, default_value = "hybrid")]
+        strategy: String,
     },
     /// Run every catalogued mutation of the reference (deliberately broken hybrids) through
     /// the scenario suite, and through a 40-case property search when the suite misses one;
@@ -315,6 +329,7 @@ async fn run_suite(
     jobs: usize,
     mutant: Option<String>,
     provider: &str,
+    implementations: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     use harness::checker::Validity;
     let provider = harness::infra::Provider::parse(provider)
@@ -338,7 +353,16 @@ async fn run_suite(
     if let Some(bad) = scenarios.iter().find(|s| !names.contains(&s.as_str())) {
         anyhow::bail!("unknown scenario {bad:?}; valid: {}", names.join(", "));
     }
-    let known = |s: &str| STRATEGIES.contains(&s) || harness::scenario::VARIANTS.contains(&s);
+    let external: Vec<(String, String)> = implementations
+        .iter()
+        .map(|a| harness::external::parse_arg(a))
+        .collect::<Result<_, String>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if mutation.is_some() && !external.is_empty() {
+        anyhow::bail!("--mutant breaks the hybrid reference; it does not combine with --implementation");
+    }
+    let names_given = |n: &str| external.iter().any(|(e, _)| e == n);
+    let known = |s: &str| STRATEGIES.contains(&s) || harness::scenario::VARIANTS.contains(&s) || names_given(s);
     if let Some(bad) = strategies.iter().find(|s| !known(s)) {
         anyhow::bail!(
             "unknown strategy {bad:?}; valid: {}, and the design variants {}",
@@ -363,6 +387,28 @@ async fn run_suite(
     }
     let seed = seed.unwrap_or_else(rand::random);
     let (run_id, dir) = run_dir(&out, "", seed)?;
+    // Each implementation describes itself before anything runs; one that cannot is
+    // refused with what it printed, and the empty run directory goes.
+    let mut strats = strats;
+    for (name, command) in &external {
+        match harness::external::describe(name, command, &dir).await {
+            Ok(spec) => {
+                eprintln!(
+                    "implementation {name}: {:?} (notifies: {}, polls: {}, expects: {})",
+                    spec.hello.name,
+                    spec.hello.notifies,
+                    spec.hello.polls,
+                    spec.hello.expect.as_deref().unwrap_or("nothing declared: its verdicts are findings")
+                );
+                harness::external::register(spec);
+                strats.push(Box::leak(name.clone().into_boxed_str()));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
+    }
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let budget = Budget::new(quick).with_mutation(mutation).with_provider(provider);
     let pairs: Vec<(&harness::scenario::Scenario, &str)> =
@@ -402,7 +448,7 @@ async fn run_suite(
     harness::report::write_dir(&dir, &report, &outcomes)?;
     // `latest` points at the last run of the whole catalogue: a reproduce run of one scenario,
     // or a mutant's run, must not replace the run people compare against.
-    if scenarios.is_empty() && strategies.is_empty() && mutation.is_none() {
+    if scenarios.is_empty() && strategies.is_empty() && mutation.is_none() && external.is_empty() {
         let latest = out.join("latest");
         let _ = std::fs::remove_file(&latest);
         let _ = std::os::unix::fs::symlink(&run_id, &latest);
@@ -713,12 +759,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("strategies: {}", harness::scenario::STRATEGIES.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { scenarios, strategies, seed, quick, out, jobs, mutant, provider, topology } => {
+        Command::ServeImpl { strategy } => {
+            harness::external::serve::serve(&strategy).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { scenarios, strategies, seed, quick, out, jobs, mutant, provider, topology, implementations } => {
             // Ctrl-C or SIGTERM drops the run: every redis-server it owns is killed on drop
             // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short), and
             // a topology's containers and networks are removed.
             let stop = interrupted();
             if topology == "sentinel" {
+                if !implementations.is_empty() {
+                    anyhow::bail!("--implementation runs on the standalone topology only, for now");
+                }
                 if mutant.is_some() || provider != "process" && provider != "container" {
                     anyhow::bail!("--topology sentinel runs the reference in containers; it takes no --mutant");
                 }
@@ -728,7 +781,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
             }
             tokio::select! {
-                r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize, mutant, &provider) => r,
+                r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize, mutant, &provider, implementations) => r,
                 _ = stop => anyhow::bail!("interrupted; no report written"),
             }
         }

@@ -138,6 +138,21 @@ pub fn lost(h: &History) -> Verdict {
     verdict("lost", invalid, unknown)
 }
 
+/// **protocol**: an implementation driven over the process protocol kept to it: it did not
+/// crash, every line it printed was an answer, and every answer came in time. Each problem
+/// is a finding with its evidence (and the program's stderr file).
+pub fn protocol(h: &History) -> Verdict {
+    let problems: Vec<String> = h
+        .events
+        .iter()
+        .filter_map(|e| match &e.op {
+            Op::Problem { what } => Some(format!("at {} us: {what}", e.time_us)),
+            _ => None,
+        })
+        .collect();
+    verdict("protocol", problems, Vec::new())
+}
+
 /// **phantom**: every value a live waiter obtained is in storage afterwards: a later read of
 /// the same id (a resumer, or the final reads, which read storage first) finds it. A value
 /// handed out that storage never got (a hint carrying a payload published before a write

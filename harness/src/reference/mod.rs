@@ -400,6 +400,11 @@ pub trait FeedbackStrategy: Send + Sync {
     async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome>;
     fn stats(&self) -> ImplStats;
     /// Stops background tasks and closes connections.
+    /// Protocol problems of an implementation the harness did not write (a crash, a line
+    /// that is not the protocol, no answer in time); the built-in ones have none.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
     async fn shutdown(&self);
 }
 

@@ -1,0 +1,111 @@
+"""The hybrid-chaos process protocol (harness/PROTOCOL.md), for Python implementations.
+
+One JSON object per line on stdin (requests) and stdout (answers). Requests are handled
+concurrently, each wait and respond on its own thread, and answered as they complete.
+An implementation is a class with:
+
+    __init__(self, init)                  init: the `init` request (redis_url, prefix, ...)
+    wait(self, id, timeout_s, cancelled)  -> (fields, via) or None on timeout;
+                                             `cancelled` is a threading.Event set by `cancel`
+    respond(self, id, fields)             -> {"status": "notified" | "unheard" | "stored"}
+                                             raise Refused when certainly not stored
+    stats(self)                           -> {"waiters", "channels", "pending_polls", "reconnects"}
+    close(self)
+
+Any other exception from wait or respond is answered `info` (outcome unknown).
+When stdin closes the harness is gone: exit at once.
+"""
+
+import json
+import os
+import sys
+import threading
+import traceback
+
+
+class Refused(Exception):
+    """The write certainly did not happen (answered `fail`)."""
+
+
+def serve(factory, hello):
+    out_lock = threading.Lock()
+    cancels = {}
+    cancels_lock = threading.Lock()
+    impl = None
+
+    def answer(req, outcome, value=None, error=None):
+        msg = {"req": req, "outcome": outcome}
+        if value is not None:
+            msg["value"] = value
+        if error is not None:
+            msg["error"] = error
+        line = json.dumps(msg)
+        with out_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def run_wait(req, msg, cancelled):
+        try:
+            got = impl.wait(msg["id"], msg.get("timeout_ms", 0) / 1000.0, cancelled)
+            if cancelled.is_set():
+                answer(req, "info", error="cancelled")
+            elif got is None:
+                answer(req, "timeout")
+            else:
+                fields, via = got
+                answer(req, "ok", value={"fields": fields, "via": via})
+        except Exception as e:  # unknown outcome: say so
+            traceback.print_exc(file=sys.stderr)
+            answer(req, "info", error=f"{type(e).__name__}: {e}")
+        finally:
+            with cancels_lock:
+                cancels.pop(req, None)
+
+    def run_respond(req, msg):
+        try:
+            answer(req, "ok", value=impl.respond(msg["id"], msg.get("fields", {})))
+        except Refused as e:
+            answer(req, "fail", error=str(e))
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            answer(req, "info", error=f"{type(e).__name__}: {e}")
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        msg = json.loads(line)
+        req, op = msg.get("req", 0), msg.get("op")
+        if op == "hello":
+            answer(req, "ok", value=hello)
+        elif op == "init":
+            try:
+                impl = factory(msg)
+                answer(req, "ok", value={})
+            except Exception as e:
+                answer(req, "fail", error=f"{type(e).__name__}: {e}")
+        elif impl is None:
+            answer(req, "fail", error="init first")
+        elif op == "wait":
+            cancelled = threading.Event()
+            with cancels_lock:
+                cancels[req] = cancelled
+            threading.Thread(target=run_wait, args=(req, msg, cancelled), daemon=True).start()
+        elif op == "respond":
+            threading.Thread(target=run_respond, args=(req, msg), daemon=True).start()
+        elif op == "cancel":
+            with cancels_lock:
+                ev = cancels.get(msg.get("target"))
+            if ev is not None:
+                ev.set()
+            answer(req, "ok", value={})
+        elif op == "stats":
+            answer(req, "ok", value=impl.stats())
+        elif op == "shutdown":
+            impl.close()
+            answer(req, "ok", value={})
+            break
+        else:
+            answer(req, "fail", error=f"unknown op {op!r}")
+    # stdin closed or shutdown: leave now, whatever threads are still waiting.
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,662 @@
+//! Implementations the harness did not write: any program that speaks the JSON-lines process
+//! protocol of `harness/PROTOCOL.md` on its stdin and stdout (Maelstrom's idea), judged by
+//! the same scenarios and checkers as the built-in strategies.
+//!
+//! - [`ExternalSpec`] / [`register`]: `--implementation NAME=COMMAND`, described by the
+//!   program itself (`hello`: its design and which built-in's expectations it holds itself
+//!   to, if any).
+//! - [`Worker`]: one process = one worker, behind [`FeedbackStrategy`]. Requests carry a
+//!   number (`req`); answers come in any order. A dropped wait sends `cancel`. A program that
+//!   crashes, prints a line that is not the protocol, or does not answer in time is not an
+//!   error of the run: each is a *problem*, which the scenario records in the history and the
+//!   `protocol` checker reports as invalid, with the evidence and the stderr file.
+//! - [`serve`]: the Rust reference over the same protocol (`hybrid-chaos serve-impl`), which
+//!   proves the protocol loses nothing: same verdicts over the protocol as in-process.
+//!
+//! A program's process group is killed when its worker is dropped, so nothing it forked
+//! outlives the run; a program must also exit when its stdin closes (the harness died).
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::reference::{Config, Error, FeedbackStrategy, Fields, ImplStats, PublishOutcome, Result, Via, WaitOutcome};
+use crate::scenario::Design;
+
+/// An answer may come this long after the operation's own timeout (or, for one without a
+/// timeout, after it was sent), in ms, before the program is reported hung.
+pub const ANSWER_GRACE_MS: u64 = 10_000;
+/// `hello` and `init` must be answered within this many ms (a Python interpreter starting on
+/// a busy machine included).
+pub const START_TIMEOUT_MS: u64 = 15_000;
+/// After `shutdown`, the program has this long to exit before its process group is killed,
+/// in ms.
+pub const EXIT_WAIT_MS: u64 = 2_000;
+/// The stats the harness keeps are refreshed this often, in ms (`stats` is asked in the
+/// background: the harness's own reads of them are synchronous).
+pub const STATS_EVERY_MS: u64 = 20;
+/// Problems kept per worker (the count of the rest is appended).
+const PROBLEMS_MAX: usize = 20;
+/// Longest protocol line quoted in a problem, in characters.
+const QUOTE_CHARS_MAX: usize = 160;
+
+/// What a program says of itself in answer to `hello`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Its own name for itself (shown in the report beside the harness's name for it).
+    #[serde(default)]
+    pub name: String,
+    /// Woken by Pub/Sub notifications.
+    #[serde(default)]
+    pub notifies: bool,
+    /// Polls storage.
+    #[serde(default)]
+    pub polls: bool,
+    /// The built-in strategy whose expected verdicts it holds itself to (`hybrid`,
+    /// `pubsub-only`, `polling-only`); absent: none, its verdicts are findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+/// An implementation registered with `--implementation NAME=COMMAND`.
+#[derive(Clone, Debug)]
+pub struct ExternalSpec {
+    /// The harness's name for it: its rows in the report.
+    pub name: String,
+    /// Run through `sh -c`.
+    pub command: String,
+    /// Where each worker's stderr goes (`NAME.stderr`, appended).
+    pub log_dir: PathBuf,
+    pub hello: Hello,
+}
+
+impl ExternalSpec {
+    pub fn design(&self) -> Design {
+        Design { notifies: self.hello.notifies, polls: self.hello.polls }
+    }
+
+    pub fn stderr_path(&self) -> PathBuf {
+        self.log_dir.join(format!("{}.stderr", self.name))
+    }
+}
+
+fn registry() -> &'static Mutex<BTreeMap<String, ExternalSpec>> {
+    static R: OnceLock<Mutex<BTreeMap<String, ExternalSpec>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Makes `spec` a strategy the scenarios can run, under its name.
+pub fn register(spec: ExternalSpec) {
+    registry().lock().expect("registry lock").insert(spec.name.clone(), spec);
+}
+
+/// The registered implementation called `name`, if any.
+pub fn lookup(name: &str) -> Option<ExternalSpec> {
+    registry().lock().expect("registry lock").get(name).cloned()
+}
+
+/// Parses `NAME=COMMAND`; the name must not clash with a built-in strategy.
+pub fn parse_arg(arg: &str) -> std::result::Result<(String, String), String> {
+    let (name, command) =
+        arg.split_once('=').ok_or_else(|| format!("--implementation {arg:?}: expected NAME=COMMAND"))?;
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(format!("--implementation {arg:?}: NAME must be letters, digits, - or _"));
+    }
+    let builtin = crate::scenario::STRATEGIES.contains(&name) || crate::scenario::VARIANTS.contains(&name);
+    if builtin {
+        return Err(format!("--implementation {name}: the name of a built-in strategy; choose another"));
+    }
+    if command.trim().is_empty() {
+        return Err(format!("--implementation {name}: the command is empty"));
+    }
+    Ok((name.to_string(), command.to_string()))
+}
+
+/// Starts `command` once and asks it `hello`: a command that does not start or does not
+/// speak the protocol is refused before any scenario runs, with what it printed.
+pub async fn describe(name: &str, command: &str, log_dir: &Path) -> anyhow::Result<ExternalSpec> {
+    let spec =
+        ExternalSpec { name: name.into(), command: command.into(), log_dir: log_dir.into(), hello: Hello::default() };
+    let proc = Process::spawn(&spec)?;
+    let answer = proc.request("hello", json!({}), Duration::from_millis(START_TIMEOUT_MS)).await;
+    let problems = proc.problems();
+    proc.close().await;
+    let stderr = stderr_tail(&spec.stderr_path());
+    let value = match answer {
+        Answer::Ok(v) => v,
+        other => anyhow::bail!(
+            "--implementation {name}: `{command}` did not answer hello: {}{}{}",
+            other.describe(),
+            if problems.is_empty() { String::new() } else { format!("; {}", problems.join("; ")) },
+            if stderr.is_empty() { String::new() } else { format!("; its stderr ends: {stderr}") }
+        ),
+    };
+    let hello: Hello = serde_json::from_value(value.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "--implementation {name}: its hello answer {value} is not {{name, notifies, polls, expect}}: {e}"
+        )
+    })?;
+    if let Some(e) = &hello.expect {
+        if !crate::scenario::STRATEGIES.contains(&e.as_str()) {
+            anyhow::bail!(
+                "--implementation {name}: it expects the verdicts of {e:?}; valid: {}",
+                crate::scenario::STRATEGIES.join(", ")
+            );
+        }
+    }
+    if !hello.notifies && !hello.polls {
+        anyhow::bail!("--implementation {name}: its hello says it neither notifies nor polls");
+    }
+    Ok(ExternalSpec { hello, ..spec })
+}
+
+/// The last line of a stderr file, for a problem's evidence.
+fn stderr_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| quote(l.trim())).unwrap_or_default()
+}
+
+fn quote(s: &str) -> String {
+    if s.chars().count() > QUOTE_CHARS_MAX {
+        format!("{}...", s.chars().take(QUOTE_CHARS_MAX).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+/// What came back for one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    Ok(Value),
+    Timeout,
+    Fail(String),
+    Info(String),
+    /// The program ended before answering.
+    Exited(String),
+    /// No answer within the grace period.
+    Hung(u64),
+}
+
+impl Answer {
+    fn describe(&self) -> String {
+        match self {
+            Answer::Ok(v) => format!("ok {v}"),
+            Answer::Timeout => "timeout".into(),
+            Answer::Fail(e) => format!("fail: {e}"),
+            Answer::Info(e) => format!("info: {e}"),
+            Answer::Exited(how) => format!("it exited ({how})"),
+            Answer::Hung(ms) => format!("no answer within {ms} ms"),
+        }
+    }
+}
+
+/// One line from the program: an answer to request `req`.
+#[derive(Debug, Deserialize)]
+struct Wire {
+    req: u64,
+    outcome: String,
+    #[serde(default)]
+    value: Value,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+fn answer_of(w: Wire) -> std::result::Result<Answer, String> {
+    let error = || w.error.clone().unwrap_or_else(|| "(no error given)".into());
+    Ok(match w.outcome.as_str() {
+        "ok" => Answer::Ok(w.value.clone()),
+        "timeout" => Answer::Timeout,
+        "fail" => Answer::Fail(error()),
+        "info" => Answer::Info(error()),
+        other => return Err(format!("unknown outcome {other:?} (expected ok, timeout, fail or info)")),
+    })
+}
+
+struct Shared {
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    problems: Mutex<Vec<String>>,
+    /// Set when the program's stdout closed: how it ended.
+    exited: Mutex<Option<String>>,
+    stats: Mutex<ImplStats>,
+    /// The next request number (every request sent has a smaller one).
+    next: AtomicU64,
+    /// `shutdown` was sent: the program ending now is what was asked.
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn problem(&self, p: String) {
+        let mut ps = self.problems.lock().expect("problems lock");
+        if ps.len() < PROBLEMS_MAX {
+            ps.push(p);
+        } else if ps.len() == PROBLEMS_MAX {
+            ps.push("(further problems not kept)".into());
+        }
+    }
+}
+
+/// A running program: its stdin writer, the reader that routes answers, its process group.
+struct Process {
+    name: String,
+    child: Mutex<Option<tokio::process::Child>>,
+    /// How it ended, once [`Process::close`] saw it end.
+    status: Mutex<Option<String>>,
+    pgid: i32,
+    /// Lines to its stdin; taken (dropped) to close stdin.
+    tx: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    shared: Arc<Shared>,
+    stderr: PathBuf,
+}
+
+impl Process {
+    fn spawn(spec: &ExternalSpec) -> anyhow::Result<Process> {
+        std::fs::create_dir_all(&spec.log_dir)
+            .map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", spec.log_dir.display()))?;
+        let stderr_path = spec.stderr_path();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", stderr_path.display()))?;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(&spec.command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
+        // Its own process group, so everything it starts can be killed with it; and the
+        // shell dies with the harness (the program itself sees its stdin close).
+        cmd.process_group(0);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = tokio::process::Command::from(cmd).kill_on_drop(true).spawn().map_err(|e| {
+            anyhow::anyhow!("--implementation {}: cannot start `sh -c {}`: {e}", spec.name, spec.command)
+        })?;
+        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            problems: Mutex::new(Vec::new()),
+            exited: Mutex::new(None),
+            stats: Mutex::new(ImplStats::default()),
+            next: AtomicU64::new(1),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if stdin.write_all(line.as_bytes()).await.is_err() || stdin.write_all(b"\n").await.is_err() {
+                    break;
+                }
+                let _ = stdin.flush().await;
+            }
+            // Dropping stdin closes it: the program's signal to exit.
+        });
+        let reader_shared = shared.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut n = 0u64;
+            loop {
+                let line = match lines.next_line().await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => break,
+                    Err(e) => {
+                        reader_shared.problem(format!("reading its stdout failed: {e}"));
+                        break;
+                    }
+                };
+                n += 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let parsed = serde_json::from_str::<Wire>(&line).map_err(|e| e.to_string()).and_then(|w| {
+                    let req = w.req;
+                    answer_of(w).map(|a| (req, a))
+                });
+                match parsed {
+                    Ok((req, a)) => {
+                        let waiter = reader_shared.pending.lock().expect("pending lock").remove(&req);
+                        match waiter {
+                            Some(w) => {
+                                let _ = w.send(a);
+                            }
+                            // An answer to a cancelled or given-up request is allowed; one
+                            // to a request never sent is not.
+                            None if req >= reader_shared.next.load(Ordering::Relaxed) => reader_shared
+                                .problem(format!("stdout line {n} answers request {req}, which was never sent")),
+                            None => {}
+                        }
+                    }
+                    Err(e) => reader_shared
+                        .problem(format!("stdout line {n} is not a protocol answer ({e}): {:?}", quote(&line))),
+                }
+            }
+            *reader_shared.exited.lock().expect("exit lock") = Some("its stdout closed".into());
+            for (_, w) in reader_shared.pending.lock().expect("pending lock").drain() {
+                let _ = w.send(Answer::Exited("its stdout closed".into()));
+            }
+        });
+        Ok(Process {
+            name: spec.name.clone(),
+            child: Mutex::new(Some(child)),
+            status: Mutex::new(None),
+            pgid,
+            tx: Mutex::new(Some(tx)),
+            shared,
+            stderr: stderr_path,
+        })
+    }
+
+    /// Sends `op` with `fields` and waits up to `limit` for the answer. A request to a
+    /// program that has ended is answered `Exited` at once.
+    async fn request(&self, op: &str, fields: Value, limit: Duration) -> Answer {
+        let (req, rx) = self.send(op, fields);
+        self.answer(req, rx, limit).await
+    }
+
+    fn send(&self, op: &str, fields: Value) -> (u64, oneshot::Receiver<Answer>) {
+        let req = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let exited = self.shared.exited.lock().expect("exit lock").clone();
+        match exited {
+            Some(how) => {
+                let _ = tx.send(Answer::Exited(how));
+            }
+            None => {
+                self.shared.pending.lock().expect("pending lock").insert(req, tx);
+            }
+        }
+        let mut msg = json!({ "req": req, "op": op });
+        if let (Value::Object(m), Value::Object(f)) = (&mut msg, fields) {
+            m.extend(f);
+        }
+        self.write(msg.to_string());
+        (req, rx)
+    }
+
+    fn write(&self, line: String) {
+        if let Some(tx) = self.tx.lock().expect("stdin lock").as_ref() {
+            let _ = tx.send(line);
+        }
+    }
+
+    async fn answer(&self, req: u64, rx: oneshot::Receiver<Answer>, limit: Duration) -> Answer {
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) => Answer::Exited(self.exit_status()),
+            Err(_) => {
+                self.shared.pending.lock().expect("pending lock").remove(&req);
+                Answer::Hung(limit.as_millis() as u64)
+            }
+        }
+    }
+
+    /// How the program ended, if it has (`exit status 1`, `killed by signal 9`).
+    fn exit_status(&self) -> String {
+        if let Some(st) = self.status.lock().expect("status lock").clone() {
+            return st;
+        }
+        let mut guard = self.child.lock().expect("child lock");
+        match guard.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(st))) => st.to_string(),
+            _ => "exit status not known yet".into(),
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.shared.problems.lock().expect("problems lock").clone()
+    }
+
+    /// Closes stdin, gives the program [`EXIT_WAIT_MS`] to exit, then kills its group.
+    async fn close(&self) {
+        // Dropping the sender ends the writer, which drops stdin.
+        drop(self.tx.lock().expect("stdin lock").take());
+        let child = self.child.lock().expect("child lock").take();
+        if let Some(mut child) = child {
+            match tokio::time::timeout(Duration::from_millis(EXIT_WAIT_MS), child.wait()).await {
+                Ok(Ok(st)) => *self.status.lock().expect("status lock") = Some(st.to_string()),
+                _ => {
+                    tracing::warn!(program = %self.name, "did not exit after shutdown; killing its process group");
+                    *self.status.lock().expect("status lock") =
+                        Some(format!("did not exit within {EXIT_WAIT_MS} ms of shutdown; killed"));
+                }
+            }
+        }
+        self.kill_group();
+    }
+
+    fn kill_group(&self) {
+        if self.pgid > 0 {
+            // The group may already be gone; the error says nothing useful then.
+            unsafe {
+                libc::killpg(self.pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+/// One worker: one process of a registered implementation, behind [`FeedbackStrategy`].
+pub struct Worker {
+    name: &'static str,
+    proc: Arc<Process>,
+    stats_task: tokio::task::JoinHandle<()>,
+}
+
+/// What `init` tells a program: where Redis is and the timing it is judged by.
+pub fn init_fields(command_url: &str, subscriber_url: &str, cfg: &Config) -> Value {
+    json!({
+        "redis_url": command_url,
+        "subscriber_url": subscriber_url,
+        "prefix": cfg.keys.prefix(),
+        "poll_interval_ms": cfg.poll_interval_ms,
+        "health_check_interval_ms": cfg.health_check_interval_ms,
+        "health_check_timeout_ms": cfg.health_check_timeout_ms,
+        "reconnect_delay_ms_max": cfg.reconnect_delay_ms_max,
+        "breaker_reset_ms": cfg.breaker_reset_ms,
+        "command_timeout_ms": cfg.command_timeout_ms,
+        "connect_timeout_ms": cfg.connect_timeout_ms,
+        "response_ttl_s": cfg.response_ttl_s,
+    })
+}
+
+/// The reference's configuration from an `init` message (what [`init_fields`] wrote; absent
+/// fields keep the defaults).
+pub fn config_from_init(v: &Value) -> Config {
+    let prefix = v.get("prefix").and_then(Value::as_str).unwrap_or("");
+    let mut cfg = Config::default().with_prefix(prefix);
+    let num = |k: &str, d: u64| v.get(k).and_then(Value::as_u64).unwrap_or(d);
+    cfg.poll_interval_ms = num("poll_interval_ms", cfg.poll_interval_ms);
+    cfg.health_check_interval_ms = num("health_check_interval_ms", cfg.health_check_interval_ms);
+    cfg.health_check_timeout_ms = num("health_check_timeout_ms", cfg.health_check_timeout_ms);
+    cfg.reconnect_delay_ms_max = num("reconnect_delay_ms_max", cfg.reconnect_delay_ms_max);
+    cfg.breaker_reset_ms = num("breaker_reset_ms", cfg.breaker_reset_ms);
+    cfg.command_timeout_ms = num("command_timeout_ms", cfg.command_timeout_ms);
+    cfg.connect_timeout_ms = num("connect_timeout_ms", cfg.connect_timeout_ms);
+    cfg.response_ttl_s = num("response_ttl_s", cfg.response_ttl_s);
+    cfg
+}
+
+impl Worker {
+    /// Starts a fresh process of `spec` and sends `init`.
+    pub async fn start(
+        spec: &ExternalSpec,
+        command_url: &str,
+        subscriber_url: &str,
+        cfg: &Config,
+    ) -> anyhow::Result<Worker> {
+        let proc = Arc::new(Process::spawn(spec)?);
+        let answer = proc
+            .request("init", init_fields(command_url, subscriber_url, cfg), Duration::from_millis(START_TIMEOUT_MS))
+            .await;
+        if !matches!(answer, Answer::Ok(_)) {
+            let problems = proc.problems();
+            proc.close().await;
+            anyhow::bail!(
+                "{}: init was answered {}{}; its stderr: {}",
+                spec.name,
+                answer.describe(),
+                if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) },
+                spec.stderr_path().display()
+            );
+        }
+        let stats_task = tokio::spawn({
+            let proc = Arc::downgrade(&proc);
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(STATS_EVERY_MS)).await;
+                    let Some(p) = proc.upgrade() else { return };
+                    if p.shared.exited.lock().expect("exit lock").is_some() {
+                        return;
+                    }
+                    if let Answer::Ok(v) = p.request("stats", json!({}), Duration::from_millis(ANSWER_GRACE_MS)).await {
+                        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                        *p.shared.stats.lock().expect("stats lock") = ImplStats {
+                            waiters: n("waiters") as usize,
+                            channels: n("channels") as usize,
+                            pending_polls: n("pending_polls") as usize,
+                            reconnects: n("reconnects"),
+                        };
+                    }
+                }
+            }
+        });
+        Ok(Worker { name: Box::leak(spec.name.clone().into_boxed_str()), proc, stats_task })
+    }
+
+    /// The problems seen so far, each naming the stderr file.
+    pub fn problems(&self) -> Vec<String> {
+        let mut ps = self.proc.problems();
+        let asked = self.proc.shared.shutting_down.load(Ordering::Relaxed);
+        if let Some(how) = self.proc.shared.exited.lock().expect("exit lock").clone().filter(|_| !asked) {
+            let status = self.proc.exit_status();
+            ps.push(format!("the program ended before shutdown ({how}; {status})"));
+        }
+        if !ps.is_empty() {
+            let tail = stderr_tail(&self.proc.stderr);
+            ps.push(format!(
+                "its stderr: {}{}",
+                self.proc.stderr.display(),
+                if tail.is_empty() { String::new() } else { format!(", ending: {tail}") }
+            ));
+        }
+        ps
+    }
+
+    fn note(&self, op: &str, a: &Answer) {
+        if let Answer::Hung(ms) = a {
+            self.proc.shared.problem(format!("no answer to {op} within {ms} ms"));
+        }
+    }
+}
+
+/// Sends `cancel` for a wait whose future is dropped before its answer came.
+struct CancelOnDrop<'a> {
+    proc: &'a Process,
+    req: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.proc.shared.pending.lock().expect("pending lock").remove(&self.req);
+            // Fire and forget: an answer to the cancel, or to the wait, is dropped.
+            let (cancel, _) = self.proc.send("cancel", json!({ "target": self.req }));
+            self.proc.shared.pending.lock().expect("pending lock").remove(&cancel);
+        }
+    }
+}
+
+fn external_error(what: String) -> Error {
+    Error::Stream(what)
+}
+
+#[async_trait::async_trait]
+impl FeedbackStrategy for Worker {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
+        let a = self
+            .proc
+            .request("respond", json!({ "id": id, "fields": fields }), Duration::from_millis(ANSWER_GRACE_MS))
+            .await;
+        self.note("respond", &a);
+        match a {
+            Answer::Ok(v) => match v.get("status").and_then(Value::as_str) {
+                Some("notified") => {
+                    PublishOutcome::Notified { subscribers: v.get("subscribers").and_then(Value::as_u64).unwrap_or(1) }
+                }
+                Some("unheard") => PublishOutcome::Unheard,
+                Some("stored_not_notified") => PublishOutcome::StoredNotNotified { reason: "said the program".into() },
+                _ => PublishOutcome::Stored,
+            },
+            Answer::Fail(reason) => PublishOutcome::Refused { reason },
+            other => PublishOutcome::Failed { reason: other.describe() },
+        }
+    }
+
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
+        let fields = json!({ "id": id, "timeout_ms": timeout.as_millis() as u64 });
+        let (req, rx) = self.proc.send("wait", fields);
+        let mut guard = CancelOnDrop { proc: &self.proc, req, armed: true };
+        let a = self.proc.answer(req, rx, timeout + Duration::from_millis(ANSWER_GRACE_MS)).await;
+        guard.armed = false;
+        self.note("wait", &a);
+        match a {
+            Answer::Ok(v) => {
+                let fields: Fields = serde_json::from_value(v.get("fields").cloned().unwrap_or(Value::Null))
+                    .map_err(|e| external_error(format!("wait answered ok without fields {{...}}: {e}")))?;
+                let via =
+                    v.get("via").cloned().and_then(|x| serde_json::from_value::<Via>(x).ok()).unwrap_or(Via::Polled);
+                Ok(WaitOutcome::Obtained { fields, via })
+            }
+            Answer::Timeout => Ok(WaitOutcome::TimedOut),
+            other => Err(external_error(other.describe())),
+        }
+    }
+
+    fn stats(&self) -> ImplStats {
+        *self.proc.shared.stats.lock().expect("stats lock")
+    }
+
+    fn problems(&self) -> Vec<String> {
+        Worker::problems(self)
+    }
+
+    async fn shutdown(&self) {
+        self.stats_task.abort();
+        self.proc.shared.shutting_down.store(true, Ordering::Relaxed);
+        let a = self.proc.request("shutdown", json!({}), Duration::from_millis(EXIT_WAIT_MS)).await;
+        if !matches!(a, Answer::Ok(_) | Answer::Exited(_)) {
+            self.note("shutdown", &a);
+        }
+        self.proc.close().await;
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stats_task.abort();
+    }
+}
+
+pub mod serve;

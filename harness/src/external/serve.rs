@@ -1,0 +1,173 @@
+//! The harness's side turned round: a built-in strategy served over the process protocol
+//! (`hybrid-chaos serve-impl --strategy hybrid`). Run through `--implementation`, it must give
+//! the verdicts the same strategy gives in-process: the proof that the protocol loses
+//! nothing on the way. Also a working example of the protocol for whoever writes their own.
+//!
+//! Requests are handled concurrently (a wait does not hold up a respond); answers are written
+//! as they complete, one line each. stdin closing means the harness is gone: shut down, exit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::config_from_init;
+use crate::reference::{FeedbackStrategy, Fields, PublishOutcome, WaitOutcome};
+use crate::scenario::{design, expectation_of, STRATEGIES, VARIANTS};
+
+fn ok(req: u64, value: Value) -> String {
+    json!({ "req": req, "outcome": "ok", "value": value }).to_string()
+}
+
+fn outcome(req: u64, outcome: &str, error: impl Into<String>) -> String {
+    json!({ "req": req, "outcome": outcome, "error": error.into() }).to_string()
+}
+
+/// How a publish outcome goes over the wire: `ok` when acknowledged, `fail` when certainly
+/// not stored, `info` when unknown.
+pub fn respond_answer(req: u64, o: PublishOutcome) -> String {
+    match o {
+        PublishOutcome::Notified { subscribers } => {
+            ok(req, json!({ "status": "notified", "subscribers": subscribers }))
+        }
+        PublishOutcome::Unheard => ok(req, json!({ "status": "unheard" })),
+        PublishOutcome::Stored => ok(req, json!({ "status": "stored" })),
+        PublishOutcome::StoredNotNotified { reason } => {
+            ok(req, json!({ "status": "stored_not_notified", "reason": reason }))
+        }
+        PublishOutcome::Refused { reason } => outcome(req, "fail", reason),
+        PublishOutcome::Failed { reason } => outcome(req, "info", reason),
+        o @ PublishOutcome::StoredUnreplicated { .. } => outcome(req, "info", o.status()),
+    }
+}
+
+fn wait_answer(req: u64, r: crate::reference::Result<WaitOutcome>) -> String {
+    match r {
+        Ok(WaitOutcome::Obtained { fields, via }) => {
+            ok(req, json!({ "fields": fields, "via": crate::scenario::via_name(via) }))
+        }
+        Ok(WaitOutcome::TimedOut) => json!({ "req": req, "outcome": "timeout" }).to_string(),
+        Ok(WaitOutcome::Shutdown) => outcome(req, "info", "shutdown"),
+        Err(e) => outcome(req, "info", e.to_string()),
+    }
+}
+
+/// Serves `strategy` on stdin/stdout until `shutdown` or until stdin closes.
+pub async fn serve(strategy: &str) -> anyhow::Result<()> {
+    if !STRATEGIES.contains(&strategy) && !VARIANTS.contains(&strategy) {
+        anyhow::bail!("unknown strategy {strategy:?}; valid: {}, {}", STRATEGIES.join(", "), VARIANTS.join(", "));
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        while let Some(line) = rx.recv().await {
+            if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err() {
+                break;
+            }
+            let _ = out.flush().await;
+        }
+    });
+    let mut implementation: Option<Arc<dyn FeedbackStrategy>> = None;
+    let running: Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>> = Arc::default();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("serve-impl: not JSON ({e}): {line}");
+                continue;
+            }
+        };
+        let req = v.get("req").and_then(Value::as_u64).unwrap_or(0);
+        let op = v.get("op").and_then(Value::as_str).unwrap_or("");
+        let s = implementation.clone();
+        match (op, s) {
+            ("hello", _) => {
+                let d = design(strategy);
+                let expect = expectation_of(strategy);
+                let _ = tx.send(ok(
+                    req,
+                    json!({ "name": strategy, "notifies": d.notifies, "polls": d.polls, "expect": expect }),
+                ));
+            }
+            ("init", _) => {
+                let cfg = config_from_init(&v);
+                let url = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let (cmd, sub) = (url("redis_url"), url("subscriber_url"));
+                let sub = if sub.is_empty() { cmd.clone() } else { sub };
+                match crate::scenario::connect(strategy, &cmd, &sub, cfg).await {
+                    Ok(s) => {
+                        implementation = Some(s);
+                        let _ = tx.send(ok(req, json!({})));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(outcome(req, "fail", format!("{e:#}")));
+                    }
+                }
+            }
+            ("stats", Some(s)) => {
+                let st = s.stats();
+                let _ = tx.send(ok(
+                    req,
+                    json!({ "waiters": st.waiters, "channels": st.channels, "pending_polls": st.pending_polls, "reconnects": st.reconnects }),
+                ));
+            }
+            ("wait", Some(s)) => {
+                let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+                let timeout = Duration::from_millis(v.get("timeout_ms").and_then(Value::as_u64).unwrap_or(0));
+                let (tx, running2) = (tx.clone(), running.clone());
+                let task = tokio::spawn(async move {
+                    let r = s.wait(&id, timeout).await;
+                    running2.lock().expect("running lock").remove(&req);
+                    let _ = tx.send(wait_answer(req, r));
+                });
+                running.lock().expect("running lock").insert(req, task.abort_handle());
+            }
+            ("respond", Some(s)) => {
+                let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+                let fields: Fields =
+                    v.get("fields").cloned().and_then(|f| serde_json::from_value(f).ok()).unwrap_or_default();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let o = s.respond(&id, &fields).await;
+                    let _ = tx.send(respond_answer(req, o));
+                });
+            }
+            ("cancel", _) => {
+                // Dropping the waiting future is the cancellation the reference supports.
+                let target = v.get("target").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(h) = running.lock().expect("running lock").remove(&target) {
+                    h.abort();
+                    let _ = tx.send(outcome(target, "info", "cancelled"));
+                }
+                let _ = tx.send(ok(req, json!({})));
+            }
+            ("shutdown", s) => {
+                implementation = None;
+                if let Some(s) = s {
+                    s.shutdown().await;
+                }
+                let _ = tx.send(ok(req, json!({})));
+                break;
+            }
+            (other, None) if ["wait", "respond", "stats"].contains(&other) => {
+                let _ = tx.send(outcome(req, "fail", "init first"));
+            }
+            (other, _) => {
+                let _ = tx.send(outcome(req, "fail", format!("unknown op {other:?}")));
+            }
+        }
+    }
+    if let Some(s) = implementation.take() {
+        s.shutdown().await;
+    }
+    drop(tx);
+    let _ = writer.await;
+    Ok(())
+}
