@@ -77,6 +77,9 @@ pub struct ExternalSpec {
     /// Where each worker's stderr goes (`NAME.stderr`, appended).
     pub log_dir: PathBuf,
     pub hello: Hello,
+    /// How long past an operation's own timeout an answer may come, in ms
+    /// ([`ANSWER_GRACE_MS`], or `HC_ANSWER_GRACE_MS` from the environment).
+    pub answer_grace_ms: u64,
 }
 
 impl ExternalSpec {
@@ -125,8 +128,15 @@ pub fn parse_arg(arg: &str) -> std::result::Result<(String, String), String> {
 /// Starts `command` once and asks it `hello`: a command that does not start or does not
 /// speak the protocol is refused before any scenario runs, with what it printed.
 pub async fn describe(name: &str, command: &str, log_dir: &Path) -> anyhow::Result<ExternalSpec> {
-    let spec =
-        ExternalSpec { name: name.into(), command: command.into(), log_dir: log_dir.into(), hello: Hello::default() };
+    let answer_grace_ms =
+        std::env::var("HC_ANSWER_GRACE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(ANSWER_GRACE_MS);
+    let spec = ExternalSpec {
+        name: name.into(),
+        command: command.into(),
+        log_dir: log_dir.into(),
+        hello: Hello::default(),
+        answer_grace_ms,
+    };
     let proc = Process::spawn(&spec)?;
     let answer = proc.request("hello", json!({}), Duration::from_millis(START_TIMEOUT_MS)).await;
     let problems = proc.problems();
@@ -455,6 +465,7 @@ impl Drop for Process {
 /// One worker: one process of a registered implementation, behind [`FeedbackStrategy`].
 pub struct Worker {
     name: &'static str,
+    grace: Duration,
     proc: Arc<Process>,
     stats_task: tokio::task::JoinHandle<()>,
 }
@@ -537,7 +548,12 @@ impl Worker {
                 }
             }
         });
-        Ok(Worker { name: Box::leak(spec.name.clone().into_boxed_str()), proc, stats_task })
+        Ok(Worker {
+            name: Box::leak(spec.name.clone().into_boxed_str()),
+            grace: Duration::from_millis(spec.answer_grace_ms),
+            proc,
+            stats_task,
+        })
     }
 
     /// The problems seen so far, each naming the stderr file.
@@ -595,10 +611,7 @@ impl FeedbackStrategy for Worker {
     }
 
     async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
-        let a = self
-            .proc
-            .request("respond", json!({ "id": id, "fields": fields }), Duration::from_millis(ANSWER_GRACE_MS))
-            .await;
+        let a = self.proc.request("respond", json!({ "id": id, "fields": fields }), self.grace).await;
         self.note("respond", &a);
         match a {
             Answer::Ok(v) => match v.get("status").and_then(Value::as_str) {
@@ -618,7 +631,7 @@ impl FeedbackStrategy for Worker {
         let fields = json!({ "id": id, "timeout_ms": timeout.as_millis() as u64 });
         let (req, rx) = self.proc.send("wait", fields);
         let mut guard = CancelOnDrop { proc: &self.proc, req, armed: true };
-        let a = self.proc.answer(req, rx, timeout + Duration::from_millis(ANSWER_GRACE_MS)).await;
+        let a = self.proc.answer(req, rx, timeout + self.grace).await;
         guard.armed = false;
         self.note("wait", &a);
         match a {

@@ -689,6 +689,30 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     if scenario.fanout {
         return run_fanout(scenario, strategy, seed, budget).await;
     }
+    match run_feedback(scenario, strategy, seed, budget).await {
+        // A program the harness did not write that stops a run (it never starts its
+        // waiters, its init fails) is a finding about the program; the run goes on.
+        Err(e) if crate::external::lookup(strategy).is_some() => Ok(stopped(scenario, strategy, &e)),
+        r => r,
+    }
+}
+
+/// The outcome of a run an external implementation stopped: invalid, with the reason as the
+/// `protocol` check's evidence.
+fn stopped(scenario: &Scenario, strategy: &str, e: &anyhow::Error) -> Outcome {
+    let history = History {
+        events: vec![Event {
+            time_us: 0,
+            process: 0,
+            kind: Kind::Info,
+            op: Op::Problem { what: format!("the scenario could not go on: {e:#}") },
+            note: None,
+        }],
+    };
+    judge(scenario, strategy, history, None)
+}
+
+async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
     let mut rig = Rig::start(scenario, seed, budget).await?;
     let (cmd_url, sub_url, cfg) = (rig.cmd_url.clone(), rig.sub_url.clone(), rig.cfg.clone());
     let d = design(strategy);
@@ -772,7 +796,14 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
             (s.stats().waiters >= ids.len() + standing.len() + unanswered.len()).then_some(())
         })
         .await;
-        anyhow::ensure!(all.is_some(), "waiters did not start");
+        if all.is_none() {
+            // An implementation that crashed or hung says why here.
+            let problems = s.problems();
+            anyhow::bail!(
+                "waiters did not start within 10 s{}",
+                if problems.is_empty() { String::new() } else { format!(": {}", problems.join("; ")) }
+            );
+        }
         // Let subscriptions settle so the fault, not start-up, is what the run measures.
         tokio::time::sleep_until(planned_start.into()).await;
     }
