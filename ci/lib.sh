@@ -37,6 +37,18 @@ hc_ensure_packages() {
   # starts its own servers and does not use it (and the leak check below ignores it).
 }
 
+# Python's redis client, for the example implementations under examples/python (run by the
+# tests and ./ci/chaos through --implementation). pip, as the user: no root needed.
+HC_PY_REDIS="redis>=5,<8"
+hc_ensure_python_redis() {
+  command -v python3 >/dev/null 2>&1 || { echo "ci: python3 is missing: install Python 3 (the example implementations need it)" >&2; exit 2; }
+  python3 -c 'import redis' 2>/dev/null && return 0
+  echo "ci: installing Python's $HC_PY_REDIS with pip" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "$HC_PY_REDIS" >&2 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$HC_PY_REDIS" >&2 \
+    || { echo "ci: could not install $HC_PY_REDIS with pip; install it, then run again" >&2; exit 2; }
+}
+
 hc_ensure_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "ci: cargo is not on PATH; install a Rust toolchain (https://rustup.rs) and run again." >&2

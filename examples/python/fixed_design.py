@@ -15,6 +15,7 @@ What changed from the seed, and why:
 - The subscriber checks its connection with PING (a blackholed connection reports nothing by
   itself), reconnects with backoff and full jitter, resubscribes, and wakes every waiter to
   read storage: a hint published while it was down is in storage, not in Pub/Sub.
+- A failed storage read does not end a wait: it reads again at the next wake or tick.
 - The response is stored with its TTL in one transaction (the commit point), then the hint
   is published; a connection error is retried, a refusal is reported as not stored.
 It declares the hybrid's expected verdicts.
@@ -174,7 +175,15 @@ class FixedFeedbackManager:
         return f"{self.prefix}feedback:response:{i}"
 
     def read(self, i):
-        return self.redis.hgetall(self.key(i)) or None
+        # A failed read is "not yet", not the end of the wait: the waiter keeps its deadline
+        # and reads again at the next wake or tick. (The first version let the error end the
+        # wait; hybrid-chaos found it in redis-unreachable and publisher-outage as waiters
+        # gone before the recovery probes.)
+        try:
+            return self.redis.hgetall(self.key(i)) or None
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            print(f"read {i}: {type(e).__name__}: {e}", file=sys.stderr)
+            return None
 
     def wait(self, i, timeout, cancelled):
         deadline = time.monotonic() + timeout

@@ -237,7 +237,8 @@ struct Shared {
     problems: Mutex<Vec<String>>,
     /// Set when the program's stdout closed: how it ended.
     exited: Mutex<Option<String>>,
-    stats: Mutex<ImplStats>,
+    /// The last `stats` answer kept, with its request number.
+    stats: Mutex<(u64, ImplStats)>,
     /// The next request number (every request sent has a smaller one).
     next: AtomicU64,
     /// `shutdown` was sent: the program ending now is what was asked.
@@ -299,7 +300,7 @@ impl Process {
             pending: Mutex::new(HashMap::new()),
             problems: Mutex::new(Vec::new()),
             exited: Mutex::new(None),
-            stats: Mutex::new(ImplStats::default()),
+            stats: Mutex::new((0, ImplStats::default())),
             next: AtomicU64::new(1),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         });
@@ -428,6 +429,27 @@ impl Process {
         self.shared.problems.lock().expect("problems lock").clone()
     }
 
+    /// Asks `stats` and keeps the answer unless a later request's answer is kept already
+    /// (the background refresh and the one after each wait race).
+    async fn refresh_stats(&self) {
+        let (req, rx) = self.send("stats", json!({}));
+        if let Answer::Ok(v) = self.answer(req, rx, Duration::from_millis(ANSWER_GRACE_MS)).await {
+            let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let mut kept = self.shared.stats.lock().expect("stats lock");
+            if req > kept.0 {
+                *kept = (
+                    req,
+                    ImplStats {
+                        waiters: n("waiters") as usize,
+                        channels: n("channels") as usize,
+                        pending_polls: n("pending_polls") as usize,
+                        reconnects: n("reconnects"),
+                    },
+                );
+            }
+        }
+    }
+
     /// Closes stdin, gives the program [`EXIT_WAIT_MS`] to exit, then kills its group.
     async fn close(&self) {
         // Dropping the sender ends the writer, which drops stdin.
@@ -536,15 +558,7 @@ impl Worker {
                     if p.shared.exited.lock().expect("exit lock").is_some() {
                         return;
                     }
-                    if let Answer::Ok(v) = p.request("stats", json!({}), Duration::from_millis(ANSWER_GRACE_MS)).await {
-                        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-                        *p.shared.stats.lock().expect("stats lock") = ImplStats {
-                            waiters: n("waiters") as usize,
-                            channels: n("channels") as usize,
-                            pending_polls: n("pending_polls") as usize,
-                            reconnects: n("reconnects"),
-                        };
-                    }
+                    p.refresh_stats().await;
                 }
             }
         });
@@ -634,6 +648,11 @@ impl FeedbackStrategy for Worker {
         let a = self.proc.answer(req, rx, timeout + self.grace).await;
         guard.armed = false;
         self.note("wait", &a);
+        // The harness reads the stats synchronously right after its waits end (the cleanup
+        // readings): they must already say this wait is over, as in-process ones do.
+        if !matches!(a, Answer::Hung(_) | Answer::Exited(_)) {
+            self.proc.refresh_stats().await;
+        }
         match a {
             Answer::Ok(v) => {
                 let fields: Fields = serde_json::from_value(v.get("fields").cloned().unwrap_or(Value::Null))
@@ -648,7 +667,7 @@ impl FeedbackStrategy for Worker {
     }
 
     fn stats(&self) -> ImplStats {
-        *self.proc.shared.stats.lock().expect("stats lock")
+        self.proc.shared.stats.lock().expect("stats lock").1
     }
 
     fn problems(&self) -> Vec<String> {
