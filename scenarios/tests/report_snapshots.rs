@@ -129,3 +129,50 @@ fn the_html_report_leads_with_the_verdict() {
     assert!(page.contains("class=\"banner mismatch\">1 MISMATCH(ES)"), "{}", &page[..600]);
     assert!(page.contains("<td class=\"mismatch\">MISMATCH: invalid (expected valid)"));
 }
+
+/// A sentinel run's report: the loss table in the markdown, a lost acknowledged response
+/// standing out in the HTML, and no latency charts of empty bars.
+#[test]
+fn a_sentinel_report_carries_the_loss_table() {
+    use harness::failover::{FailoverFault, FailoverRun, Loss, Target};
+    let run = |scenario, replication, acknowledged, lost| FailoverRun {
+        scenario,
+        fault: FailoverFault::Partition,
+        target: Target::Primary,
+        replication,
+        loss: Loss {
+            acknowledged,
+            lost,
+            lost_from_ms: (lost > 0).then_some(176),
+            lost_to_ms: (lost > 0).then_some(16_223),
+            lost_sample: vec![],
+        },
+        acknowledged_after_heal: 100,
+        unacknowledged: 6,
+        refused: 36,
+        failure_reasons: vec!["stored_unreplicated".into()],
+        failover_ms: Some(3_011),
+        converged: true,
+        converged_after_heal_ms: Some(15_614),
+    };
+    let r = Report {
+        run_id: "fixture-sentinel".into(),
+        seed: 0,
+        started_at: "[redacted]".into(),
+        redis_version: "[redacted]".into(),
+        toxiproxy: "none".into(),
+        quick: false,
+        provider: "container".into(),
+        topology: "sentinel".into(),
+        summary: Summary::of(&[]),
+        proxy_overhead: None,
+        scenarios: vec![],
+        failover: vec![run("failover-partition", "async", 1_216, 798), run("failover-partition", "durable", 161, 0)],
+    };
+    insta::assert_snapshot!(markdown(&r));
+    let page = harness::report::html(&r);
+    assert!(page.contains("<h2>Failover on replicated Redis</h2>"));
+    assert!(page.contains("<tr class=\"mismatch\"><td>failover-partition</td><td>async</td><td>1216</td><td>798</td>"));
+    assert!(page.contains("<tr class=\"ok\"><td>failover-partition</td><td>durable</td>"));
+    assert!(!page.contains("Latency p50"), "no latency charts on a sentinel run");
+}
