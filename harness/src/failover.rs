@@ -263,11 +263,11 @@ pub async fn run(scenario: &FailoverScenario, strategy: &str) -> anyhow::Result<
         let now = Instant::now();
         if !faulted && now >= fault_at {
             record_nemesis(&rec, "apply", scenario);
-            apply(&topo, scenario.fault, host).await?;
+            act(&topo, scenario.fault, host, false).await?;
             faulted = true;
         }
         if faulted && now >= heal_at && !watched.lock().expect("watch lock").healed {
-            heal(&topo, scenario.fault, host).await?;
+            act(&topo, scenario.fault, host, true).await?;
             record_nemesis(&rec, "heal", scenario);
             watched.lock().expect("watch lock").healed = true;
         }
@@ -427,24 +427,18 @@ pub fn loss_of(h: &History, fault_at_us: u64) -> Loss {
     loss(&acked, &found)
 }
 
-async fn apply(topo: &SentinelTopology, fault: FailoverFault, host: Host) -> anyhow::Result<()> {
-    match (fault, host) {
-        (FailoverFault::Partition, h) => topo.partition(h).await?,
-        (FailoverFault::Pause, h) => topo.pause(h).await?,
-        (FailoverFault::Kill, h) => topo.kill(h).await?,
-        (FailoverFault::ClientCut, Host::Server(i)) => topo.cut_clients(i).await?,
-        (FailoverFault::ClientCut, h) => anyhow::bail!("a client cut needs a server, not {h:?}"),
-    }
-    Ok(())
-}
-
-async fn heal(topo: &SentinelTopology, fault: FailoverFault, host: Host) -> anyhow::Result<()> {
-    match (fault, host) {
-        (FailoverFault::Partition, h) => topo.heal(h).await?,
-        (FailoverFault::Pause, h) => topo.unpause(h).await?,
-        (FailoverFault::Kill, h) => topo.restart_killed(h).await?,
-        (FailoverFault::ClientCut, Host::Server(i)) => topo.restore_clients(i).await?,
-        (FailoverFault::ClientCut, h) => anyhow::bail!("a client cut needs a server, not {h:?}"),
+/// Applies `fault` to `host`, or heals it: each fault and its undoing side by side.
+async fn act(topo: &SentinelTopology, fault: FailoverFault, host: Host, heal: bool) -> anyhow::Result<()> {
+    match (fault, host, heal) {
+        (FailoverFault::Partition, h, false) => topo.partition(h).await?,
+        (FailoverFault::Partition, h, true) => topo.heal(h).await?,
+        (FailoverFault::Pause, h, false) => topo.pause(h).await?,
+        (FailoverFault::Pause, h, true) => topo.unpause(h).await?,
+        (FailoverFault::Kill, h, false) => topo.kill(h).await?,
+        (FailoverFault::Kill, h, true) => topo.restart_killed(h).await?,
+        (FailoverFault::ClientCut, Host::Server(i), false) => topo.cut_clients(i).await?,
+        (FailoverFault::ClientCut, Host::Server(i), true) => topo.restore_clients(i).await?,
+        (FailoverFault::ClientCut, h, _) => anyhow::bail!("a client cut needs a server, not {h:?}"),
     }
     Ok(())
 }

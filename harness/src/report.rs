@@ -142,6 +142,25 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The one line a run prints: counts, loss, and whether every verdict was as expected.
+    pub fn line(&self) -> String {
+        format!(
+            "{} pairs: {} valid, {} invalid, {} unknown; {} lost; {}",
+            self.pairs,
+            self.valid,
+            self.invalid,
+            self.unknown,
+            self.lost,
+            if self.mismatch {
+                format!("{} MISMATCH(ES)", self.mismatches)
+            } else {
+                "every verdict as expected".into()
+            }
+        )
+    }
+}
+
+impl Summary {
     pub fn of(rows: &[Row]) -> Summary {
         let count = |v: Validity| rows.iter().filter(|r| r.verdict == v).count();
         let mismatches = rows.iter().filter(|r| r.verdict != r.expected_verdict).count();

@@ -454,16 +454,7 @@ async fn run_suite(
         let _ = std::os::unix::fs::symlink(&run_id, &latest);
     }
     // The summary and where to read the rest; report.md has every row.
-    let sum = &report.summary;
-    println!(
-        "{} pairs: {} valid, {} invalid, {} unknown; {} lost; {}",
-        sum.pairs,
-        sum.valid,
-        sum.invalid,
-        sum.unknown,
-        sum.lost,
-        if sum.mismatch { format!("{} MISMATCH(ES)", sum.mismatches) } else { "every verdict as expected".into() }
-    );
+    println!("{}", report.summary.line());
     println!("report: {} (also report.md, report.json, history.jsonl)", dir.join("report.html").display());
     if let Some(m) = mutation {
         // A mutant's verdicts are findings about the harness's teeth, not mismatches.
@@ -563,14 +554,7 @@ async fn run_sentinel(scenarios: Vec<String>, strategies: Vec<String>, out: Path
     harness::report::write_dir(&dir, &report, &outcomes)?;
     std::fs::write(dir.join("failover.md"), harness::failover::markdown(&report.failover))?;
     let sum = &report.summary;
-    println!(
-        "{} pairs: {} valid, {} invalid, {} unknown; {}",
-        sum.pairs,
-        sum.valid,
-        sum.invalid,
-        sum.unknown,
-        if sum.mismatch { format!("{} MISMATCH(ES)", sum.mismatches) } else { "every verdict as expected".into() }
-    );
+    println!("{}", sum.line());
     println!("report: {} (also report.md with the loss table, failover.md)", dir.join("report.html").display());
     Ok(if sum.mismatch {
         ExitCode::from(1)
