@@ -34,6 +34,7 @@ from hc_protocol import Refused, serve
 class Waiter:
     def __init__(self):
         self.event = threading.Event()
+        self.confirmed = threading.Event()
         self.woken_by = None
 
 
@@ -57,6 +58,8 @@ class Subscriber(threading.Thread):
     def add(self, channel, waiter):
         with self.lock:
             self.channels.setdefault(channel, set()).add(waiter)
+            if channel in self.confirmed:
+                waiter.confirmed.set()
         self.changed.set()
 
     def remove(self, channel, waiter):
@@ -67,10 +70,6 @@ class Subscriber(threading.Thread):
                 if not ws:
                     del self.channels[channel]
         self.changed.set()
-
-    def is_confirmed(self, channel):
-        with self.lock:
-            return channel in self.confirmed
 
     def wake_all(self, how):
         with self.lock:
@@ -129,6 +128,8 @@ class Subscriber(threading.Thread):
                     if kind == "subscribe":
                         with self.lock:
                             self.confirmed.add(ch)
+                            for w in self.channels.get(ch, ()):
+                                w.confirmed.set()
                         if ch == "__hc_control__" and not resynced:
                             resynced = True
                             # After a (re)connect: whatever was published meanwhile is in
@@ -197,9 +198,7 @@ class FixedFeedbackManager:
         self.sub.add(channel, w)
         try:
             # Subscribe, then read again: a response stored in between is found now.
-            until = min(deadline, time.monotonic() + self.subscribe_wait)
-            while not self.sub.is_confirmed(channel) and time.monotonic() < until and not cancelled.is_set():
-                time.sleep(0.002)
+            w.confirmed.wait(timeout=max(0.0, min(deadline, time.monotonic() + self.subscribe_wait) - time.monotonic()))
             found = self.read(i)
             if found:
                 return found, "after_subscribe"
@@ -223,7 +222,8 @@ class FixedFeedbackManager:
                     next_poll = time.monotonic() + self.poll_interval
                 found = self.read(i)
                 if found:
-                    return found, (w.woken_by or "notified") if woke else "polled"
+                    # A hint that arrived while the tick read is what would have woken it.
+                    return found, (w.woken_by or "notified") if (woke or w.event.is_set()) else "polled"
             return None
         finally:
             self.sub.remove(channel, w)
