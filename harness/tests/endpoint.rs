@@ -73,9 +73,10 @@ fn cfg() -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_url_resolves_to_the_primary_and_its_map_applies() {
     let primary = ProcessRedis::start(RedisSpec::default()).await.unwrap();
-    let replica = ProcessRedis::start(RedisSpec::default().config("replicaof", &format!("127.0.0.1 {}", primary.port())))
-        .await
-        .unwrap();
+    let replica =
+        ProcessRedis::start(RedisSpec::default().config("replicaof", &format!("127.0.0.1 {}", primary.port())))
+            .await
+            .unwrap();
     let s = Sentinel::start(primary.port()).await;
     let url = format!("redis+sentinel://127.0.0.1:1,127.0.0.1:{}/hc", s.port);
     // The first Sentinel does not answer; the second names the primary.
@@ -93,9 +94,10 @@ async fn a_sentinel_url_resolves_to_the_primary_and_its_map_applies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_connection_follows_a_failover_by_itself() {
     let primary = ProcessRedis::start(RedisSpec::default()).await.unwrap();
-    let replica = ProcessRedis::start(RedisSpec::default().config("replicaof", &format!("127.0.0.1 {}", primary.port())))
-        .await
-        .unwrap();
+    let replica =
+        ProcessRedis::start(RedisSpec::default().config("replicaof", &format!("127.0.0.1 {}", primary.port())))
+            .await
+            .unwrap();
     let s = Sentinel::start(primary.port()).await;
     let url = format!("redis+sentinel://127.0.0.1:{}/hc", s.port);
     let conn = Conn::connect(&url, &cfg()).await.unwrap();
