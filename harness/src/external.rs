@@ -107,6 +107,15 @@ pub fn lookup(name: &str) -> Option<ExternalSpec> {
     registry().lock().expect("registry lock").get(name).cloned()
 }
 
+/// ` --implementation 'NAME=COMMAND'`, shell-quoted, for a reproduce command naming a
+/// registered implementation; empty for any other strategy.
+pub fn reproduce_arg(strategy: &str) -> String {
+    match lookup(strategy) {
+        Some(spec) => format!(" --implementation '{}={}'", spec.name, spec.command.replace('\'', "'\\''")),
+        None => String::new(),
+    }
+}
+
 /// Parses `NAME=COMMAND`; the name must not clash with a built-in strategy.
 pub fn parse_arg(arg: &str) -> std::result::Result<(String, String), String> {
     let (name, command) =
@@ -692,3 +701,50 @@ impl Drop for Worker {
 }
 
 pub mod serve;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implementation_arguments_are_checked_and_quoted_back() {
+        assert_eq!(
+            parse_arg("mine=python3 x.py --a=b").unwrap(),
+            ("mine".to_string(), "python3 x.py --a=b".to_string())
+        );
+        assert!(parse_arg("mine").unwrap_err().contains("NAME=COMMAND"));
+        assert!(parse_arg("polling-only=x").unwrap_err().contains("built-in"));
+        assert!(parse_arg("a b=x").unwrap_err().contains("letters"));
+        assert!(parse_arg("mine= ").unwrap_err().contains("empty"));
+        register(ExternalSpec {
+            name: "quoted".into(),
+            command: "sh -c 'echo hi'".into(),
+            log_dir: PathBuf::from("/tmp"),
+            hello: Hello { notifies: true, polls: false, ..Hello::default() },
+            answer_grace_ms: ANSWER_GRACE_MS,
+        });
+        assert_eq!(reproduce_arg("quoted"), " --implementation 'quoted=sh -c '\\''echo hi'\\'''");
+        assert_eq!(reproduce_arg("hybrid"), "");
+        assert_eq!(lookup("quoted").unwrap().design(), Design { notifies: true, polls: false });
+    }
+
+    #[test]
+    fn init_carries_the_configuration_the_reference_is_judged_by() {
+        let cfg = Config { poll_interval_ms: 123, command_timeout_ms: 456, ..Config::default().with_prefix("p:") };
+        let back = config_from_init(&init_fields("redis://a/", "redis://b/", &cfg));
+        assert_eq!(back.keys.prefix(), "p:");
+        assert_eq!((back.poll_interval_ms, back.command_timeout_ms), (123, 456));
+        assert_eq!(back.health_check_interval_ms, cfg.health_check_interval_ms);
+    }
+
+    #[test]
+    fn answers_map_to_outcomes_and_anything_else_is_a_problem() {
+        let w = |s: &str| answer_of(serde_json::from_str::<Wire>(s).unwrap());
+        assert_eq!(w(r#"{"req":1,"outcome":"ok","value":{"a":1}}"#), Ok(Answer::Ok(json!({"a":1}))));
+        assert_eq!(w(r#"{"req":1,"outcome":"timeout"}"#), Ok(Answer::Timeout));
+        assert_eq!(w(r#"{"req":1,"outcome":"fail","error":"no"}"#), Ok(Answer::Fail("no".into())));
+        assert_eq!(w(r#"{"req":1,"outcome":"info"}"#), Ok(Answer::Info("(no error given)".into())));
+        assert!(w(r#"{"req":1,"outcome":"maybe"}"#).unwrap_err().contains("unknown outcome"));
+        assert!(serde_json::from_str::<Wire>(r#"{"outcome":"ok"}"#).is_err(), "no req: not an answer");
+    }
+}

@@ -490,6 +490,7 @@ pub fn reproduce(r: &Report, x: &Row) -> String {
     if r.provider != "process" && !r.provider.is_empty() {
         c.push_str(&format!(" --provider {}", r.provider));
     }
+    c.push_str(&crate::external::reproduce_arg(&x.strategy));
     c
 }
 

@@ -315,8 +315,9 @@ async fn run_pairs(
 
 fn reproduce(scenario: &str, strategy: &str, seed: u64, quick: bool) -> String {
     format!(
-        "hybrid-chaos run --scenario {scenario} --strategy {strategy} --seed {seed}{}",
-        if quick { " --quick" } else { "" }
+        "hybrid-chaos run --scenario {scenario} --strategy {strategy} --seed {seed}{}{}",
+        if quick { " --quick" } else { "" },
+        harness::external::reproduce_arg(strategy)
     )
 }
 
