@@ -29,7 +29,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::reference::{Config, Error, FeedbackStrategy, Fields, ImplStats, PublishOutcome, Result, Via, WaitOutcome};
+use crate::reference::stream::{Chunk, FollowEnd};
+use crate::reference::{
+    Config, Error, FeedbackStrategy, Fields, ImplStats, PublishOutcome, Result, StreamStrategy, Via, WaitOutcome,
+};
 use crate::scenario::Design;
 
 /// An answer may come this long after the operation's own timeout (or, for one without a
@@ -61,6 +64,9 @@ pub struct Hello {
     /// Polls storage.
     #[serde(default)]
     pub polls: bool,
+    /// Speaks `stream_publish` and `follow`: runs the streaming scenarios too.
+    #[serde(default)]
+    pub streams: bool,
     /// The built-in strategy whose expected verdicts it holds itself to (`hybrid`,
     /// `pubsub-only`, `polling-only`); absent: none, its verdicts are findings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,8 +247,23 @@ fn answer_of(w: Wire) -> std::result::Result<Answer, String> {
     })
 }
 
+/// Lines a `follow` produces before its answer: one per chunk handed over.
+#[derive(Debug, Deserialize)]
+struct ChunkEvent {
+    req: u64,
+    index: u64,
+    #[serde(default)]
+    content: String,
+    #[serde(default, rename = "final")]
+    last: bool,
+    #[serde(default)]
+    via: Option<String>,
+}
+
 struct Shared {
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    /// Requests (follows) whose chunk events go to a channel until their answer.
+    events: Mutex<HashMap<u64, mpsc::UnboundedSender<ChunkEvent>>>,
     problems: Mutex<Vec<String>>,
     /// Set when the program's stdout closed: how it ended.
     exited: Mutex<Option<String>>,
@@ -307,6 +328,7 @@ impl Process {
         let stdout = child.stdout.take().expect("piped stdout");
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
             problems: Mutex::new(Vec::new()),
             exited: Mutex::new(None),
             stats: Mutex::new((0, ImplStats::default())),
@@ -340,6 +362,24 @@ impl Process {
                 if line.trim().is_empty() {
                     continue;
                 }
+                if line.contains("\"event\"") {
+                    match serde_json::from_str::<ChunkEvent>(&line) {
+                        Ok(ev) => {
+                            let to = reader_shared.events.lock().expect("events lock").get(&ev.req).cloned();
+                            match to {
+                                Some(tx) => {
+                                    let _ = tx.send(ev);
+                                }
+                                None if ev.req >= reader_shared.next.load(Ordering::Relaxed) => reader_shared
+                                    .problem(format!("stdout line {n} is a chunk for request {}, never sent", ev.req)),
+                                None => {}
+                            }
+                        }
+                        Err(e) => reader_shared
+                            .problem(format!("stdout line {n} is not a chunk event ({e}): {:?}", quote(&line))),
+                    }
+                    continue;
+                }
                 let parsed = serde_json::from_str::<Wire>(&line).map_err(|e| e.to_string()).and_then(|w| {
                     let req = w.req;
                     answer_of(w).map(|a| (req, a))
@@ -366,6 +406,7 @@ impl Process {
             for (_, w) in reader_shared.pending.lock().expect("pending lock").drain() {
                 let _ = w.send(Answer::Exited("its stdout closed".into()));
             }
+            reader_shared.events.lock().expect("events lock").clear();
         });
         Ok(Process {
             name: spec.name.clone(),
@@ -386,7 +427,21 @@ impl Process {
     }
 
     fn send(&self, op: &str, fields: Value) -> (u64, oneshot::Receiver<Answer>) {
+        self.send_with(op, fields, None)
+    }
+
+    /// [`Process::send`], routing the request's chunk events to `events` until its answer
+    /// (registered before the line is written, so none is missed).
+    fn send_with(
+        &self,
+        op: &str,
+        fields: Value,
+        events: Option<mpsc::UnboundedSender<ChunkEvent>>,
+    ) -> (u64, oneshot::Receiver<Answer>) {
         let req = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = events {
+            self.shared.events.lock().expect("events lock").insert(req, tx);
+        }
         let (tx, rx) = oneshot::channel();
         let exited = self.shared.exited.lock().expect("exit lock").clone();
         match exited {
@@ -501,9 +556,11 @@ pub struct Worker {
     stats_task: tokio::task::JoinHandle<()>,
 }
 
-/// What `init` tells a program: where Redis is and the timing it is judged by.
-pub fn init_fields(command_url: &str, subscriber_url: &str, cfg: &Config) -> Value {
+/// What `init` tells a program: the workload (`feedback` or `stream`), where Redis is and
+/// the timing it is judged by.
+pub fn init_fields(workload: &str, command_url: &str, subscriber_url: &str, cfg: &Config) -> Value {
     json!({
+        "workload": workload,
         "redis_url": command_url,
         "subscriber_url": subscriber_url,
         "prefix": cfg.keys.prefix(),
@@ -515,6 +572,7 @@ pub fn init_fields(command_url: &str, subscriber_url: &str, cfg: &Config) -> Val
         "command_timeout_ms": cfg.command_timeout_ms,
         "connect_timeout_ms": cfg.connect_timeout_ms,
         "response_ttl_s": cfg.response_ttl_s,
+        "stream_ttl_s": cfg.stream_ttl_s,
     })
 }
 
@@ -532,20 +590,26 @@ pub fn config_from_init(v: &Value) -> Config {
     cfg.command_timeout_ms = num("command_timeout_ms", cfg.command_timeout_ms);
     cfg.connect_timeout_ms = num("connect_timeout_ms", cfg.connect_timeout_ms);
     cfg.response_ttl_s = num("response_ttl_s", cfg.response_ttl_s);
+    cfg.stream_ttl_s = num("stream_ttl_s", cfg.stream_ttl_s);
     cfg
 }
 
 impl Worker {
-    /// Starts a fresh process of `spec` and sends `init`.
+    /// Starts a fresh process of `spec` and sends `init` for `workload` (`feedback`, `stream`).
     pub async fn start(
         spec: &ExternalSpec,
+        workload: &str,
         command_url: &str,
         subscriber_url: &str,
         cfg: &Config,
     ) -> anyhow::Result<Worker> {
         let proc = Arc::new(Process::spawn(spec)?);
         let answer = proc
-            .request("init", init_fields(command_url, subscriber_url, cfg), Duration::from_millis(START_TIMEOUT_MS))
+            .request(
+                "init",
+                init_fields(workload, command_url, subscriber_url, cfg),
+                Duration::from_millis(START_TIMEOUT_MS),
+            )
             .await;
         if !matches!(answer, Answer::Ok(_)) {
             let problems = proc.problems();
@@ -605,6 +669,23 @@ impl Worker {
     }
 }
 
+/// A `respond` or `stream_publish` answer as the publisher's outcome: `ok` acknowledged,
+/// `fail` certainly not stored, anything else unknown.
+fn publish_outcome(a: Answer) -> PublishOutcome {
+    match a {
+        Answer::Ok(v) => match v.get("status").and_then(Value::as_str) {
+            Some("notified") => {
+                PublishOutcome::Notified { subscribers: v.get("subscribers").and_then(Value::as_u64).unwrap_or(1) }
+            }
+            Some("unheard") => PublishOutcome::Unheard,
+            Some("stored_not_notified") => PublishOutcome::StoredNotNotified { reason: "said the program".into() },
+            _ => PublishOutcome::Stored,
+        },
+        Answer::Fail(reason) => PublishOutcome::Refused { reason },
+        other => PublishOutcome::Failed { reason: other.describe() },
+    }
+}
+
 /// Sends `cancel` for a wait whose future is dropped before its answer came.
 struct CancelOnDrop<'a> {
     proc: &'a Process,
@@ -616,6 +697,7 @@ impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
             self.proc.shared.pending.lock().expect("pending lock").remove(&self.req);
+            self.proc.shared.events.lock().expect("events lock").remove(&self.req);
             // Fire and forget: an answer to the cancel, or to the wait, is dropped.
             let (cancel, _) = self.proc.send("cancel", json!({ "target": self.req }));
             self.proc.shared.pending.lock().expect("pending lock").remove(&cancel);
@@ -636,18 +718,7 @@ impl FeedbackStrategy for Worker {
     async fn respond(&self, id: &str, fields: &Fields) -> PublishOutcome {
         let a = self.proc.request("respond", json!({ "id": id, "fields": fields }), self.grace).await;
         self.note("respond", &a);
-        match a {
-            Answer::Ok(v) => match v.get("status").and_then(Value::as_str) {
-                Some("notified") => {
-                    PublishOutcome::Notified { subscribers: v.get("subscribers").and_then(Value::as_u64).unwrap_or(1) }
-                }
-                Some("unheard") => PublishOutcome::Unheard,
-                Some("stored_not_notified") => PublishOutcome::StoredNotNotified { reason: "said the program".into() },
-                _ => PublishOutcome::Stored,
-            },
-            Answer::Fail(reason) => PublishOutcome::Refused { reason },
-            other => PublishOutcome::Failed { reason: other.describe() },
-        }
+        publish_outcome(a)
     }
 
     async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome> {
@@ -694,6 +765,83 @@ impl FeedbackStrategy for Worker {
     }
 }
 
+#[async_trait::async_trait]
+impl StreamStrategy for Worker {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn publish(&self, task: &str, chunk: &Chunk) -> PublishOutcome {
+        let fields = json!({
+            "task": task,
+            "index": chunk.chunk_index,
+            "content": chunk.content,
+            "final": chunk.chunk_type == "final",
+        });
+        let a = self.proc.request("stream_publish", fields, self.grace).await;
+        self.note("stream_publish", &a);
+        publish_outcome(a)
+    }
+
+    async fn follow(
+        &self,
+        task: &str,
+        from: u64,
+        timeout: Duration,
+        on_chunk: &mut (dyn for<'c> FnMut(&'c Chunk, Via) + Send),
+    ) -> Result<FollowEnd> {
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        let fields = json!({ "task": task, "from": from, "timeout_ms": timeout.as_millis() as u64 });
+        let (req, rx) = self.proc.send_with("follow", fields, Some(etx));
+        let mut guard = CancelOnDrop { proc: &self.proc, req, armed: true };
+        let mut delivered = 0u64;
+        let mut hand_over = |ev: ChunkEvent| {
+            let chunk = Chunk {
+                chunk_index: ev.index,
+                chunk_type: if ev.last { "final" } else { "content" }.into(),
+                content: ev.content,
+            };
+            let via = ev.via.and_then(|v| serde_json::from_value::<Via>(Value::String(v)).ok()).unwrap_or(Via::Polled);
+            on_chunk(&chunk, via);
+            delivered += 1;
+        };
+        let answer = self.proc.answer(req, rx, timeout + self.grace);
+        tokio::pin!(answer);
+        let a = loop {
+            tokio::select! {
+                Some(ev) = erx.recv() => hand_over(ev),
+                a = &mut answer => break a,
+            }
+        };
+        // The reader routes a follow's chunk lines before its answer: what is queued came
+        // first.
+        while let Ok(ev) = erx.try_recv() {
+            hand_over(ev);
+        }
+        guard.armed = false;
+        self.proc.shared.events.lock().expect("events lock").remove(&req);
+        self.note("follow", &a);
+        let list_reads = |v: &Value| v.get("list_reads").and_then(Value::as_u64).unwrap_or(0);
+        match a {
+            Answer::Ok(v) => Ok(FollowEnd::Finished { delivered, list_reads: list_reads(&v) }),
+            Answer::Timeout => Ok(FollowEnd::TimedOut { delivered, list_reads: 0 }),
+            other => Err(external_error(other.describe())),
+        }
+    }
+
+    fn stats(&self) -> ImplStats {
+        FeedbackStrategy::stats(self)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        Worker::problems(self)
+    }
+
+    async fn shutdown(&self) {
+        FeedbackStrategy::shutdown(self).await
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stats_task.abort();
@@ -731,7 +879,7 @@ mod tests {
     #[test]
     fn init_carries_the_configuration_the_reference_is_judged_by() {
         let cfg = Config { poll_interval_ms: 123, command_timeout_ms: 456, ..Config::default().with_prefix("p:") };
-        let back = config_from_init(&init_fields("redis://a/", "redis://b/", &cfg));
+        let back = config_from_init(&init_fields("feedback", "redis://a/", "redis://b/", &cfg));
         assert_eq!(back.keys.prefix(), "p:");
         assert_eq!((back.poll_interval_ms, back.command_timeout_ms), (123, 456));
         assert_eq!(back.health_check_interval_ms, cfg.health_check_interval_ms);

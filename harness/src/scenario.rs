@@ -203,8 +203,13 @@ impl Scenario {
     /// Whether `strategy` runs in this scenario. The feedback variants run where the hybrid
     /// does, in feedback scenarios (streams already carry data in their messages).
     pub fn applies(&self, strategy: &str) -> bool {
-        if VARIANTS.contains(&strategy) || crate::external::lookup(strategy).is_some() {
+        if VARIANTS.contains(&strategy) {
             return !self.stream && !self.fanout && self.applies("hybrid");
+        }
+        // An implementation the harness did not write: where the hybrid runs, streams only
+        // if it says it speaks them; never the fan-out (not in the protocol).
+        if let Some(spec) = crate::external::lookup(strategy) {
+            return (!self.stream || spec.hello.streams) && !self.fanout && self.applies("hybrid");
         }
         self.applies_to.is_empty() || self.applies_to.contains(&strategy)
     }
@@ -442,7 +447,7 @@ pub(crate) async fn connect(
     cfg: Config,
 ) -> anyhow::Result<Arc<dyn FeedbackStrategy>> {
     if let Some(spec) = crate::external::lookup(strategy) {
-        return Ok(Arc::new(crate::external::Worker::start(&spec, cmd_url, sub_url, &cfg).await?));
+        return Ok(Arc::new(crate::external::Worker::start(&spec, "feedback", cmd_url, sub_url, &cfg).await?));
     }
     Ok(match strategy {
         "hybrid" => Arc::new(Hybrid::connect(cmd_url, sub_url, cfg).await?),
@@ -659,7 +664,7 @@ impl Rig {
         }
         let left = worker.stats();
         worker.shutdown().await;
-        record_problems(rec, &*worker);
+        record_problems(rec, worker.problems());
         drop(worker);
         // The server notices closed connections asynchronously: read until it has (bounded).
         let closed = |r: &Reading| r.connections <= base.connections;
@@ -677,8 +682,8 @@ impl Rig {
 }
 
 /// Puts an implementation's protocol problems into the history, for the `protocol` checker.
-pub(crate) fn record_problems(rec: &Recorder, s: &dyn FeedbackStrategy) {
-    for what in s.problems() {
+pub(crate) fn record_problems(rec: &Recorder, problems: Vec<String>) {
+    for what in problems {
         rec.record(rec.process(), Kind::Info, Op::Problem { what }, None);
     }
 }
@@ -688,13 +693,14 @@ pub(crate) fn recorder() -> Arc<Recorder> {
 }
 
 pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
-    if scenario.stream {
-        return run_stream(scenario, strategy, seed, budget).await;
-    }
-    if scenario.fanout {
-        return run_fanout(scenario, strategy, seed, budget).await;
-    }
-    match run_feedback(scenario, strategy, seed, budget).await {
+    let ran = if scenario.stream {
+        run_stream(scenario, strategy, seed, budget).await
+    } else if scenario.fanout {
+        run_fanout(scenario, strategy, seed, budget).await
+    } else {
+        run_feedback(scenario, strategy, seed, budget).await
+    };
+    match ran {
         // A program the harness did not write that stops a run (it never starts its
         // waiters, its init fails) is a finding about the program; the run goes on.
         Err(e) if crate::external::lookup(strategy).is_some() => Ok(stopped(scenario, strategy, &e)),
@@ -901,7 +907,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     let back = |r: &Reading| r.subscriptions <= base.subscriptions && r.waiters == 0 && r.pending_polls == 0;
     rig.observe_when(&rec, "settled", &channels, || s.stats(), reconnects, back).await?;
     s.shutdown().await;
-    record_problems(&rec, &*s);
+    record_problems(&rec, s.problems());
     drop(s);
 
     // Phase 2: final reads by a fresh worker after everything healed.
@@ -966,6 +972,9 @@ pub(crate) async fn connect_stream(
     sub_url: &str,
     cfg: Config,
 ) -> anyhow::Result<Arc<dyn StreamStrategy>> {
+    if let Some(spec) = crate::external::lookup(strategy) {
+        return Ok(Arc::new(crate::external::Worker::start(&spec, "stream", cmd_url, sub_url, &cfg).await?));
+    }
     Ok(match strategy {
         "hybrid" => Arc::new(HybridStream::connect(cmd_url, sub_url, cfg).await?),
         "pubsub-only" => Arc::new(PubSubOnlyStream::connect(cmd_url, sub_url, cfg).await?),
@@ -1055,6 +1064,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     rig.observe_when(&rec, "settled", &channels, ImplStats::default, s.stats().reconnects, back).await?;
     s.shutdown().await;
     joiner.shutdown().await;
+    record_problems(&rec, s.problems().into_iter().chain(joiner.problems()).collect());
     drop((s, joiner));
     let closed = |r: &Reading| r.connections <= base.connections;
     rig.observe_when(&rec, "final", &channels, ImplStats::default, 0, closed).await?;

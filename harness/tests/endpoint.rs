@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use harness::infra::{ProcessRedis, RedisNode, RedisSpec};
+use harness::infra::{ProcessRedis, RedisSpec};
 use harness::reference::endpoint::{resolve, Conn};
 use harness::reference::Config;
 

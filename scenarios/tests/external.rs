@@ -1,6 +1,6 @@
 //! Implementations the harness did not write, over the process protocol (PROTOCOL.md), end to
 //! end through `hybrid-chaos run --implementation`: the Rust reference served over the
-//! protocol gets the verdicts it gets in-process; a program that crashes, prints garbage or
+//! protocol gets the verdicts it gets in-process, feedback and streams; a program that crashes, prints garbage or
 //! never answers is a `protocol` finding, the run goes on, and no process of it is left; a
 //! command that cannot describe itself is refused before anything runs.
 

@@ -15,7 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::config_from_init;
-use crate::reference::{FeedbackStrategy, Fields, PublishOutcome, WaitOutcome};
+use crate::reference::stream::{Chunk, FollowEnd};
+use crate::reference::{FeedbackStrategy, Fields, ImplStats, PublishOutcome, StreamStrategy, WaitOutcome};
 use crate::scenario::{design, expectation_of, STRATEGIES, VARIANTS};
 
 fn ok(req: u64, value: Value) -> String {
@@ -55,6 +56,39 @@ fn wait_answer(req: u64, r: crate::reference::Result<WaitOutcome>) -> String {
     }
 }
 
+/// What `init` connected: the strategy for the workload it named.
+#[derive(Clone)]
+enum Serving {
+    Feedback(Arc<dyn FeedbackStrategy>),
+    Stream(Arc<dyn StreamStrategy>),
+}
+
+impl Serving {
+    fn stats(&self) -> ImplStats {
+        match self {
+            Serving::Feedback(s) => s.stats(),
+            Serving::Stream(s) => s.stats(),
+        }
+    }
+
+    async fn shutdown(&self) {
+        match self {
+            Serving::Feedback(s) => s.shutdown().await,
+            Serving::Stream(s) => s.shutdown().await,
+        }
+    }
+}
+
+fn follow_answer(req: u64, r: crate::reference::Result<FollowEnd>) -> String {
+    match r {
+        Ok(FollowEnd::Finished { delivered, list_reads }) => {
+            ok(req, json!({ "delivered": delivered, "list_reads": list_reads }))
+        }
+        Ok(FollowEnd::TimedOut { .. }) => json!({ "req": req, "outcome": "timeout" }).to_string(),
+        Err(e) => outcome(req, "info", e.to_string()),
+    }
+}
+
 /// Serves `strategy` on stdin/stdout until `shutdown` or until stdin closes.
 pub async fn serve(strategy: &str) -> anyhow::Result<()> {
     if !STRATEGIES.contains(&strategy) && !VARIANTS.contains(&strategy) {
@@ -70,7 +104,7 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
             let _ = out.flush().await;
         }
     });
-    let mut implementation: Option<Arc<dyn FeedbackStrategy>> = None;
+    let mut implementation: Option<Serving> = None;
     let running: Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>> = Arc::default();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
@@ -91,9 +125,11 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
             ("hello", _) => {
                 let d = design(strategy);
                 let expect = expectation_of(strategy);
+                // The design variants are feedback-only; the strategies also stream.
+                let streams = STRATEGIES.contains(&strategy);
                 let _ = tx.send(ok(
                     req,
-                    json!({ "name": strategy, "notifies": d.notifies, "polls": d.polls, "expect": expect }),
+                    json!({ "name": strategy, "notifies": d.notifies, "polls": d.polls, "expect": expect, "streams": streams }),
                 ));
             }
             ("init", _) => {
@@ -101,7 +137,13 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                 let url = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
                 let (cmd, sub) = (url("redis_url"), url("subscriber_url"));
                 let sub = if sub.is_empty() { cmd.clone() } else { sub };
-                match crate::scenario::connect(strategy, &cmd, &sub, cfg).await {
+                let connected = match v.get("workload").and_then(Value::as_str) {
+                    Some("stream") => {
+                        crate::scenario::connect_stream(strategy, &cmd, &sub, cfg).await.map(Serving::Stream)
+                    }
+                    _ => crate::scenario::connect(strategy, &cmd, &sub, cfg).await.map(Serving::Feedback),
+                };
+                match connected {
                     Ok(s) => {
                         implementation = Some(s);
                         let _ = tx.send(ok(req, json!({})));
@@ -118,7 +160,7 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                     json!({ "waiters": st.waiters, "channels": st.channels, "pending_polls": st.pending_polls, "reconnects": st.reconnects }),
                 ));
             }
-            ("wait", Some(s)) => {
+            ("wait", Some(Serving::Feedback(s))) => {
                 let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
                 let timeout = Duration::from_millis(v.get("timeout_ms").and_then(Value::as_u64).unwrap_or(0));
                 let (tx, running2) = (tx.clone(), running.clone());
@@ -129,7 +171,7 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                 });
                 running.lock().expect("running lock").insert(req, task.abort_handle());
             }
-            ("respond", Some(s)) => {
+            ("respond", Some(Serving::Feedback(s))) => {
                 let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
                 let fields: Fields =
                     v.get("fields").cloned().and_then(|f| serde_json::from_value(f).ok()).unwrap_or_default();
@@ -138,6 +180,45 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                     let o = s.respond(&id, &fields).await;
                     let _ = tx.send(respond_answer(req, o));
                 });
+            }
+            ("stream_publish", Some(Serving::Stream(s))) => {
+                let task = v.get("task").and_then(Value::as_str).unwrap_or("").to_string();
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let content = v.get("content").and_then(Value::as_str).unwrap_or("").to_string();
+                let last = v.get("final").and_then(Value::as_bool).unwrap_or(false);
+                let chunk =
+                    Chunk { chunk_index: index, chunk_type: if last { "final" } else { "content" }.into(), content };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let o = s.publish(&task, &chunk).await;
+                    let _ = tx.send(respond_answer(req, o));
+                });
+            }
+            ("follow", Some(Serving::Stream(s))) => {
+                let task = v.get("task").and_then(Value::as_str).unwrap_or("").to_string();
+                let from = v.get("from").and_then(Value::as_u64).unwrap_or(0);
+                let timeout = Duration::from_millis(v.get("timeout_ms").and_then(Value::as_u64).unwrap_or(0));
+                let (tx, running2) = (tx.clone(), running.clone());
+                let task_handle = tokio::spawn(async move {
+                    let events = tx.clone();
+                    let mut on_chunk = |c: &Chunk, via: crate::reference::Via| {
+                        let _ = events.send(
+                            json!({
+                                "req": req,
+                                "event": "chunk",
+                                "index": c.chunk_index,
+                                "content": c.content,
+                                "final": c.chunk_type == "final",
+                                "via": crate::scenario::via_name(via),
+                            })
+                            .to_string(),
+                        );
+                    };
+                    let r = s.follow(&task, from, timeout, &mut on_chunk).await;
+                    running2.lock().expect("running lock").remove(&req);
+                    let _ = tx.send(follow_answer(req, r));
+                });
+                running.lock().expect("running lock").insert(req, task_handle.abort_handle());
             }
             ("cancel", _) => {
                 // Dropping the waiting future is the cancellation the reference supports.
@@ -156,8 +237,11 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                 let _ = tx.send(ok(req, json!({})));
                 break;
             }
-            (other, None) if ["wait", "respond", "stats"].contains(&other) => {
+            (other, None) if ["wait", "respond", "stats", "stream_publish", "follow"].contains(&other) => {
                 let _ = tx.send(outcome(req, "fail", "init first"));
+            }
+            (other @ ("wait" | "respond" | "stream_publish" | "follow"), Some(_)) => {
+                let _ = tx.send(outcome(req, "fail", format!("{other} is not part of the workload init named")));
             }
             (other, _) => {
                 let _ = tx.send(outcome(req, "fail", format!("unknown op {other:?}")));

@@ -424,6 +424,11 @@ pub trait StreamStrategy: Send + Sync {
         on_chunk: &mut (dyn for<'c> FnMut(&'c stream::Chunk, Via) + Send),
     ) -> Result<stream::FollowEnd>;
     fn stats(&self) -> ImplStats;
+    /// Protocol problems of an implementation the harness did not write (see
+    /// [`FeedbackStrategy::problems`]).
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
     async fn shutdown(&self);
 }
 
