@@ -28,7 +28,10 @@ impl Rig {
         let redis = ProcessRedis::start(spec).await.expect("start redis-server");
         let faults =
             FaultProxy::from_env(ServerOptions { seed: Some(7), ..Default::default() }).await.expect("fault proxy");
-        let name = format!("redis-{}", redis.port());
+        // Unique beyond the port: against a shared proxy (TOXIPROXY_URL) proxies of earlier
+        // tests stay, and a port can come round again.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let name = format!("redis-{}-{}-{nanos:x}", redis.port(), std::process::id());
         let proxy = faults.client().create_proxy(&name, "127.0.0.1:0", &redis.addr()).await.expect("create proxy");
         Rig { redis, faults, proxy }
     }
