@@ -42,15 +42,18 @@ fn marked(mark: &str) -> Vec<u32> {
 fn the_reference_over_the_protocol_gets_the_verdicts_it_gets_in_process() {
     let out = tempfile::tempdir().unwrap();
     let served = format!("rust={BIN} serve-impl --strategy hybrid");
-    let mut args = vec!["run", "--quick", "--seed", "7", "--strategy", "hybrid", "--implementation", &served];
+    // Two pairs at a time: this test runs beside the rest of the suite, and a busy machine
+    // is the bounds' business, not the protocol's.
+    let mut args =
+        vec!["run", "--quick", "--seed", "7", "--jobs", "2", "--strategy", "hybrid", "--implementation", &served];
     let scenarios =
         ["clean", "subscriber-blackhole", "resume-from-checkpoint", "waiter-churn-cleanup", "subscribe-race"];
     for s in &scenarios {
         args.extend(["--scenario", s]);
     }
     args.extend(["--out", out.path().to_str().unwrap()]);
-    let (code, _, stderr) = cli(&args, &[]);
-    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = cli(&args, &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     let mut by: BTreeMap<(String, String), String> = BTreeMap::new();
     for r in rows(out.path()) {
         by.insert(
