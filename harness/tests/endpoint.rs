@@ -66,18 +66,24 @@ impl Drop for Sentinel {
     }
 }
 
-fn cfg() -> Config {
-    Config { connect_timeout_ms: 500, command_timeout_ms: 500, ..Config::default() }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sentinel_url_resolves_to_the_primary_and_its_map_applies() {
+/// A primary, its replica, and a Sentinel monitoring the primary.
+async fn primary_replica_sentinel() -> (ProcessRedis, ProcessRedis, Sentinel) {
     let primary = ProcessRedis::start(RedisSpec::default()).await.unwrap();
     let replica =
         ProcessRedis::start(RedisSpec::default().config("replicaof", &format!("127.0.0.1 {}", primary.port())))
             .await
             .unwrap();
     let s = Sentinel::start(primary.port()).await;
+    (primary, replica, s)
+}
+
+fn cfg() -> Config {
+    Config { connect_timeout_ms: 500, command_timeout_ms: 500, ..Config::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_url_resolves_to_the_primary_and_its_map_applies() {
+    let (primary, replica, s) = primary_replica_sentinel().await;
     let url = format!("redis+sentinel://127.0.0.1:1,127.0.0.1:{}/hc", s.port);
     // The first Sentinel does not answer; the second names the primary.
     assert_eq!(resolve(&url, &cfg()).await.unwrap(), format!("redis://127.0.0.1:{}/", primary.port()));
@@ -93,12 +99,7 @@ async fn a_sentinel_url_resolves_to_the_primary_and_its_map_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_connection_follows_a_failover_by_itself() {
-    let primary = ProcessRedis::start(RedisSpec::default()).await.unwrap();
-    let replica =
-        ProcessRedis::start(RedisSpec::default().config("replicaof", &format!("127.0.0.1 {}", primary.port())))
-            .await
-            .unwrap();
-    let s = Sentinel::start(primary.port()).await;
+    let (primary, replica, s) = primary_replica_sentinel().await;
     let url = format!("redis+sentinel://127.0.0.1:{}/hc", s.port);
     let conn = Conn::connect(&url, &cfg()).await.unwrap();
     assert_eq!(conn.target(), format!("redis://127.0.0.1:{}/", primary.port()));
