@@ -537,6 +537,8 @@ fn matrix_cell(x: &Row) -> (&'static str, String) {
         ("mismatch", format!("MISMATCH: {} (expected {}){lost}", v(x.verdict), v(x.expected_verdict)))
     } else if x.verdict == Validity::Valid {
         ("ok", format!("valid{lost}"))
+    } else if x.expectation == crate::scenario::NO_EXPECTATION {
+        ("canary", format!("{}: a finding{lost}", v(x.verdict)))
     } else if x.verdict == Validity::Unknown {
         ("unknown", format!("unknown, as expected{lost}"))
     } else {
@@ -704,7 +706,7 @@ pub fn html(r: &Report) -> String {
         }
         out.push_str("</tr>");
     }
-    out.push_str("</table><p>Green: valid. Grey: a verdict other than valid that was expected (a canary, or a configuration that loses). Red: MISMATCH.</p>");
+    out.push_str("</table><p>Green: valid. Grey: a verdict other than valid that was expected (a canary, or a configuration that loses), or a finding of an implementation that declared no expectations. Red: MISMATCH.</p>");
     // Loss and latency on shared axes.
     let label = |x: &Row| format!("{} / {}", x.scenario, x.strategy);
     let lost: Vec<(String, Option<f64>)> =

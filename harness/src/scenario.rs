@@ -70,6 +70,9 @@ pub fn expectation_of(strategy: &str) -> &str {
     strategy
 }
 
+/// The expectation of an implementation that declared none: whatever it gets is a finding.
+pub const NO_EXPECTATION: &str = "no expectation declared: this verdict is a finding, not a mismatch";
+
 /// Poll interval when a scenario switches the fallback off, in ms: beyond every deadline of
 /// a run, so only the wake-up path can deliver in time.
 pub const FALLBACK_OFF_POLL_MS: u64 = 60_000;
@@ -1416,7 +1419,7 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
     let idx = STRATEGIES.iter().position(|s| *s == expectation_of(strategy));
     // An implementation with no declared expectation: what it gets is a finding.
     let (expected_verdict, expectation) = match idx.map(|i| scenario.expected[i]) {
-        None if external => (verdict, "no expectation declared: this verdict is a finding, not a mismatch".to_string()),
+        None if external => (verdict, NO_EXPECTATION.to_string()),
         None => (Validity::Unknown, String::new()),
         Some(Validity::Valid) => (Validity::Valid, String::new()),
         Some(v) => (v, scenario.why.to_string()),

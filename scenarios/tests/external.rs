@@ -148,6 +148,9 @@ fn crash_garbage_and_hang_are_findings_the_run_goes_on_and_no_process_is_left() 
         let r = rows.iter().find(|r| r["strategy"] == name).unwrap();
         assert_eq!(r["expected_verdict"], r["verdict"], "{name}: no expectation declared, so not a mismatch");
     }
+    let dir = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+    let page = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(page.contains("invalid: a finding"), "the matrix calls an undeclared verdict a finding");
     let hybrid = rows.iter().find(|r| r["strategy"] == "hybrid").unwrap();
     assert_eq!(hybrid["verdict"], "valid", "the built-in beside them is unaffected: {hybrid}");
     assert_eq!(marked(&mark), Vec::<u32>::new(), "processes of the implementations outlived the run");
