@@ -10,7 +10,8 @@
 //!
 //! [`Conn`] is the command connection on top of it: a `ConnectionManager` to the current
 //! primary, replaced when a command fails in a way that says the primary moved (`READONLY`
-//! from a demoted server, or a dead connection). Every pipeline runs on one connection, so a
+//! from a demoted server, or a dead connection), or when the Sentinels, asked every
+//! health-check interval, name another server. Every pipeline runs on one connection, so a
 //! store and the `WAIT` that follows it in the same pipeline count the same writes.
 
 use std::collections::BTreeMap;
@@ -179,7 +180,23 @@ impl Conn {
         let target = resolve(url, config).await?;
         let manager = manager(&target, config).await?;
         let state = ConnState { target, manager, resolving: false };
-        Ok(Conn { url: url.into(), config: Arc::new(config.clone()), state: Arc::new(Mutex::new(state)), db: 0 })
+        let conn =
+            Conn { url: url.into(), config: Arc::new(config.clone()), state: Arc::new(Mutex::new(state)), db: 0 };
+        if url.starts_with(SENTINEL_SCHEME) {
+            // Asked again every health-check interval, not only after an error: a primary cut
+            // from its Sentinels but not from this client answers every write, and without
+            // this the client stays on it until its demotion (seen: 15 s after the heal).
+            let (weak, url, config) = (Arc::downgrade(&conn.state), conn.url.clone(), conn.config.clone());
+            tokio::spawn(async move {
+                let every = Duration::from_millis(config.health_check_interval_ms.max(1));
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(state) = weak.upgrade() else { return };
+                    Conn { url: url.clone(), config: config.clone(), state, db: 0 }.re_resolve();
+                }
+            });
+        }
+        Ok(conn)
     }
 
     /// The `redis://` URL of the server commands go to now.
@@ -194,7 +211,15 @@ impl Conn {
     /// After an error that says the primary may have moved, asks the Sentinels again in the
     /// background and switches if they name another server. A plain URL never moves.
     fn on_error(&self, e: &redis::RedisError) {
-        if !moved(e) || !self.url.starts_with(SENTINEL_SCHEME) {
+        if moved(e) {
+            self.re_resolve();
+        }
+    }
+
+    /// Asks the Sentinels in the background (one ask at a time) and switches if they name
+    /// another server than the current one. A plain URL never moves.
+    fn re_resolve(&self) {
+        if !self.url.starts_with(SENTINEL_SCHEME) {
             return;
         }
         {
