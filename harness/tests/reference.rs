@@ -482,6 +482,8 @@ async fn durability_acknowledges_only_what_a_replica_confirmed() {
     // times out says "unreplicated" (seen once at 300 ms beside the whole suite).
     let config = Config {
         durability: Some(Durability { replicas: 1, timeout_ms: 2_000 }),
+        // WAIT runs under the command timeout: it must outlast WAIT's own.
+        command_timeout_ms: 5_000,
         ..Config::default().with_prefix(primary.key_prefix())
     };
     let h = Hybrid::connect(&primary.url(), &primary.url(), config).await.unwrap();

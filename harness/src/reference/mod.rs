@@ -295,6 +295,9 @@ impl Default for Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Durability {
     pub replicas: u32,
+    /// WAIT's own timeout, in ms. WAIT runs under [`Config::command_timeout_ms`], which must
+    /// be longer: otherwise the connection gives up first and the write's outcome is unknown
+    /// (`failed`) instead of `stored_unreplicated`.
     pub timeout_ms: u64,
 }
 
