@@ -498,18 +498,11 @@ impl Process {
     async fn refresh_stats(&self) {
         let (req, rx) = self.send("stats", json!({}));
         if let Answer::Ok(v) = self.answer(req, rx, Duration::from_millis(ANSWER_GRACE_MS)).await {
-            let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            // Absent counts are 0; a malformed answer keeps the last good one.
+            let Ok(stats) = serde_json::from_value::<ImplStats>(v) else { return };
             let mut kept = self.shared.stats.lock().expect("stats lock");
             if req > kept.0 {
-                *kept = (
-                    req,
-                    ImplStats {
-                        waiters: n("waiters") as usize,
-                        channels: n("channels") as usize,
-                        pending_polls: n("pending_polls") as usize,
-                        reconnects: n("reconnects"),
-                    },
-                );
+                *kept = (req, stats);
             }
         }
     }

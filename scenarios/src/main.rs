@@ -757,7 +757,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if !implementations.is_empty() {
                     anyhow::bail!("--implementation runs on the standalone topology only, for now");
                 }
-                if mutant.is_some() || provider != "process" && provider != "container" {
+                if mutant.is_some() {
                     anyhow::bail!("--topology sentinel runs the reference in containers; it takes no --mutant");
                 }
                 return tokio::select! {

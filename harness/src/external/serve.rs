@@ -19,6 +19,37 @@ use crate::reference::stream::{Chunk, FollowEnd};
 use crate::reference::{FeedbackStrategy, Fields, ImplStats, PublishOutcome, StreamStrategy, WaitOutcome};
 use crate::scenario::{design, expectation_of, STRATEGIES, VARIANTS};
 
+/// A string field of a request; absent: empty.
+fn text(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+/// A number field of a request; absent: 0.
+fn num(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+type Running = Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>>;
+
+/// Runs a cancellable request (`wait`, `follow`) in its own task, known by `req` to `cancel`
+/// until it answers. The map is locked across the spawn, so a task that ends at once still
+/// finds itself there to remove.
+fn spawn_cancellable(
+    running: &Running,
+    tx: &mpsc::UnboundedSender<String>,
+    req: u64,
+    answer: impl std::future::Future<Output = String> + Send + 'static,
+) {
+    let mut map = running.lock().expect("running lock");
+    let (running2, tx) = (running.clone(), tx.clone());
+    let task = tokio::spawn(async move {
+        let line = answer.await;
+        running2.lock().expect("running lock").remove(&req);
+        let _ = tx.send(line);
+    });
+    map.insert(req, task.abort_handle());
+}
+
 fn ok(req: u64, value: Value) -> String {
     json!({ "req": req, "outcome": "ok", "value": value }).to_string()
 }
@@ -105,7 +136,7 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
         }
     });
     let mut implementation: Option<Serving> = None;
-    let running: Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>> = Arc::default();
+    let running: Running = Arc::default();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
@@ -118,7 +149,7 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let req = v.get("req").and_then(Value::as_u64).unwrap_or(0);
+        let req = num(&v, "req");
         let op = v.get("op").and_then(Value::as_str).unwrap_or("");
         let s = implementation.clone();
         match (op, s) {
@@ -134,8 +165,7 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
             }
             ("init", _) => {
                 let cfg = config_from_init(&v);
-                let url = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                let (cmd, sub) = (url("redis_url"), url("subscriber_url"));
+                let (cmd, sub) = (text(&v, "redis_url"), text(&v, "subscriber_url"));
                 let sub = if sub.is_empty() { cmd.clone() } else { sub };
                 let connected = match v.get("workload").and_then(Value::as_str) {
                     Some("stream") => {
@@ -154,53 +184,39 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                 }
             }
             ("stats", Some(s)) => {
-                let st = s.stats();
-                let _ = tx.send(ok(
-                    req,
-                    json!({ "waiters": st.waiters, "channels": st.channels, "pending_polls": st.pending_polls, "reconnects": st.reconnects }),
-                ));
+                let _ = tx.send(ok(req, serde_json::to_value(s.stats()).unwrap_or_default()));
             }
             ("wait", Some(Serving::Feedback(s))) => {
-                let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
-                let timeout = Duration::from_millis(v.get("timeout_ms").and_then(Value::as_u64).unwrap_or(0));
-                let (tx, running2) = (tx.clone(), running.clone());
-                let task = tokio::spawn(async move {
-                    let r = s.wait(&id, timeout).await;
-                    running2.lock().expect("running lock").remove(&req);
-                    let _ = tx.send(wait_answer(req, r));
-                });
-                running.lock().expect("running lock").insert(req, task.abort_handle());
+                let (id, timeout) = (text(&v, "id"), Duration::from_millis(num(&v, "timeout_ms")));
+                spawn_cancellable(&running, &tx, req, async move { wait_answer(req, s.wait(&id, timeout).await) });
             }
             ("respond", Some(Serving::Feedback(s))) => {
-                let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+                let id = text(&v, "id");
                 let fields: Fields =
                     v.get("fields").cloned().and_then(|f| serde_json::from_value(f).ok()).unwrap_or_default();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let o = s.respond(&id, &fields).await;
-                    let _ = tx.send(respond_answer(req, o));
+                    let _ = tx.send(respond_answer(req, s.respond(&id, &fields).await));
                 });
             }
             ("stream_publish", Some(Serving::Stream(s))) => {
-                let task = v.get("task").and_then(Value::as_str).unwrap_or("").to_string();
-                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let content = v.get("content").and_then(Value::as_str).unwrap_or("").to_string();
+                let task = text(&v, "task");
                 let last = v.get("final").and_then(Value::as_bool).unwrap_or(false);
-                let chunk =
-                    Chunk { chunk_index: index, chunk_type: if last { "final" } else { "content" }.into(), content };
+                let chunk = Chunk {
+                    chunk_index: num(&v, "index"),
+                    chunk_type: if last { "final" } else { "content" }.into(),
+                    content: text(&v, "content"),
+                };
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let o = s.publish(&task, &chunk).await;
-                    let _ = tx.send(respond_answer(req, o));
+                    let _ = tx.send(respond_answer(req, s.publish(&task, &chunk).await));
                 });
             }
             ("follow", Some(Serving::Stream(s))) => {
-                let task = v.get("task").and_then(Value::as_str).unwrap_or("").to_string();
-                let from = v.get("from").and_then(Value::as_u64).unwrap_or(0);
-                let timeout = Duration::from_millis(v.get("timeout_ms").and_then(Value::as_u64).unwrap_or(0));
-                let (tx, running2) = (tx.clone(), running.clone());
-                let task_handle = tokio::spawn(async move {
-                    let events = tx.clone();
+                let (task, from) = (text(&v, "task"), num(&v, "from"));
+                let timeout = Duration::from_millis(num(&v, "timeout_ms"));
+                let events = tx.clone();
+                spawn_cancellable(&running, &tx, req, async move {
                     let mut on_chunk = |c: &Chunk, via: crate::reference::Via| {
                         let _ = events.send(
                             json!({
@@ -214,15 +230,12 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                             .to_string(),
                         );
                     };
-                    let r = s.follow(&task, from, timeout, &mut on_chunk).await;
-                    running2.lock().expect("running lock").remove(&req);
-                    let _ = tx.send(follow_answer(req, r));
+                    follow_answer(req, s.follow(&task, from, timeout, &mut on_chunk).await)
                 });
-                running.lock().expect("running lock").insert(req, task_handle.abort_handle());
             }
             ("cancel", _) => {
                 // Dropping the waiting future is the cancellation the reference supports.
-                let target = v.get("target").and_then(Value::as_u64).unwrap_or(0);
+                let target = num(&v, "target");
                 if let Some(h) = running.lock().expect("running lock").remove(&target) {
                     h.abort();
                     let _ = tx.send(outcome(target, "info", "cancelled"));

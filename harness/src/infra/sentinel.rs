@@ -394,14 +394,18 @@ impl SentinelTopology {
     /// map from the backbone addresses Sentinels announce to the front addresses clients
     /// reach.
     pub fn sentinel_client_url(&self) -> String {
-        let sentinels: Vec<String> =
-            self.sentinels.iter().map(|n| format!("{}:{SENTINEL_PORT}", n.backbone_ip)).collect();
-        let map: Vec<String> = self
-            .servers
-            .iter()
-            .filter_map(|n| n.front_ip.map(|f| format!("{}:{REDIS_PORT}={f}:{REDIS_PORT}", n.backbone_ip)))
-            .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}?map={}", sentinels.join(","), map.join(","))
+        crate::reference::endpoint::SentinelUrl {
+            sentinels: self.sentinels.iter().map(|n| format!("{}:{SENTINEL_PORT}", n.backbone_ip)).collect(),
+            master: MASTER_NAME.into(),
+            map: self
+                .servers
+                .iter()
+                .filter_map(|n| {
+                    n.front_ip.map(|f| (format!("{}:{REDIS_PORT}", n.backbone_ip), format!("{f}:{REDIS_PORT}")))
+                })
+                .collect(),
+        }
+        .to_url()
     }
 
     /// Whether every server agrees on one primary and every replica's link to it is up:

@@ -157,7 +157,6 @@ pub struct Conn {
     url: Arc<str>,
     config: Arc<Config>,
     state: Arc<Mutex<ConnState>>,
-    db: i64,
 }
 
 async fn manager(target: &str, config: &Config) -> Result<ConnectionManager> {
@@ -180,8 +179,7 @@ impl Conn {
         let target = resolve(url, config).await?;
         let manager = manager(&target, config).await?;
         let state = ConnState { target, manager, resolving: false };
-        let conn =
-            Conn { url: url.into(), config: Arc::new(config.clone()), state: Arc::new(Mutex::new(state)), db: 0 };
+        let conn = Conn { url: url.into(), config: Arc::new(config.clone()), state: Arc::new(Mutex::new(state)) };
         if url.starts_with(SENTINEL_SCHEME) {
             // Asked again every health-check interval, not only after an error: a primary cut
             // from its Sentinels but not from this client answers every write, and without
@@ -192,7 +190,7 @@ impl Conn {
                 loop {
                     tokio::time::sleep(every).await;
                     let Some(state) = weak.upgrade() else { return };
-                    Conn { url: url.clone(), config: config.clone(), state, db: 0 }.re_resolve();
+                    Conn { url: url.clone(), config: config.clone(), state }.re_resolve();
                 }
             });
         }
@@ -286,8 +284,9 @@ impl ConnectionLike for Conn {
         })
     }
 
+    /// URLs here name no database: always 0.
     fn get_db(&self) -> i64 {
-        self.db
+        0
     }
 }
 

@@ -379,7 +379,8 @@ pub enum WaitOutcome {
 }
 
 /// What a waiting implementation holds right now, for cleanup checks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ImplStats {
     /// Waiters registered in the implementation's maps.
     pub waiters: usize,
