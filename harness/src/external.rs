@@ -721,11 +721,12 @@ impl FeedbackStrategy for Worker {
         let a = self.proc.answer(req, rx, timeout + self.grace).await;
         guard.armed = false;
         self.note("wait", &a);
-        // The harness reads the stats synchronously right after its waits end (the cleanup
-        // readings): they must already say this wait is over, as in-process ones do.
-        if !matches!(a, Answer::Hung(_) | Answer::Exited(_)) {
-            self.proc.refresh_stats().await;
-        }
+        // The answer is returned as it arrives, and recorded then: a stats round trip here
+        // would count the program's queue of stats requests into every wait's duration (40
+        // waits ending together in a Python program took 100 ms past their timeouts that
+        // way, all of it the harness's). A reading taken once right after waits end asks
+        // for fresh counts itself (`fresh_stats`); the others poll while the background
+        // refresh catches up.
         match a {
             Answer::Ok(v) => {
                 let fields: Fields = serde_json::from_value(v.get("fields").cloned().unwrap_or(Value::Null))
@@ -741,6 +742,13 @@ impl FeedbackStrategy for Worker {
 
     fn stats(&self) -> ImplStats {
         self.proc.shared.stats.lock().expect("stats lock").1
+    }
+
+    async fn fresh_stats(&self) -> ImplStats {
+        if self.proc.shared.exited.lock().expect("exit lock").is_none() {
+            self.proc.refresh_stats().await;
+        }
+        FeedbackStrategy::stats(self)
     }
 
     fn problems(&self) -> Vec<String> {

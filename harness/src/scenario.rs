@@ -665,7 +665,7 @@ impl Rig {
         for f in finals {
             f.join().await?;
         }
-        let left = worker.stats();
+        let left = worker.fresh_stats().await;
         worker.shutdown().await;
         record_problems(rec, worker.problems());
         drop(worker);

@@ -403,12 +403,18 @@ pub trait FeedbackStrategy: Send + Sync {
     /// Waits for the response to `id` until `timeout` has passed.
     async fn wait(&self, id: &str, timeout: Duration) -> Result<WaitOutcome>;
     fn stats(&self) -> ImplStats;
-    /// Stops background tasks and closes connections.
+    /// The counts as of now, including every wait that has returned: for a reading taken
+    /// once, right after waits end. In-process strategies' [`FeedbackStrategy::stats`] is
+    /// already that; one behind a process protocol asks its program.
+    async fn fresh_stats(&self) -> ImplStats {
+        self.stats()
+    }
     /// Protocol problems of an implementation the harness did not write (a crash, a line
     /// that is not the protocol, no answer in time); the built-in ones have none.
     fn problems(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Stops background tasks and closes connections.
     async fn shutdown(&self);
 }
 
