@@ -778,30 +778,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Compare { a, b, strategy_a, strategy_b } => {
-            let read = |dir: &std::path::Path| -> anyhow::Result<serde_json::Value> {
-                let path = dir.join("report.json");
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    anyhow::anyhow!("cannot read {} (a run directory holds report.json): {e}", path.display())
-                })?;
-                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a report: {e}", path.display()))
-            };
+            use harness::compare::{read_history, read_report};
+            let (ra, rb) = (read_report(&a.join("report.json"))?, read_report(&b.join("report.json"))?);
             // Latency is judged on each run's raw samples; a run without history.jsonl gets no
-            // latency judgement, only verdicts and loss.
-            let samples = |dir: &std::path::Path| {
-                std::fs::read_to_string(dir.join("history.jsonl"))
-                    .map(|t| harness::compare::samples_from_history(&t))
-                    .unwrap_or_default()
+            // latency judgement, only verdicts and loss, and is named for it.
+            let samples = |dir: &std::path::Path| -> anyhow::Result<harness::compare::Samples> {
+                let path = dir.join("history.jsonl");
+                Ok(read_history(&path)?.unwrap_or_else(|| {
+                    eprintln!("compare: no {}: latency is not judged", path.display());
+                    Default::default()
+                }))
             };
-            let (xa, xb) = (samples(&a), samples(&b));
+            let (xa, xb) = (samples(&a)?, samples(&b)?);
             let c = match (strategy_a, strategy_b) {
-                (Some(sa), Some(sb)) => {
-                    harness::compare::compare_strategies(&read(&a)?, &read(&b)?, &xa, &xb, &sa, &sb)
-                }
-                _ => harness::compare::compare(&read(&a)?, &read(&b)?, &xa, &xb),
+                (Some(sa), Some(sb)) => harness::compare::compare_strategies(&ra, &rb, &xa, &xb, &sa, &sb),
+                _ => harness::compare::compare(&ra, &rb, &xa, &xb),
             };
             let md = harness::compare::markdown(&c);
-            std::fs::write(b.join("compare.md"), &md)?;
-            std::fs::write(b.join("compare.html"), harness::compare::html(&c))?;
+            let write = |name: &str, text: &str| {
+                let path = b.join(name);
+                std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+            };
+            write("compare.md", &md)?;
+            write("compare.html", &harness::compare::html(&c))?;
             print!("{md}");
             eprintln!("compare: {}", b.join("compare.html").display());
             Ok(if c.worse_on_safety() { ExitCode::from(1) } else { ExitCode::SUCCESS })
