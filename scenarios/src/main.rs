@@ -265,16 +265,6 @@ fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh run directory under `out`, named by time and seed; fails on an unwritable `out`
-/// before minutes are spent on the run.
-fn run_dir(out: &std::path::Path, prefix: &str, seed: u64) -> anyhow::Result<(String, PathBuf)> {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
-    let run_id = format!("{prefix}{stamp}-{seed:x}");
-    let dir = out.join(&run_id);
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?;
-    Ok((run_id, dir))
-}
-
 /// Runs (scenario, strategy) pairs `jobs` at a time, each on its own Redis and proxies, and
 /// prints one progress line per finished pair (`[n/N] scenario / strategy: verdict`, with
 /// the elapsed time; a mismatch stands out). Results keep the pairs' order; an
@@ -387,7 +377,8 @@ async fn run_suite(
         harness::infra::container::require_image(&d, &harness::infra::container::image()).await?;
     }
     let seed = seed.unwrap_or_else(rand::random);
-    let (run_id, dir) = run_dir(&out, "", seed)?;
+    let mut run_dir = scenarios::run_dir::RunDir::create(&out, "", seed)?;
+    let (run_id, dir) = (run_dir.id.clone(), run_dir.path.clone());
     // Each implementation describes itself before anything runs; one that cannot is
     // refused with what it printed, and the empty run directory goes.
     let mut strats = strats;
@@ -405,7 +396,7 @@ async fn run_suite(
                 strats.push(Box::leak(name.clone().into_boxed_str()));
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                run_dir.discard();
                 return Err(e);
             }
         }
@@ -446,7 +437,9 @@ async fn run_suite(
         scenarios: rows,
         failover: vec![],
     };
-    harness::report::write_dir(&dir, &report, &outcomes)?;
+    harness::report::write_dir(&dir, &report, &outcomes)
+        .map_err(|e| anyhow::anyhow!("cannot write the report into {}: {e}", dir.display()))?;
+    run_dir.keep();
     // `latest` points at the last run of the whole catalogue: a reproduce run of one scenario,
     // or a mutant's run, must not replace the run people compare against.
     if scenarios.is_empty() && strategies.is_empty() && mutation.is_none() && external.is_empty() {
@@ -510,7 +503,8 @@ async fn run_sentinel(scenarios: Vec<String>, strategies: Vec<String>, out: Path
                 .map(move |st| (s, *st))
         })
         .collect();
-    let (run_id, dir) = run_dir(&out, "sentinel-", 0)?;
+    let mut run_dir = scenarios::run_dir::RunDir::create(&out, "sentinel-", 0)?;
+    let (run_id, dir) = (run_dir.id.clone(), run_dir.path.clone());
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let started = std::time::Instant::now();
     let (mut outcomes, mut table) = (Vec::new(), Vec::new());
@@ -552,8 +546,12 @@ async fn run_sentinel(scenarios: Vec<String>, strategies: Vec<String>, out: Path
         scenarios: rows,
         failover: table,
     };
-    harness::report::write_dir(&dir, &report, &outcomes)?;
-    std::fs::write(dir.join("failover.md"), harness::failover::markdown(&report.failover))?;
+    harness::report::write_dir(&dir, &report, &outcomes)
+        .map_err(|e| anyhow::anyhow!("cannot write the report into {}: {e}", dir.display()))?;
+    run_dir.keep();
+    let failover_md = dir.join("failover.md");
+    std::fs::write(&failover_md, harness::failover::markdown(&report.failover))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", failover_md.display()))?;
     let sum = &report.summary;
     println!("{}", sum.line());
     println!("report: {} (also report.md with the loss table, failover.md)", dir.join("report.html").display());
@@ -590,7 +588,8 @@ async fn run_mutants(
     }
     preflight()?;
     let seed = seed.unwrap_or_else(rand::random);
-    let (_, dir) = run_dir(&out, "mutants-", seed)?;
+    let mut run_dir = scenarios::run_dir::RunDir::create(&out, "mutants-", seed)?;
+    let dir = run_dir.path.clone();
     let catalogue = scenarios::catalogue();
     let mut rows = Vec::new();
     for m in chosen {
@@ -647,7 +646,10 @@ async fn run_mutants(
         );
         rows.push(scenarios::mutants::row(m, kills, errors));
     }
-    std::fs::write(dir.join("mutants.md"), scenarios::mutants::markdown(&rows, seed, quick))?;
+    run_dir.keep();
+    let mutants_md = dir.join("mutants.md");
+    std::fs::write(&mutants_md, scenarios::mutants::markdown(&rows, seed, quick))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", mutants_md.display()))?;
     std::fs::write(
         dir.join("mutants.json"),
         serde_json::to_string_pretty(&scenarios::mutants::json(&rows, seed, quick))? + "\n",
@@ -904,6 +906,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("HYBRID_CHAOS_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: CI logs and files redirected from stderr get text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("build the tokio runtime");
     match runtime.block_on(run(cli)) {

@@ -224,3 +224,31 @@ fn compare_reports_a_regression_and_exits_1_and_no_change_exits_0() {
     let unwritable = format!("cannot write {branch_s}/compare.md");
     assert_bad_input(&[(&["compare", main.to_str().unwrap(), &branch_s], &[], &unwritable)]);
 }
+
+/// Logs written to a pipe or a file carry no colour codes (they used to: escape sequences in
+/// CI logs and in the files users redirected stderr to).
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(
+        &["run", "--quick", "--scenario", "clean", "--strategy", "hybrid", "--out", out.path().to_str().unwrap()],
+        &[("HYBRID_CHAOS_LOG", "debug")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("DEBUG"), "no log lines to judge: {stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes in a piped stderr: {:?}", &stderr[..stderr.len().min(400)]);
+}
+
+/// A run whose Redis never starts fails naming it, exit 2, and leaves no empty run directory
+/// behind (it used to).
+#[test]
+fn a_run_whose_redis_never_starts_leaves_no_run_directory() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(
+        &["run", "--quick", "--scenario", "clean", "--strategy", "hybrid", "--out", out.path().to_str().unwrap()],
+        &[("HYBRID_CHAOS_REDIS_SERVER", "/bin/false")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "a run that never started left {left:?}");
+}
