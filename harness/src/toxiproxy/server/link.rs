@@ -131,10 +131,7 @@ pub(crate) struct LinkCtx {
 /// it, or the proxy is disabled/deleted (`cancel`).
 pub(crate) async fn serve(mut client: TcpStream, mut ctx: LinkCtx) {
     let mut upstream = match connect_upstream(&ctx).await {
-        Ok(s) => {
-            ctx.fd_burst.succeeded();
-            s
-        }
+        Ok(s) => s,
         Err(e) if super::FdBurst::counts(&e) => {
             ctx.fd_burst.failed("upstream connect", &e);
             return;

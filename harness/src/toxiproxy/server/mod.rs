@@ -46,6 +46,8 @@ const CONNECTIONS_CLOSE_WAIT_MS: u64 = 2_000;
 const ACCEPT_RETRY_MS: u64 = 20;
 /// While descriptors stay exhausted, at most one progress line per this many milliseconds.
 const FD_BURST_LOG_INTERVAL_MS: u64 = 10_000;
+/// A burst of such failures is over once none came for this many milliseconds.
+const FD_BURST_QUIET_MS: u64 = 1_000;
 
 /// Server options. Defaults: loopback-only upstreams and listen addresses, a random seed.
 #[derive(Clone, Debug, Default)]
@@ -237,8 +239,11 @@ impl Registry {
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(conn_seed);
                 loop {
+                    let quiet_at = fd_burst.quiet_at();
                     tokio::select! {
                         _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep_until(quiet_at.unwrap_or_else(tokio::time::Instant::now)),
+                            if quiet_at.is_some() => fd_burst.end_if_quiet(),
                         accepted = listener.accept() => {
                             let sock = match accepted {
                                 Ok((sock, _)) => sock,
@@ -473,28 +478,30 @@ impl Registry {
 
 /// Failures for want of a resource (the descriptor limit, above all) of one proxy, logged once
 /// per burst: a warning when the first one happens, a progress line at most every
-/// [`FD_BURST_LOG_INTERVAL_MS`] while it lasts, and one with the count when a connection is
-/// proxied again. Before, at `ulimit -n 256` 479 of 600 clients were accepted and closed with
-/// nothing logged, and a failing accept was retried at once, spinning.
+/// [`FD_BURST_LOG_INTERVAL_MS`] while it lasts, and one with the count once
+/// [`FD_BURST_QUIET_MS`] passed without a failure (the listener's timer logs it, so it comes
+/// even if no client arrives). Near the limit, successes and failures alternate as
+/// connections close: a burst ending at the first success flapped, a line or two per
+/// connection. Before any of this, at `ulimit -n 256` 479 of 600 clients were accepted and
+/// closed with nothing logged, and a failing accept was retried at once, spinning.
 pub(crate) struct FdBurst {
     proxy: String,
-    /// Fast path: a connection that succeeds outside a burst takes no lock.
-    in_burst: std::sync::atomic::AtomicBool,
     burst: std::sync::Mutex<Option<Burst>>,
 }
 
 struct Burst {
     started: std::time::Instant,
+    last_failure: std::time::Instant,
     failures: u64,
     logged: std::time::Instant,
 }
 
 impl FdBurst {
     fn new(proxy: &str) -> FdBurst {
-        FdBurst { proxy: proxy.to_string(), in_burst: false.into(), burst: std::sync::Mutex::new(None) }
+        FdBurst { proxy: proxy.to_string(), burst: std::sync::Mutex::new(None) }
     }
 
-    /// Whether an upstream connect failed for want of descriptors (the only connect errors
+    /// Whether an upstream connect failed for want of a resource (the only connect errors
     /// counted here: a refused upstream is the upstream's business).
     pub(crate) fn counts(e: &std::io::Error) -> bool {
         matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
@@ -512,13 +519,13 @@ impl FdBurst {
                 };
                 tracing::warn!(
                     proxy = %self.proxy,
-                    "{what} failed: {e}; {hint}clients are closed unserved until it recovers                      (logged once per burst)"
+                    "{what} failed: {e}; {hint}clients are closed unserved until it recovers (logged once per burst)"
                 );
-                *burst = Some(Burst { started: now, failures: 1, logged: now });
-                self.in_burst.store(true, Ordering::Release);
+                *burst = Some(Burst { started: now, last_failure: now, failures: 1, logged: now });
             }
             Some(b) => {
                 b.failures += 1;
+                b.last_failure = now;
                 if now.duration_since(b.logged) >= Duration::from_millis(FD_BURST_LOG_INTERVAL_MS) {
                     b.logged = now;
                     tracing::warn!(
@@ -532,18 +539,23 @@ impl FdBurst {
         }
     }
 
-    /// A connection was proxied: the burst, if any, is over.
-    pub(crate) fn succeeded(&self) {
-        if !self.in_burst.load(Ordering::Acquire) {
-            return;
-        }
-        if let Some(b) = self.burst.lock().expect("fd burst lock").take() {
-            self.in_burst.store(false, Ordering::Release);
+    /// When the current burst, if any, is over unless another failure comes first.
+    fn quiet_at(&self) -> Option<tokio::time::Instant> {
+        let burst = self.burst.lock().expect("fd burst lock");
+        burst.as_ref().map(|b| (b.last_failure + Duration::from_millis(FD_BURST_QUIET_MS)).into())
+    }
+
+    /// Ends the burst, with its count, if no failure came for [`FD_BURST_QUIET_MS`].
+    fn end_if_quiet(&self) {
+        let mut burst = self.burst.lock().expect("fd burst lock");
+        let quiet =
+            burst.as_ref().is_some_and(|b| b.last_failure.elapsed() >= Duration::from_millis(FD_BURST_QUIET_MS));
+        if let Some(b) = burst.take_if(|_| quiet) {
             tracing::warn!(
                 proxy = %self.proxy,
-                "connections proxied again after {} failed accepts or upstream connects over {} ms",
+                "burst over: {} accepts or upstream connects failed over {} ms, none in the last {FD_BURST_QUIET_MS} ms",
                 b.failures,
-                b.started.elapsed().as_millis()
+                b.last_failure.duration_since(b.started).as_millis()
             );
         }
     }
