@@ -21,6 +21,10 @@ use harness::toxiproxy::server::{EmbeddedToxiproxy, ServerOptions};
 use harness::toxiproxy::{Stream, Toxic, ToxicKind, ToxiproxyClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// The tests' helpers: the same echo server upstream.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 const ROUNDS: usize = 8;
 const CONNECTIONS: usize = 2_000;
 /// Bytes each client sends and reads back: enough to fill a read buffer's pages.
@@ -131,22 +135,8 @@ async fn round(listen: &str) {
     drop(open);
 }
 
-async fn echo_server() -> String {
-    let ln = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = ln.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = ln.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 async fn parent() {
-    let upstream = echo_server().await;
+    let upstream = support::echo_server().await;
     let proxies =
         [("no toxic", Proxy::start(&upstream, false).await), ("latency 1 ms", Proxy::start(&upstream, true).await)];
     let baselines: Vec<usize> = proxies.iter().map(|(_, p)| p.fds()).collect();

@@ -171,16 +171,7 @@ async fn populate_errors_name_the_entry_and_apply_nothing() {
 async fn populating_the_same_localhost_proxy_keeps_its_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = server().await;
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = echo.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let upstream = support::echo_server().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let entry = json!([{"name": "a", "listen": format!("localhost:{port}"), "upstream": upstream}]);
     let (st, v) = call(&s, "POST", "/populate", Some(entry.clone())).await;

@@ -192,16 +192,7 @@ async fn at_the_fd_limit_the_proxy_logs_once_per_burst_and_does_not_spin() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const CLIENTS: usize = 150;
     const HOLD_MS: u64 = 1_500;
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = echo.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let upstream = support::echo_server().await;
     let port = harness::infra::process::free_port().unwrap();
     let script = format!("ulimit -n 64 && exec \"$0\" toxiproxy --listen 127.0.0.1:{port}");
     let mut child = KillOnDrop(
