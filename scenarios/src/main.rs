@@ -41,6 +41,11 @@ enum Command {
         /// Allow upstreams that are not loopback addresses.
         #[arg(long)]
         allow_remote_upstream: bool,
+        /// Allow listen addresses that are not loopback, for the API (--listen) and for the
+        /// proxies it creates: without it, `0.0.0.0:P` is refused, since it would expose the
+        /// proxy, and the loopback Redis behind it, to every network this machine is on.
+        #[arg(long)]
+        allow_remote_listen: bool,
     },
     /// Start a managed redis-server and keep it until interrupted (it dies with this process).
     Redis {
@@ -690,9 +695,15 @@ fn interrupted() -> impl std::future::Future<Output = ()> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     use harness::reference::{FeedbackStrategy, PublishOutcome, WaitOutcome};
     match cli.command {
-        Command::Toxiproxy { listen, config, seed, allow_remote_upstream } => {
+        Command::Toxiproxy { listen, config, seed, allow_remote_upstream, allow_remote_listen } => {
+            if !allow_remote_listen && !harness::toxiproxy::server::is_loopback(listen.ip()) {
+                anyhow::bail!(
+                    "--listen {listen} is not a loopback address: the API would let every network this machine \
+                     is on create proxies; pass --allow-remote-listen to permit it"
+                );
+            }
             let stop = interrupted();
-            let options = ServerOptions { allow_remote_upstream, seed };
+            let options = ServerOptions { allow_remote_upstream, allow_remote_listen, seed };
             let server = EmbeddedToxiproxy::start(listen, options)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
