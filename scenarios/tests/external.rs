@@ -96,10 +96,7 @@ for line in sys.stdin:
 
 #[test]
 fn crash_garbage_and_hang_are_findings_the_run_goes_on_and_no_process_is_left() {
-    let out = tempfile::tempdir().unwrap();
-    let stub = out.path().join("stub.py");
-    std::fs::write(&stub, STUB).unwrap();
-    let mark = format!("{}-{}", std::process::id(), rand_suffix());
+    let (out, stub, mark) = stub_setup();
     let served = format!("HC_TEST_MARK={mark} {BIN} serve-impl --strategy hybrid");
     let crash = format!("crash=HC_TEST_MARK={mark} python3 {} crash", stub.display());
     // The reference with a line of garbage after its 3rd (GNU sed -u: unbuffered both ways;
@@ -160,6 +157,14 @@ fn crash_garbage_and_hang_are_findings_the_run_goes_on_and_no_process_is_left() 
     assert_eq!(marked(&mark), Vec::<u32>::new(), "processes of the implementations outlived the run");
 }
 
+/// A scratch directory holding [`STUB`], its path, and a fresh `HC_TEST_MARK` value.
+fn stub_setup() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let out = tempfile::tempdir().unwrap();
+    let stub = out.path().join("stub.py");
+    std::fs::write(&stub, STUB).unwrap();
+    (out, stub, format!("{}-{}", std::process::id(), rand_suffix()))
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
 }
@@ -186,10 +191,7 @@ fn cmdline(pid: u32) -> String {
 
 #[test]
 fn what_a_sigkilled_harness_left_of_an_implementation_is_ended_by_the_next_start() {
-    let out = tempfile::tempdir().unwrap();
-    let stub = out.path().join("stub.py");
-    std::fs::write(&stub, STUB).unwrap();
-    let mark = format!("{}-{}", std::process::id(), rand_suffix());
+    let (out, stub, mark) = stub_setup();
     let hang = format!("hang=HC_TEST_MARK={mark} python3 {}", stub.display());
     let o = out.path().join("runs");
     let mut run = std::process::Command::new(BIN)
