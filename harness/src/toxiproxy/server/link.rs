@@ -129,7 +129,37 @@ pub(crate) struct LinkCtx {
 
 /// Serves one accepted client connection until both directions have finished, a toxic ends
 /// it, or the proxy is disabled/deleted (`cancel`).
+/// Links open in this process, across every proxy: see [`LiveLink`].
+static LIVE_LINKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a link while it lives. When the last one in the process closes, the freed heap is
+/// handed back to the system (`malloc_trim`): glibc keeps the pages of freed chunks mapped, so
+/// without it a proxy's RSS after a burst of connections stays near the burst's peak (the
+/// `proxy_memory` bench: 1.13 of the first round after 8 rounds of 2,000 connections without
+/// it). Only at zero, when no data is moving, so the trim costs no link any latency.
+struct LiveLink;
+
+impl LiveLink {
+    fn open() -> LiveLink {
+        LIVE_LINKS.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        LiveLink
+    }
+}
+
+impl Drop for LiveLink {
+    fn drop(&mut self) {
+        if LIVE_LINKS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only returns free memory to the system; it takes no pointer.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+}
+
 pub(crate) async fn serve(mut client: TcpStream, mut ctx: LinkCtx) {
+    let _live = LiveLink::open();
     let mut upstream = match connect_upstream(&ctx).await {
         Ok(s) => s,
         Err(e) if super::FdBurst::counts(&e) => {
