@@ -84,6 +84,21 @@ pub async fn docker() -> Result<bollard::Docker> {
 /// Removes the containers and networks of harness processes that are gone (a SIGKILLed
 /// run), found by [`OWNER_LABEL`] only. Returns how many were removed.
 pub async fn reap_orphans(d: &bollard::Docker) -> Result<usize> {
+    let (containers, networks) = remove_labelled(d, |owner| !owner_alive(owner)).await?;
+    Ok(containers + networks)
+}
+
+/// Removes every container and network this process owns (its [`OWNER_LABEL`]) that is
+/// still there: what an interrupted run's handles did not get to remove. Returns
+/// (containers, networks) removed.
+pub async fn remove_own(d: &bollard::Docker) -> Result<(usize, usize)> {
+    let me = owner();
+    remove_labelled(d, |owner| owner == me).await
+}
+
+/// Removes the containers (running or not, with their volumes), then the networks, whose
+/// [`OWNER_LABEL`] satisfies `doomed`; nothing without that label is looked at.
+async fn remove_labelled(d: &bollard::Docker, doomed: impl Fn(&str) -> bool) -> Result<(usize, usize)> {
     use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptions, RemoveContainerOptionsBuilder};
     let failed =
         |what: &str, e: bollard::errors::Error| Error::Docker { what: what.to_string(), reason: e.to_string() };
@@ -92,34 +107,36 @@ pub async fn reap_orphans(d: &bollard::Docker) -> Result<usize> {
         .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
         .await
         .map_err(|e| failed("listing containers", e))?;
-    let mut removed = 0;
+    let mut containers = 0;
     for c in listed {
         let label = c.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)).cloned().unwrap_or_default();
-        if owner_alive(&label) {
+        if !doomed(&label) {
             continue;
         }
         if let Some(id) = c.id {
             let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
             if d.remove_container(&id, Some(opts)).await.is_ok() {
-                removed += 1;
+                containers += 1;
             }
         }
     }
-    let networks = d
+    // Networks after the containers: a network with a container attached cannot go.
+    let listed = d
         .list_networks(Some(ListNetworksOptions { filters: Some(filter) }))
         .await
         .map_err(|e| failed("listing networks", e))?;
-    for n in networks {
+    let mut networks = 0;
+    for n in listed {
         let label = n.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)).cloned().unwrap_or_default();
-        if !owner_alive(&label) {
+        if doomed(&label) {
             if let Some(name) = n.name {
                 if d.remove_network(&name).await.is_ok() {
-                    removed += 1;
+                    networks += 1;
                 }
             }
         }
     }
-    Ok(removed)
+    Ok((containers, networks))
 }
 
 /// [`reap_orphans`] on the first call in this process only: what dead runs left cannot
