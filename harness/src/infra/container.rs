@@ -73,6 +73,9 @@ fn run_label() -> String {
     std::env::var("HC_RUN_TAG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
+/// The Docker client [`docker`] returns (bollard's, through testcontainers).
+pub type Docker = bollard::Docker;
+
 /// A Docker client, or the error that says Docker does not answer.
 pub async fn docker() -> Result<bollard::Docker> {
     let unavailable = |reason: String| Error::DockerUnavailable { reason };
@@ -137,6 +140,45 @@ async fn remove_labelled(d: &bollard::Docker, doomed: impl Fn(&str) -> bool) -> 
         }
     }
     Ok((containers, networks))
+}
+
+/// What carries a run's [`RUN_LABEL`] right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub running: usize,
+    /// Exited or dead containers: a killed host, a stopped server.
+    pub exited: usize,
+    /// Containers in any other state: created and not yet started, paused, being removed.
+    pub other: usize,
+    pub networks: usize,
+}
+
+impl Holdings {
+    pub fn containers(&self) -> usize {
+        self.running + self.exited + self.other
+    }
+}
+
+/// The containers and networks labelled with run `run` (`HC_RUN_TAG`): what a live run
+/// holds, or what a dead one left behind.
+pub async fn holdings(d: &bollard::Docker, run: &str) -> Result<Holdings> {
+    use bollard::models::ContainerSummaryStateEnum as State;
+    use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptions};
+    let failed =
+        |what: &str, e: bollard::errors::Error| Error::Docker { what: what.to_string(), reason: e.to_string() };
+    let filter = std::collections::HashMap::from([("label".to_string(), vec![format!("{RUN_LABEL}={run}")])]);
+    let containers = d
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
+        .await
+        .map_err(|e| failed("listing containers", e))?;
+    let count = |states: &[State]| containers.iter().filter(|c| c.state.is_some_and(|s| states.contains(&s))).count();
+    let (running, exited) = (count(&[State::RUNNING]), count(&[State::EXITED, State::DEAD]));
+    let networks = d
+        .list_networks(Some(ListNetworksOptions { filters: Some(filter) }))
+        .await
+        .map_err(|e| failed("listing networks", e))?
+        .len();
+    Ok(Holdings { running, exited, other: containers.len() - running - exited, networks })
 }
 
 /// [`reap_orphans`] on the first call in this process only: what dead runs left cannot
