@@ -63,7 +63,9 @@ enum Command {
     /// List the scenarios and strategies.
     List,
     /// Run scenarios x strategies against a real Redis behind the fault proxy and write the
-    /// report. Exit 0: every verdict as expected; 1: a mismatch; 2: unknown or infra failure.
+    /// report. Exit 0: every verdict as expected; 1: a mismatch; 2: unknown or infra failure;
+    /// 130 / 143: interrupted by SIGINT / SIGTERM (its processes, containers and networks
+    /// removed, no report).
     Run {
         /// Scenario to run (repeatable); default all.
         #[arg(long = "scenario")]
@@ -115,7 +117,8 @@ enum Command {
     },
     /// Run every catalogued mutation of the reference (deliberately broken hybrids) through
     /// the scenario suite, and through a 40-case property search when the suite misses one;
-    /// write mutants.md / mutants.json. Exit 1 if any mutant survives.
+    /// write mutants.md / mutants.json. Exit 1 if any mutant survives; 130 / 143 when
+    /// interrupted by SIGINT / SIGTERM.
     Mutants {
         /// The quick budget (the bar: every mutant killed by the quick suite or the search).
         #[arg(long)]
