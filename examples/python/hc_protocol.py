@@ -5,7 +5,9 @@ concurrently, each wait and respond on its own thread, and answered as they comp
 An implementation is a class with:
 
     __init__(self, init)                  init: the `init` request (redis_url, prefix, ...)
-    wait(self, id, timeout_s, cancelled)  -> (fields, via) or None on timeout;
+    wait(self, id, timeout_s, cancelled)  -> (fields, via) or None on timeout; timeout_s is
+                                             what is left of the request's timeout_ms,
+                                             counted from when the request was read;
                                              `cancelled` is a threading.Event set by `cancel`
     respond(self, id, fields)             -> {"status": "notified" | "unheard" | "stored"}
                                              raise Refused when certainly not stored
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 import threading
+import time
 import traceback
 
 
@@ -44,9 +47,12 @@ def serve(factory, hello):
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
-    def run_wait(req, msg, cancelled):
+    def run_wait(req, msg, cancelled, received):
         try:
-            got = impl.wait(msg["id"], msg.get("timeout_ms", 0) / 1000.0, cancelled)
+            # The harness times a wait from when it sent the request: the timeout counts from
+            # when it was read here, not from when this thread got to run.
+            left = max(0.0, msg.get("timeout_ms", 0) / 1000.0 - (time.monotonic() - received))
+            got = impl.wait(msg["id"], left, cancelled)
             if cancelled.is_set():
                 answer(req, "info", error="cancelled")
             elif got is None:
@@ -71,6 +77,7 @@ def serve(factory, hello):
             answer(req, "info", error=f"{type(e).__name__}: {e}")
 
     for line in sys.stdin:
+        received = time.monotonic()
         if not line.strip():
             continue
         msg = json.loads(line)
@@ -89,7 +96,7 @@ def serve(factory, hello):
             cancelled = threading.Event()
             with cancels_lock:
                 cancels[req] = cancelled
-            threading.Thread(target=run_wait, args=(req, msg, cancelled), daemon=True).start()
+            threading.Thread(target=run_wait, args=(req, msg, cancelled, received), daemon=True).start()
         elif op == "respond":
             threading.Thread(target=run_respond, args=(req, msg), daemon=True).start()
         elif op == "cancel":

@@ -1,8 +1,11 @@
 //! Comparing two runs: what an engineer validating a design change does (the suite on main,
 //! the suite on the branch, then `hybrid-chaos compare main-run branch-run`).
 //!
-//! Pure functions of two `report.json` documents, read as JSON values so that reports
-//! written by older versions still compare (only the fixed row fields are used). Latency is
+//! Pure functions of two runs' reports. Each file is read through [`read_report`] and
+//! [`read_history`], which check every field compare uses and refuse the whole file, naming
+//! the file, the line and the field, on the first one missing, of the wrong type or out of
+//! range: a damaged baseline must not read as "no safety regression". Fields compare does
+//! not use are ignored, so reports written by older and newer versions still compare. Latency is
 //! judged on the raw samples each run keeps in `history.jsonl`: a change is reported only
 //! when a Mann-Whitney U test (two-sided) puts the two sides apart at p < [`P_VALUE_MAX`],
 //! with at least [`SAMPLES_MIN`] samples each, and the median moved by at least
@@ -13,8 +16,117 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// A file compare refused: where, and what is wrong there.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {what}", path.display(), line.map(|l| format!(": line {l}")).unwrap_or_default())]
+pub struct ReadError {
+    pub path: PathBuf,
+    /// 1-based; `None` when the file could not be read at all.
+    pub line: Option<usize>,
+    pub what: String,
+}
+
+/// A verdict as `report.json` spells it; any other spelling is refused, not ranked.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum RowVerdict {
+    Valid,
+    Unknown,
+    Invalid,
+}
+
+impl RowVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowVerdict::Valid => "valid",
+            RowVerdict::Unknown => "unknown",
+            RowVerdict::Invalid => "invalid",
+        }
+    }
+}
+
+/// A row's latency quantiles, in ms.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+pub struct RowLatency {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// One (scenario, strategy) row of `report.json`: the fields compare uses.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Row {
+    pub scenario: String,
+    pub strategy: String,
+    pub verdict: RowVerdict,
+    pub lost: u64,
+    pub delivered: u64,
+    pub latency_ms: RowLatency,
+}
+
+/// `report.json` as compare reads it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Report {
+    pub run_id: String,
+    pub scenarios: Vec<Row>,
+}
+
+/// A `serde_path_to_error` failure as "field `a.b[2].c`: what serde said".
+fn field_error<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    if path == "." {
+        e.inner().to_string()
+    } else {
+        format!("field `{path}`: {}", e.inner())
+    }
+}
+
+/// serde_json's message without the "at line L column C" it ends with ([`ReadError`] gives
+/// the line).
+fn json_message(e: &serde_json::Error) -> String {
+    let m = e.to_string();
+    m.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).map(str::to_string).unwrap_or(m)
+}
+
+/// Parses `report.json` text; `path` is only for the error. Every row's fields are checked,
+/// and a (scenario, strategy) pair given twice is refused (one would hide the other).
+pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReadError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let report: Report = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path_part = e.path().to_string();
+        let what = json_message(e.inner());
+        let what = if path_part == "." { what } else { format!("field `{path_part}`: {what}") };
+        ReadError { path: path.into(), line: Some(e.inner().line()), what }
+    })?;
+    de.end().map_err(|e| ReadError { path: path.into(), line: Some(e.line()), what: json_message(&e) })?;
+    let mut seen = BTreeMap::new();
+    for (i, r) in report.scenarios.iter().enumerate() {
+        if let Some(first) = seen.insert((r.scenario.as_str(), r.strategy.as_str()), i) {
+            return Err(ReadError {
+                path: path.into(),
+                line: None,
+                what: format!(
+                    "field `scenarios[{i}]`: {} / {} is also scenarios[{first}] (a report holds each pair once)",
+                    r.scenario, r.strategy
+                ),
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// Reads and checks `path` (a run's `report.json`).
+pub fn read_report(path: &Path) -> Result<Report, ReadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReadError {
+        path: path.into(),
+        line: None,
+        what: format!("cannot read it (a run directory holds report.json): {e}"),
+    })?;
+    parse_report(path, &text)
+}
 
 /// One (scenario, strategy) pair present in both runs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -122,21 +234,42 @@ fn phi(z: f64) -> f64 {
 }
 
 /// Latency samples per (scenario, strategy), in ms, from a run's `history.jsonl` (each line an
-/// event tagged with its scenario and strategy). Lines that do not parse are skipped.
-pub fn samples_from_history(jsonl: &str) -> BTreeMap<(String, String), Vec<f64>> {
+/// event tagged with its scenario and strategy); `path` is only for the error. Every line
+/// must be UTF-8 and one event: a truncated, mistyped or foreign line refuses the file,
+/// since a sample dropped from one side can hide a slowdown.
+pub fn parse_history(path: &Path, bytes: &[u8]) -> Result<Samples, ReadError> {
     let mut runs: BTreeMap<(String, String), crate::history::History> = BTreeMap::new();
-    for line in jsonl.lines() {
-        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let Some(obj) = v.as_object_mut() else { continue };
-        let key = |k: &str| obj.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
-        let id = (key("scenario"), key("strategy"));
-        obj.remove("scenario");
-        obj.remove("strategy");
-        if let Ok(e) = serde_json::from_value::<crate::history::Event>(v) {
-            runs.entry(id).or_default().push(e);
-        }
+    // The writer ends every line with a newline: the piece after the last one is empty.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if body.is_empty() {
+        return Ok(Samples::new());
     }
-    runs.into_iter().map(|(k, h)| (k, crate::checker::latency_samples_ms(&h))).collect()
+    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+        let bad = |what: String| ReadError { path: path.into(), line: Some(i + 1), what };
+        let line = std::str::from_utf8(raw).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not a JSON event: {}", json_message(&e))))?;
+        let obj = v.as_object_mut().ok_or_else(|| bad("not a JSON object".into()))?;
+        let mut tag = |k: &str| match obj.remove(k) {
+            Some(serde_json::Value::String(s)) => Ok(s),
+            Some(other) => Err(bad(format!("field `{k}`: expected a string, found {other}"))),
+            None => Err(bad(format!("missing field `{k}`"))),
+        };
+        let id = (tag("scenario")?, tag("strategy")?);
+        let e: crate::history::Event = serde_path_to_error::deserialize(v).map_err(|e| bad(field_error(&e)))?;
+        runs.entry(id).or_default().push(e);
+    }
+    Ok(runs.into_iter().map(|(k, h)| (k, crate::checker::latency_samples_ms(&h))).collect())
+}
+
+/// Reads and checks `path` (a run's `history.jsonl`); `Ok(None)` when there is none (a run
+/// without it gets no latency judgement, and the caller says so).
+pub fn read_history(path: &Path) -> Result<Option<Samples>, ReadError> {
+    match std::fs::read(path) {
+        Ok(bytes) => parse_history(path, &bytes).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReadError { path: path.into(), line: None, what: format!("cannot read it: {e}") }),
+    }
 }
 
 /// Samples of both sides, keyed as the rows are.
@@ -159,43 +292,27 @@ fn latency_change(a: Option<&Vec<f64>>, b: Option<&Vec<f64>>) -> (&'static str, 
     (change, Some(p))
 }
 
-/// Rank of a verdict: higher is worse.
-fn rank(v: &str) -> u8 {
-    match v {
-        "valid" => 0,
-        "unknown" => 1,
-        _ => 2,
-    }
-}
-
-fn latency(row: &serde_json::Value) -> Option<(f64, f64)> {
-    let l = row.get("latency_ms")?;
-    let (p50, p99) = (l.get("p50")?.as_f64()?, l.get("p99")?.as_f64()?);
+fn latency(row: &Row) -> Option<(f64, f64)> {
+    let RowLatency { p50, p99 } = row.latency_ms;
     // Rows where nothing was obtained report zeros: no data, not a fast result.
-    let delivered = row.get("delivered").and_then(|d| d.as_u64()).unwrap_or(0);
-    (delivered > 0 && p99 > 0.0).then_some((p50, p99))
+    (row.delivered > 0 && p99 > 0.0).then_some((p50, p99))
 }
 
-fn rows(report: &serde_json::Value) -> BTreeMap<(String, String), &serde_json::Value> {
-    let mut out = BTreeMap::new();
-    for r in report.get("scenarios").and_then(|s| s.as_array()).map(Vec::as_slice).unwrap_or(&[]) {
-        let key = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-        out.insert((key("scenario"), key("strategy")), r);
-    }
-    out
+fn rows(report: &Report) -> BTreeMap<(String, String), &Row> {
+    report.scenarios.iter().map(|r| ((r.scenario.clone(), r.strategy.clone()), r)).collect()
 }
 
 /// Compares run A (the baseline) with run B (the change); `sa` and `sb` are their latency
-/// samples ([`samples_from_history`]; empty: no latency judgement).
-pub fn compare(a: &serde_json::Value, b: &serde_json::Value, sa: &Samples, sb: &Samples) -> Comparison {
+/// samples ([`read_history`]; empty: no latency judgement).
+pub fn compare(a: &Report, b: &Report, sa: &Samples, sb: &Samples) -> Comparison {
     compare_rows(a, b, rows(a), rows(b), sa, sb, None)
 }
 
 /// Compares strategy `sa` of run A with strategy `sb` of run B, scenario by scenario (a
 /// design variant against the design it varies, in one run or two).
 pub fn compare_strategies(
-    a: &serde_json::Value,
-    b: &serde_json::Value,
+    a: &Report,
+    b: &Report,
     samples_a: &Samples,
     samples_b: &Samples,
     sa: &str,
@@ -207,31 +324,23 @@ pub fn compare_strategies(
 }
 
 /// The rows of strategy `s`, keyed by (scenario, `label`).
-fn strategy_rows<'a>(
-    r: &'a serde_json::Value,
-    s: &str,
-    label: &str,
-) -> BTreeMap<(String, String), &'a serde_json::Value> {
+fn strategy_rows<'a>(r: &'a Report, s: &str, label: &str) -> BTreeMap<(String, String), &'a Row> {
     rows(r).into_iter().filter(|((_, st), _)| st == s).map(|((sc, _), v)| ((sc, label.to_string()), v)).collect()
 }
 
 fn compare_rows<'a>(
-    a: &serde_json::Value,
-    b: &serde_json::Value,
-    ra: BTreeMap<(String, String), &'a serde_json::Value>,
-    rb: BTreeMap<(String, String), &'a serde_json::Value>,
+    a: &Report,
+    b: &Report,
+    ra: BTreeMap<(String, String), &'a Row>,
+    rb: BTreeMap<(String, String), &'a Row>,
     samples_a: &Samples,
     samples_b: &Samples,
     strategies: Option<(&str, &str)>,
 ) -> Comparison {
-    let id = |r: &serde_json::Value| r.get("run_id").and_then(|v| v.as_str()).unwrap_or("?").to_string();
     let mut pairs = Vec::new();
     for (key, x) in &ra {
         let Some(y) = rb.get(key) else { continue };
-        let verdict =
-            |r: &serde_json::Value| r.get("verdict").and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
-        let lost = |r: &serde_json::Value| r.get("lost").and_then(|v| v.as_u64()).unwrap_or(0);
-        let (va, vb) = (verdict(x), verdict(y));
+        let (va, vb) = (x.verdict, y.verdict);
         let (la, lb) = (latency(x), latency(y));
         // Rows keyed by a strategy pair take their samples under each side's own strategy.
         let (ka, kb) = match strategies {
@@ -244,16 +353,17 @@ fn compare_rows<'a>(
         // Worse on safety: a verdict got worse, or a row that was valid now loses. A design
         // that already loses (a canary, persistence none) losing one more is run-to-run noise
         // in how much a broken design breaks: shown, not counted.
-        let was_valid = va == "valid";
+        // Verdicts order valid < unknown < invalid: later is worse.
+        let was_valid = va == RowVerdict::Valid;
         pairs.push(PairDiff {
             scenario: key.0.clone(),
             strategy: key.1.clone(),
-            worse: rank(&vb) > rank(&va) || (was_valid && lost(y) > lost(x)),
-            better: rank(&vb) < rank(&va) || (was_valid && lost(y) < lost(x)),
-            verdict_a: va,
-            verdict_b: vb,
-            lost_a: lost(x),
-            lost_b: lost(y),
+            worse: vb > va || (was_valid && y.lost > x.lost),
+            better: vb < va || (was_valid && y.lost < x.lost),
+            verdict_a: va.as_str().into(),
+            verdict_b: vb.as_str().into(),
+            lost_a: x.lost,
+            lost_b: y.lost,
             latency_a: la,
             latency_b: lb,
             latency_change,
@@ -261,11 +371,16 @@ fn compare_rows<'a>(
             samples,
         });
     }
-    let only = |m: &BTreeMap<(String, String), &serde_json::Value>,
-                other: &BTreeMap<(String, String), &serde_json::Value>| {
+    let only = |m: &BTreeMap<(String, String), &Row>, other: &BTreeMap<(String, String), &Row>| {
         m.keys().filter(|k| !other.contains_key(*k)).map(|(s, t)| format!("{s} / {t}")).collect()
     };
-    Comparison { run_a: id(a), run_b: id(b), only_a: only(&ra, &rb), only_b: only(&rb, &ra), pairs }
+    Comparison {
+        run_a: a.run_id.clone(),
+        run_b: b.run_id.clone(),
+        only_a: only(&ra, &rb),
+        only_b: only(&rb, &ra),
+        pairs,
+    }
 }
 
 /// The cells every rendering shows for a changed pair, after the change word: scenario,
@@ -389,8 +504,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn report(id: &str, rows: serde_json::Value) -> serde_json::Value {
-        json!({ "run_id": id, "scenarios": rows })
+    fn report(id: &str, rows: serde_json::Value) -> Report {
+        serde_json::from_value(json!({ "run_id": id, "scenarios": rows })).unwrap()
     }
 
     fn row(scenario: &str, verdict: &str, lost: u64, p50: f64, p99: f64) -> serde_json::Value {
@@ -496,9 +611,8 @@ mod tests {
             r#"{"f":"respond","id":"a","token":"t","process":2,"type":"invoke","time_us":1000,"scenario":"clean","strategy":"hybrid"}"#,
             r#"{"f":"respond","id":"a","token":"t","process":2,"type":"ok","time_us":1500,"scenario":"clean","strategy":"hybrid"}"#,
             r#"{"f":"wait","id":"a","token":"t","via":"notified","resume":false,"process":1,"type":"ok","time_us":3000,"scenario":"clean","strategy":"hybrid"}"#,
-            "not json",
         ];
-        let s = samples_from_history(&lines.join("\n"));
+        let s = parse_history(Path::new("h"), lines.join("\n").as_bytes()).unwrap();
         assert_eq!(s[&("clean".to_string(), "hybrid".to_string())], vec![2.0]);
     }
 
@@ -506,7 +620,84 @@ mod tests {
     fn rows_with_nothing_delivered_have_no_latency() {
         let mut r = row("blackhole", "invalid", 8, 0.0, 0.0);
         r["delivered"] = json!(0);
-        assert_eq!(latency(&r), None);
+        assert_eq!(latency(&serde_json::from_value(r).unwrap()), None);
         assert_eq!(lat(None), "no data");
+    }
+
+    /// Every way a report can be damaged is refused, naming the file, the line and the field:
+    /// each of these used to compare as "no safety regression" (a baseline of `{}` hid a valid
+    /// -> invalid change; `lost: -5` read as 0; `"Invalid"` ranked as worse by default).
+    #[test]
+    fn a_damaged_report_is_refused_naming_the_line_and_the_field() {
+        let good = json!({ "run_id": "r", "scenarios": [row("clean", "valid", 0, 1.0, 2.0)] });
+        let with = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = good.clone();
+            f(&mut v);
+            serde_json::to_string_pretty(&v).unwrap()
+        };
+        let cases: Vec<(String, &str)> = vec![
+            ("{}".into(), "missing field `run_id`"),
+            ("[1,2,3]".into(), "invalid type"),
+            (r#"{"run_id": "r", "scenarios": "oops"}"#.into(), "field `scenarios`"),
+            (with(&|v| v["scenarios"][0]["lost"] = json!(-5)), "field `scenarios[0].lost`"),
+            (with(&|v| v["scenarios"][0]["verdict"] = json!("Invalid")), "unknown variant `Invalid`"),
+            (
+                with(&|v| v["scenarios"][0].as_object_mut().unwrap().remove("delivered").map(drop).unwrap()),
+                "missing field `delivered`",
+            ),
+            (with(&|v| v["scenarios"][0]["latency_ms"]["p99"] = json!("fast")), "field `scenarios[0].latency_ms.p99`"),
+            (
+                with(&|v| {
+                    let r = v["scenarios"][0].clone();
+                    v["scenarios"].as_array_mut().unwrap().push(r)
+                }),
+                "is also scenarios[0]",
+            ),
+            (format!("{} trailing", good), "trailing characters"),
+        ];
+        for (text, want) in cases {
+            let e = parse_report(Path::new("/runs/a/report.json"), &text).unwrap_err().to_string();
+            assert!(e.starts_with("/runs/a/report.json"), "names the file: {e}");
+            assert!(e.contains(want), "{want:?} not in {e:?} for {text}");
+        }
+        // The line is the one the bad field is on.
+        let text = with(&|v| v["scenarios"][0]["lost"] = json!(-5));
+        let line = text.lines().position(|l| l.contains("\"lost\"")).unwrap() + 1;
+        let e = parse_report(Path::new("r.json"), &text).unwrap_err();
+        assert_eq!(e.line, Some(line), "{e}");
+        assert_eq!(parse_report(Path::new("r.json"), &good.to_string()).unwrap().scenarios.len(), 1);
+    }
+
+    /// A history with one bad line is refused with that line's number: a truncated line, a
+    /// wrong type, a line that is not UTF-8 or not an event used to be skipped, and a run
+    /// slowed by 50 ms then read "No change.".
+    #[test]
+    fn a_damaged_history_is_refused_naming_the_line() {
+        let ok = r#"{"f":"wait","id":"a","resume":false,"process":1,"type":"invoke","time_us":0,"scenario":"clean","strategy":"hybrid"}"#;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (format!("{ok}\n{}", &ok[..40]).into_bytes(), "line 2: not a JSON event"),
+            (
+                format!("{ok}\n{}\n", ok.replace("\"time_us\":0", "\"time_us\":\"0\"")).into_bytes(),
+                "line 2: field `time_us`",
+            ),
+            ([ok.as_bytes(), b"\n\xff\xfe\n"].concat(), "line 2: not UTF-8"),
+            (format!("{ok}\n\n{ok}\n").into_bytes(), "line 2: not a JSON event"),
+            (
+                format!("{}\n", ok.replace(",\"scenario\":\"clean\"", "")).into_bytes(),
+                "line 1: missing field `scenario`",
+            ),
+            (
+                format!("{}\n", ok.replace("\"strategy\":\"hybrid\"", "\"strategy\":7")).into_bytes(),
+                "line 1: field `strategy`: expected a string",
+            ),
+            (b"[1]\n".to_vec(), "line 1: not a JSON object"),
+        ];
+        for (bytes, want) in cases {
+            let e = parse_history(Path::new("/runs/b/history.jsonl"), &bytes).unwrap_err().to_string();
+            assert!(e.starts_with("/runs/b/history.jsonl: "), "names the file: {e}");
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        }
+        assert!(parse_history(Path::new("h"), format!("{ok}\n{ok}\n").as_bytes()).is_ok());
+        assert!(parse_history(Path::new("h"), b"").unwrap().is_empty());
     }
 }

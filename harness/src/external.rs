@@ -13,8 +13,11 @@
 //! - [`serve`]: the Rust reference over the same protocol (`hybrid-chaos serve-impl`), which
 //!   proves the protocol loses nothing: same verdicts over the protocol as in-process.
 //!
-//! A program's process group is killed when its worker is dropped, so nothing it forked
-//! outlives the run; a program must also exit when its stdin closes (the harness died).
+//! A program's whole process tree is ended with its worker ([`tree`]: a subreaper and a
+//! mark in the environment), so nothing it forked outlives the run, a grandchild in a session
+//! of its own included; a program must also exit when its stdin closes (the harness died).
+//! A protocol line is at most [`PROTOCOL_LINE_MAX_BYTES`]: a longer one is not buffered, it
+//! is a problem and the program is treated as ended.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::CommandExt as _;
@@ -26,7 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::reference::stream::{Chunk, FollowEnd};
@@ -47,6 +50,10 @@ pub const EXIT_WAIT_MS: u64 = 2_000;
 /// The stats the harness keeps are refreshed this often, in ms (`stats` is asked in the
 /// background: the harness's own reads of them are synchronous).
 pub const STATS_EVERY_MS: u64 = 20;
+/// The longest protocol line read from a program, in bytes (its newline not counted). A longer
+/// line, or an unterminated one that grows past it, is not buffered further: it is a problem
+/// and the program is treated as ended (a 1 GB line once made the harness 989 MB RSS).
+pub const PROTOCOL_LINE_MAX_BYTES: usize = 1024 * 1024;
 /// Problems kept per worker (the count of the rest is appended).
 const PROBLEMS_MAX: usize = 20;
 /// Longest protocol line quoted in a problem, in characters.
@@ -225,6 +232,45 @@ impl Answer {
     }
 }
 
+/// What [`read_line_bounded`] read.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A whole line is in the buffer, its newline removed.
+    Complete,
+    /// The stream ended (a last line without a newline is [`Line::Complete`] first).
+    Eof,
+    /// The line passed the limit: the buffer holds its first `max` bytes at most, and the
+    /// rest is left unread.
+    TooLong,
+}
+
+/// Reads one line into `buf` (cleared first), holding at most `max` bytes of it: unlike
+/// `lines()`, a line without an end cannot grow the buffer without bound.
+async fn read_line_bounded<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+    buf.clear();
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() { Line::Eof } else { Line::Complete });
+        }
+        let (take, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (available.len(), false),
+        };
+        if buf.len() + take > max {
+            let room = max - buf.len();
+            buf.extend_from_slice(&available[..room]);
+            r.consume(room);
+            return Ok(Line::TooLong);
+        }
+        buf.extend_from_slice(&available[..take]);
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(Line::Complete);
+        }
+    }
+}
+
 /// One line from the program: an answer to request `req`.
 #[derive(Debug, Deserialize)]
 struct Wire {
@@ -293,6 +339,10 @@ struct Process {
     /// How it ended, once [`Process::close`] saw it end.
     status: Mutex<Option<String>>,
     pgid: i32,
+    /// Its [`tree::MARK_VAR`]: what finds every process it started.
+    mark: String,
+    /// Its tree was ended ([`Process::close`]); `Drop` has nothing left to do.
+    ended: std::sync::atomic::AtomicBool,
     /// Lines to its stdin; taken (dropped) to close stdin.
     tx: Mutex<Option<mpsc::UnboundedSender<String>>>,
     shared: Arc<Shared>,
@@ -309,7 +359,10 @@ impl Process {
             .append(true)
             .open(&stderr_path)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", stderr_path.display()))?;
+        tree::prepare();
+        let mark = tree::new_mark();
         let mut cmd = std::process::Command::new("sh");
+        cmd.env(tree::MARK_VAR, &mark);
         cmd.arg("-c").arg(&spec.command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
         // Its own process group, so everything it starts can be killed with it; and the
         // shell dies with the harness (the program itself sees its stdin close).
@@ -347,12 +400,34 @@ impl Process {
         });
         let reader_shared = shared.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
+            let mut stdout = BufReader::new(stdout);
+            let mut buf = Vec::new();
             let mut n = 0u64;
+            let mut ended = "its stdout closed".to_string();
             loop {
-                let line = match lines.next_line().await {
-                    Ok(Some(l)) => l,
-                    Ok(None) => break,
+                let line = match read_line_bounded(&mut stdout, &mut buf, PROTOCOL_LINE_MAX_BYTES).await {
+                    Ok(Line::Complete) => match std::str::from_utf8(&buf) {
+                        Ok(l) => l.to_string(),
+                        Err(e) => {
+                            n += 1;
+                            reader_shared.problem(format!("stdout line {n} is not UTF-8 ({e})"));
+                            continue;
+                        }
+                    },
+                    Ok(Line::Eof) => break,
+                    Ok(Line::TooLong) => {
+                        n += 1;
+                        // Dropping stdout below: the program's next write fails (EPIPE).
+                        ended = format!(
+                            "its stdout line {n} passed the protocol's limit of {PROTOCOL_LINE_MAX_BYTES} bytes"
+                        );
+                        reader_shared.problem(format!(
+                            "stdout line {n} is longer than PROTOCOL_LINE_MAX_BYTES ({PROTOCOL_LINE_MAX_BYTES} \
+                             bytes), starting {:?}: not read further, the program is treated as ended",
+                            quote(&String::from_utf8_lossy(&buf[..buf.len().min(QUOTE_CHARS_MAX * 4)]))
+                        ));
+                        break;
+                    }
                     Err(e) => {
                         reader_shared.problem(format!("reading its stdout failed: {e}"));
                         break;
@@ -402,9 +477,10 @@ impl Process {
                         .problem(format!("stdout line {n} is not a protocol answer ({e}): {:?}", quote(&line))),
                 }
             }
-            *reader_shared.exited.lock().expect("exit lock") = Some("its stdout closed".into());
+            drop(stdout);
+            *reader_shared.exited.lock().expect("exit lock") = Some(ended.clone());
             for (_, w) in reader_shared.pending.lock().expect("pending lock").drain() {
-                let _ = w.send(Answer::Exited("its stdout closed".into()));
+                let _ = w.send(Answer::Exited(ended.clone()));
             }
             reader_shared.events.lock().expect("events lock").clear();
         });
@@ -413,6 +489,8 @@ impl Process {
             child: Mutex::new(Some(child)),
             status: Mutex::new(None),
             pgid,
+            mark,
+            ended: std::sync::atomic::AtomicBool::new(false),
             tx: Mutex::new(Some(tx)),
             shared,
             stderr: stderr_path,
@@ -507,37 +585,38 @@ impl Process {
         }
     }
 
-    /// Closes stdin, gives the program [`EXIT_WAIT_MS`] to exit, then kills its group.
+    /// Closes stdin, gives the program [`EXIT_WAIT_MS`] to exit, then ends its whole tree
+    /// ([`tree::end`]: whatever it left running, in any session, is ended and reaped).
     async fn close(&self) {
         // Dropping the sender ends the writer, which drops stdin.
         drop(self.tx.lock().expect("stdin lock").take());
         let child = self.child.lock().expect("child lock").take();
+        // Kept (not dropped, which kills it) until the tree is ended: its children are found
+        // by their parent while it lives.
+        let mut _unfinished = None;
         if let Some(mut child) = child {
             match tokio::time::timeout(Duration::from_millis(EXIT_WAIT_MS), child.wait()).await {
                 Ok(Ok(st)) => *self.status.lock().expect("status lock") = Some(st.to_string()),
                 _ => {
-                    tracing::warn!(program = %self.name, "did not exit after shutdown; killing its process group");
+                    tracing::warn!(program = %self.name, "did not exit after shutdown; ending its process tree");
                     *self.status.lock().expect("status lock") =
                         Some(format!("did not exit within {EXIT_WAIT_MS} ms of shutdown; killed"));
+                    _unfinished = Some(child);
                 }
             }
         }
-        self.kill_group();
-    }
-
-    fn kill_group(&self) {
         if self.pgid > 0 {
-            // The group may already be gone; the error says nothing useful then.
-            unsafe {
-                libc::killpg(self.pgid, libc::SIGKILL);
-            }
+            tree::end(self.pgid, &self.mark).await;
         }
+        self.ended.store(true, Ordering::Relaxed);
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.kill_group();
+        if self.pgid > 0 && !self.ended.load(Ordering::Relaxed) {
+            tree::end_now(self.pgid, &self.mark);
+        }
     }
 }
 
@@ -850,6 +929,7 @@ impl Drop for Worker {
 }
 
 pub mod serve;
+mod tree;
 
 #[cfg(test)]
 mod tests {
@@ -884,6 +964,46 @@ mod tests {
         assert_eq!(back.keys.prefix(), "p:");
         assert_eq!((back.poll_interval_ms, back.command_timeout_ms), (123, 456));
         assert_eq!(back.health_check_interval_ms, cfg.health_check_interval_ms);
+    }
+
+    #[tokio::test]
+    async fn protocol_lines_are_bounded_and_an_endless_one_is_not_buffered() {
+        let max = 16;
+        let read_all = |input: &'static [u8]| async move {
+            // A 3-byte buffer: lines arrive split across reads.
+            let mut r = tokio::io::BufReader::with_capacity(3, input);
+            let (mut buf, mut out) = (Vec::new(), Vec::new());
+            loop {
+                let l = read_line_bounded(&mut r, &mut buf, max).await.unwrap();
+                out.push((String::from_utf8(buf.clone()).unwrap(), l));
+                if out.last().unwrap().1 != Line::Complete {
+                    return out;
+                }
+            }
+        };
+        let c = |s: &str| (s.to_string(), Line::Complete);
+        assert_eq!(
+            read_all(b"a\n\n0123456789abcdef\nlast").await,
+            vec![c("a"), c(""), c("0123456789abcdef"), c("last"), (String::new(), Line::Eof)],
+            "up to the limit exactly is a line"
+        );
+        assert_eq!(
+            read_all(b"ok\n0123456789abcdefg\nnext\n").await,
+            vec![c("ok"), ("0123456789abcdef".to_string(), Line::TooLong)],
+            "one byte over is too long, and no more is read"
+        );
+        // A line that never ends: answered TooLong at once with the buffer at the limit
+        // (`lines()` here would read forever and grow without bound).
+        let mut endless = tokio::io::BufReader::new(tokio::io::repeat(b'x'));
+        let mut buf = Vec::new();
+        let limit = PROTOCOL_LINE_MAX_BYTES;
+        let got = tokio::time::timeout(Duration::from_secs(10), read_line_bounded(&mut endless, &mut buf, limit))
+            .await
+            .expect("an endless line ends the read")
+            .unwrap();
+        assert_eq!(got, Line::TooLong);
+        assert_eq!(buf.len(), limit);
+        assert!(buf.capacity() <= 2 * limit, "held {} bytes for a {limit}-byte limit", buf.capacity());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod catalogue;
 pub mod gen;
 pub mod mutants;
+pub mod run_dir;
 pub mod search;
 
 pub use catalogue::catalogue;

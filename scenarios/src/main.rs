@@ -44,6 +44,11 @@ enum Command {
         /// Allow upstreams that are not loopback addresses.
         #[arg(long)]
         allow_remote_upstream: bool,
+        /// Allow listen addresses that are not loopback, for the API (--listen) and for the
+        /// proxies it creates: without it, `0.0.0.0:P` is refused, since it would expose the
+        /// proxy, and the loopback Redis behind it, to every network this machine is on.
+        #[arg(long)]
+        allow_remote_listen: bool,
     },
     /// Start a managed redis-server and keep it until interrupted (it dies with this process).
     Redis {
@@ -319,16 +324,6 @@ fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh run directory under `out`, named by time and seed; fails on an unwritable `out`
-/// before minutes are spent on the run.
-fn run_dir(out: &std::path::Path, prefix: &str, seed: u64) -> anyhow::Result<(String, PathBuf)> {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
-    let run_id = format!("{prefix}{stamp}-{seed:x}");
-    let dir = out.join(&run_id);
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?;
-    Ok((run_id, dir))
-}
-
 /// Runs (scenario, strategy) pairs `jobs` at a time, each on its own Redis and proxies, and
 /// prints one progress line per finished pair (`[n/N] scenario / strategy: verdict`, with
 /// the elapsed time; a mismatch stands out). Results keep the pairs' order; an
@@ -441,7 +436,8 @@ async fn run_suite(
         harness::infra::container::require_image(&d, &harness::infra::container::image()).await?;
     }
     let seed = seed.unwrap_or_else(rand::random);
-    let (run_id, dir) = run_dir(&out, "", seed)?;
+    let mut run_dir = scenarios::run_dir::RunDir::create(&out, "", seed)?;
+    let (run_id, dir) = (run_dir.id.clone(), run_dir.path.clone());
     // Each implementation describes itself before anything runs; one that cannot is
     // refused with what it printed, and the empty run directory goes.
     let mut strats = strats;
@@ -459,7 +455,7 @@ async fn run_suite(
                 strats.push(Box::leak(name.clone().into_boxed_str()));
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                run_dir.discard();
                 return Err(e);
             }
         }
@@ -500,7 +496,9 @@ async fn run_suite(
         scenarios: rows,
         failover: vec![],
     };
-    harness::report::write_dir(&dir, &report, &outcomes)?;
+    harness::report::write_dir(&dir, &report, &outcomes)
+        .map_err(|e| anyhow::anyhow!("cannot write the report into {}: {e}", dir.display()))?;
+    run_dir.keep();
     // `latest` points at the last run of the whole catalogue: a reproduce run of one scenario,
     // or a mutant's run, must not replace the run people compare against.
     if scenarios.is_empty() && strategies.is_empty() && mutation.is_none() && external.is_empty() {
@@ -564,7 +562,8 @@ async fn run_sentinel(scenarios: Vec<String>, strategies: Vec<String>, out: Path
                 .map(move |st| (s, *st))
         })
         .collect();
-    let (run_id, dir) = run_dir(&out, "sentinel-", 0)?;
+    let mut run_dir = scenarios::run_dir::RunDir::create(&out, "sentinel-", 0)?;
+    let (run_id, dir) = (run_dir.id.clone(), run_dir.path.clone());
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let started = std::time::Instant::now();
     let (mut outcomes, mut table) = (Vec::new(), Vec::new());
@@ -606,8 +605,12 @@ async fn run_sentinel(scenarios: Vec<String>, strategies: Vec<String>, out: Path
         scenarios: rows,
         failover: table,
     };
-    harness::report::write_dir(&dir, &report, &outcomes)?;
-    std::fs::write(dir.join("failover.md"), harness::failover::markdown(&report.failover))?;
+    harness::report::write_dir(&dir, &report, &outcomes)
+        .map_err(|e| anyhow::anyhow!("cannot write the report into {}: {e}", dir.display()))?;
+    run_dir.keep();
+    let failover_md = dir.join("failover.md");
+    std::fs::write(&failover_md, harness::failover::markdown(&report.failover))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", failover_md.display()))?;
     let sum = &report.summary;
     println!("{}", sum.line());
     println!("report: {} (also report.md with the loss table, failover.md)", dir.join("report.html").display());
@@ -644,7 +647,8 @@ async fn run_mutants(
     }
     preflight()?;
     let seed = seed.unwrap_or_else(rand::random);
-    let (_, dir) = run_dir(&out, "mutants-", seed)?;
+    let mut run_dir = scenarios::run_dir::RunDir::create(&out, "mutants-", seed)?;
+    let dir = run_dir.path.clone();
     let catalogue = scenarios::catalogue();
     let mut rows = Vec::new();
     for m in chosen {
@@ -701,7 +705,10 @@ async fn run_mutants(
         );
         rows.push(scenarios::mutants::row(m, kills, errors));
     }
-    std::fs::write(dir.join("mutants.md"), scenarios::mutants::markdown(&rows, seed, quick))?;
+    run_dir.keep();
+    let mutants_md = dir.join("mutants.md");
+    std::fs::write(&mutants_md, scenarios::mutants::markdown(&rows, seed, quick))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", mutants_md.display()))?;
     std::fs::write(
         dir.join("mutants.json"),
         serde_json::to_string_pretty(&scenarios::mutants::json(&rows, seed, quick))? + "\n",
@@ -742,9 +749,15 @@ fn interrupted() -> impl std::future::Future<Output = Signal> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     use harness::reference::{FeedbackStrategy, PublishOutcome, WaitOutcome};
     match cli.command {
-        Command::Toxiproxy { listen, config, seed, allow_remote_upstream } => {
+        Command::Toxiproxy { listen, config, seed, allow_remote_upstream, allow_remote_listen } => {
+            if !allow_remote_listen && !harness::toxiproxy::server::is_loopback(listen.ip()) {
+                anyhow::bail!(
+                    "--listen {listen} is not a loopback address: the API would let every network this machine \
+                     is on create proxies; pass --allow-remote-listen to permit it"
+                );
+            }
             let stop = interrupted();
-            let options = ServerOptions { allow_remote_upstream, seed };
+            let options = ServerOptions { allow_remote_upstream, allow_remote_listen, seed };
             let server = EmbeddedToxiproxy::start(listen, options)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -837,30 +850,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Compare { a, b, strategy_a, strategy_b } => {
-            let read = |dir: &std::path::Path| -> anyhow::Result<serde_json::Value> {
-                let path = dir.join("report.json");
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    anyhow::anyhow!("cannot read {} (a run directory holds report.json): {e}", path.display())
-                })?;
-                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a report: {e}", path.display()))
-            };
+            use harness::compare::{read_history, read_report};
+            let (ra, rb) = (read_report(&a.join("report.json"))?, read_report(&b.join("report.json"))?);
             // Latency is judged on each run's raw samples; a run without history.jsonl gets no
-            // latency judgement, only verdicts and loss.
-            let samples = |dir: &std::path::Path| {
-                std::fs::read_to_string(dir.join("history.jsonl"))
-                    .map(|t| harness::compare::samples_from_history(&t))
-                    .unwrap_or_default()
+            // latency judgement, only verdicts and loss, and is named for it.
+            let samples = |dir: &std::path::Path| -> anyhow::Result<harness::compare::Samples> {
+                let path = dir.join("history.jsonl");
+                Ok(read_history(&path)?.unwrap_or_else(|| {
+                    eprintln!("compare: no {}: latency is not judged", path.display());
+                    Default::default()
+                }))
             };
-            let (xa, xb) = (samples(&a), samples(&b));
+            let (xa, xb) = (samples(&a)?, samples(&b)?);
             let c = match (strategy_a, strategy_b) {
-                (Some(sa), Some(sb)) => {
-                    harness::compare::compare_strategies(&read(&a)?, &read(&b)?, &xa, &xb, &sa, &sb)
-                }
-                _ => harness::compare::compare(&read(&a)?, &read(&b)?, &xa, &xb),
+                (Some(sa), Some(sb)) => harness::compare::compare_strategies(&ra, &rb, &xa, &xb, &sa, &sb),
+                _ => harness::compare::compare(&ra, &rb, &xa, &xb),
             };
             let md = harness::compare::markdown(&c);
-            std::fs::write(b.join("compare.md"), &md)?;
-            std::fs::write(b.join("compare.html"), harness::compare::html(&c))?;
+            let write = |name: &str, text: &str| {
+                let path = b.join(name);
+                std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+            };
+            write("compare.md", &md)?;
+            write("compare.html", &harness::compare::html(&c))?;
             print!("{md}");
             eprintln!("compare: {}", b.join("compare.html").display());
             Ok(if c.worse_on_safety() { ExitCode::from(1) } else { ExitCode::SUCCESS })
@@ -976,6 +988,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("HYBRID_CHAOS_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: CI logs and files redirected from stderr get text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Only a run owns infrastructure worth a sweep; the other commands never start any, or
     // (`redis`, `toxiproxy`) end it themselves on the signal that is their normal stop.

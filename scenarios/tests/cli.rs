@@ -170,3 +170,107 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The standalone server's own API on a non-loopback address would let every network this
+/// machine is on create proxies: refused in one line, exit 2, naming the flag that allows it.
+#[test]
+fn the_standalone_api_refuses_a_non_loopback_listen_address() {
+    cli_support::assert_bad_input(&[
+        (&["toxiproxy", "--listen", "0.0.0.0:0"], &[], "--allow-remote-listen"),
+        (&["toxiproxy", "--listen", "[::]:0"], &[], "not a loopback address"),
+    ]);
+}
+
+/// At the descriptor limit the standalone proxy says so, once per burst, and does not spin:
+/// a child with `ulimit -n 64` gets 150 clients at once through one proxy (each proxied
+/// connection is two descriptors), holds them, then they all close and a new one is proxied;
+/// the burst is declared over (with its count) once a second passes without a failure.
+/// Before, nothing was logged (clients were closed unserved) and a failing accept was retried
+/// at once, a core at 100 %.
+#[tokio::test]
+async fn at_the_fd_limit_the_proxy_logs_once_per_burst_and_does_not_spin() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENTS: usize = 150;
+    const HOLD_MS: u64 = 1_500;
+    let upstream = support::echo_server().await;
+    let port = harness::infra::process::free_port().unwrap();
+    let script = format!("ulimit -n 64 && exec \"$0\" toxiproxy --listen 127.0.0.1:{port}");
+    let mut child = KillOnDrop(
+        std::process::Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_hybrid-chaos")])
+            .env("HYBRID_CHAOS_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Its stderr, as it comes, so the test can wait for a line.
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (stderr, pipe) = (stderr.clone(), child.0.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = stderr.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        })
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    harness::poll_until(std::time::Duration::from_secs(10), std::time::Duration::from_millis(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+    })
+    .await
+    .expect("the standalone proxy did not come up");
+    let tp = harness::toxiproxy::ToxiproxyClient::new(&url).unwrap();
+    let proxy = tp.create_proxy("fd", "127.0.0.1:0", &upstream).await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        if let Ok(c) = tokio::net::TcpStream::connect(&proxy.listen).await {
+            clients.push(c);
+        }
+    }
+    let cpu_before = cpu_ms(child.0.id());
+    tokio::time::sleep(std::time::Duration::from_millis(HOLD_MS)).await;
+    let cpu_held = cpu_ms(child.0.id()) - cpu_before;
+    drop(clients);
+    // Descriptors free again: a new client is proxied, which ends the burst.
+    let echoed = harness::poll_until(std::time::Duration::from_secs(10), std::time::Duration::from_millis(50), || {
+        let listen = proxy.listen.clone();
+        async move {
+            let mut c = tokio::net::TcpStream::connect(&listen).await.ok()?;
+            c.write_all(b"ping").await.ok()?;
+            let mut back = [0u8; 4];
+            tokio::time::timeout(std::time::Duration::from_millis(500), c.read_exact(&mut back)).await.ok()?.ok()?;
+            (&back == b"ping").then_some(())
+        }
+    })
+    .await;
+    let over = harness::poll_until(std::time::Duration::from_secs(10), std::time::Duration::from_millis(50), || {
+        let said = stderr.lock().unwrap().contains("burst over");
+        async move { said.then_some(()) }
+    })
+    .await;
+    harness::infra::process::signal(child.0.id(), libc::SIGTERM).unwrap();
+    let _ = child.0.wait();
+    reader.join().unwrap();
+    let out = stderr.lock().unwrap().clone();
+    assert!(echoed.is_some(), "no connection proxied once the clients closed: {out}");
+    assert!(over.is_some(), "the end of the burst was not logged: {out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(out.contains("file descriptor limit"), "nothing said about the descriptor limit: {out}");
+    assert!(warnings.len() <= 3, "more than one burst's lines: {warnings:#?}");
+    // A spinning accept burns the whole hold; retrying every 20 ms, a few ms.
+    assert!(cpu_held < HOLD_MS / 3, "{cpu_held} ms of CPU in {HOLD_MS} ms at the fd limit: it spins");
+}
+
+/// The user + system CPU time a process used so far, in milliseconds.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    (f[11] + f[12]) * 1_000 / ticks
+}

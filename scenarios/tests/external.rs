@@ -1,7 +1,8 @@
 //! Implementations the harness did not write, over the process protocol (PROTOCOL.md), end to
 //! end through `hybrid-chaos run --implementation`: the Rust reference served over the
 //! protocol gets the verdicts it gets in-process, feedback and streams; a program that crashes, prints garbage or
-//! never answers is a `protocol` finding, the run goes on, and no process of it is left; a
+//! never answers is a `protocol` finding, the run goes on, and no process of it is left (a
+//! grandchild in its own session included); a
 //! command that cannot describe itself is refused before anything runs.
 
 use std::collections::BTreeMap;
@@ -70,12 +71,15 @@ fn the_reference_over_the_protocol_gets_the_verdicts_it_gets_in_process() {
 }
 
 /// Answers what it must to get started, then never answers a wait or a respond (or, given
-/// `crash`, exits with status 3 at the first wait).
+/// `crash`, exits with status 3 at the first wait). At init it starts `setsid sleep 600`: a
+/// grandchild in a session of its own, out of reach of its process group.
 const STUB: &str = r#"
-import json, sys
+import json, subprocess, sys
 crash = sys.argv[1:] == ["crash"]
 for line in sys.stdin:
     m = json.loads(line)
+    if m["op"] == "init":
+        subprocess.Popen(["setsid", "sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     if m["op"] == "wait" and crash:
         print("crashing on purpose", file=sys.stderr)
         sys.exit(3)
@@ -92,10 +96,7 @@ for line in sys.stdin:
 
 #[test]
 fn crash_garbage_and_hang_are_findings_the_run_goes_on_and_no_process_is_left() {
-    let out = tempfile::tempdir().unwrap();
-    let stub = out.path().join("stub.py");
-    std::fs::write(&stub, STUB).unwrap();
-    let mark = format!("{}-{}", std::process::id(), rand_suffix());
+    let (out, stub, mark) = stub_setup();
     let served = format!("HC_TEST_MARK={mark} {BIN} serve-impl --strategy hybrid");
     let crash = format!("crash=HC_TEST_MARK={mark} python3 {} crash", stub.display());
     // The reference with a line of garbage after its 3rd (GNU sed -u: unbuffered both ways;
@@ -156,6 +157,14 @@ fn crash_garbage_and_hang_are_findings_the_run_goes_on_and_no_process_is_left() 
     assert_eq!(marked(&mark), Vec::<u32>::new(), "processes of the implementations outlived the run");
 }
 
+/// A scratch directory holding [`STUB`], its path, and a fresh `HC_TEST_MARK` value.
+fn stub_setup() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let out = tempfile::tempdir().unwrap();
+    let stub = out.path().join("stub.py");
+    std::fs::write(&stub, STUB).unwrap();
+    (out, stub, format!("{}-{}", std::process::id(), rand_suffix()))
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
 }
@@ -173,4 +182,48 @@ fn a_command_that_cannot_describe_itself_is_refused_before_anything_runs() {
     ]);
     let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
     assert!(left.is_empty(), "a refused run left its directory behind: {left:?}");
+}
+
+/// The command line of `pid`, for a message.
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+#[test]
+fn what_a_sigkilled_harness_left_of_an_implementation_is_ended_by_the_next_start() {
+    let (out, stub, mark) = stub_setup();
+    let hang = format!("hang=HC_TEST_MARK={mark} python3 {}", stub.display());
+    let o = out.path().join("runs");
+    let mut run = std::process::Command::new(BIN)
+        .args(["run", "--quick", "--seed", "3", "--scenario", "clean", "--strategy", "hang"])
+        .args(["--implementation", &hang, "--out", o.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The stub's setsid grandchild: its `sleep 600` started once a worker sent init.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let sleeper = loop {
+        if let Some(p) = marked(&mark).into_iter().find(|p| cmdline(*p).starts_with("sleep")) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no worker started within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    run.kill().unwrap(); // SIGKILL: nothing of the harness runs.
+    run.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        marked(&mark).contains(&sleeper),
+        "the grandchild outlives a SIGKILLed harness (nothing of it runs): what this test is about"
+    );
+    // The next harness to start an implementation (here one that is refused at once).
+    let (code, _, stderr) = cli(&["run", "--quick", "--implementation", "x=exit 3", "--out", o.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !marked(&mark).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let left: Vec<_> = marked(&mark).into_iter().map(|p| format!("{p}: {}", cmdline(p))).collect();
+    assert_eq!(left, Vec::<String>::new(), "the next start did not end what the killed harness left");
 }

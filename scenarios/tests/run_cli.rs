@@ -112,6 +112,12 @@ fn the_same_seed_gives_the_same_verdicts() {
     assert_eq!(va.len(), 3);
     assert_eq!(va, vb);
     assert!(va.iter().any(|(_, s, v)| s == "pubsub-only" && v == "invalid"), "the canary was not caught: {va:?}");
+    // Every file a real run writes reads back through compare's checks (each history line
+    // is an event again), and the same verdicts are no safety regression.
+    let (da, db) = (run_dir(a.path()), run_dir(b.path()));
+    let (code, out, stderr) = run(&["compare", da.to_str().unwrap(), db.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}{stderr}");
+    assert!(out.contains("no safety regression") && out.contains("3 pairs in both runs"), "{out}");
 }
 
 #[test]
@@ -153,4 +159,52 @@ fn compare_reports_a_regression_and_exits_1_and_no_change_exits_0() {
     assert!(out.contains("B IS WORSE ON SAFETY") && out.contains("valid -> invalid | 0 -> 3"), "{out}");
     assert!(branch.join("compare.md").exists() && branch.join("compare.html").exists());
     assert_bad_input(&[(&["compare", "/nonexistent-a", "/nonexistent-b"], &[], "a run directory holds report.json")]);
+    // Damaged input is exit 2 naming the file, the line and the field; it used to compare
+    // as "no safety regression", exit 0, hiding the valid -> invalid change.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("report.json"), "{}").unwrap();
+    let cut = write("cut", "valid", 0);
+    std::fs::write(cut.join("history.jsonl"), "{\"f\":\"wait\",\"id\":\"a\"\n").unwrap();
+    let (empty_s, cut_s, branch_s) =
+        (empty.to_str().unwrap(), cut.to_str().unwrap(), branch.to_str().unwrap().to_string());
+    let empty_report = format!("{empty_s}/report.json: line 1: missing field `run_id`");
+    let cut_history = format!("{cut_s}/history.jsonl: line 1: not a JSON event");
+    assert_bad_input(&[
+        (&["compare", empty_s, &branch_s], &[], &empty_report),
+        (&["compare", cut_s, &branch_s], &[], &cut_history),
+    ]);
+    // A B that cannot be written to: the error names the file.
+    std::fs::remove_file(branch.join("compare.md")).unwrap();
+    std::fs::create_dir(branch.join("compare.md")).unwrap();
+    let unwritable = format!("cannot write {branch_s}/compare.md");
+    assert_bad_input(&[(&["compare", main.to_str().unwrap(), &branch_s], &[], &unwritable)]);
+}
+
+/// Logs written to a pipe or a file carry no colour codes (they used to: escape sequences in
+/// CI logs and in the files users redirected stderr to).
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(
+        &["run", "--quick", "--scenario", "clean", "--strategy", "hybrid", "--out", out.path().to_str().unwrap()],
+        &[("HYBRID_CHAOS_LOG", "debug")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("DEBUG"), "no log lines to judge: {stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes in a piped stderr: {:?}", &stderr[..stderr.len().min(400)]);
+}
+
+/// A run whose Redis never starts fails naming it, exit 2, and leaves no empty run directory
+/// behind (it used to).
+#[test]
+fn a_run_whose_redis_never_starts_leaves_no_run_directory() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(
+        &["run", "--quick", "--scenario", "clean", "--strategy", "hybrid", "--out", out.path().to_str().unwrap()],
+        &[("HYBRID_CHAOS_REDIS_SERVER", "/bin/false")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "a run that never started left {left:?}");
 }

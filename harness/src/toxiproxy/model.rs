@@ -9,6 +9,20 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Largest value of any size or rate attribute (bytes, KB/s): Go's `int64` maximum, 2^63-1,
+/// what a real Toxiproxy decodes. Deliberately stricter than Toxiproxy above it (it would
+/// wrap); below it every value is honoured: a rate this large is no limit at all.
+pub const ATTRIBUTE_MAX: u64 = i64::MAX as u64;
+/// Longest delay a toxic can be asked for, in milliseconds (latency + jitter, slow_close
+/// delay, timeout, reset_peer timeout): 365 days. Inside tokio's timer wheel (2^36 ms, about
+/// 2.2 years) and far from `Instant` overflow, so every accepted delay is kept as asked.
+pub const DELAY_MS_MAX: u64 = 365 * 24 * 3_600 * 1_000;
+/// Longest slicer `delay`, in microseconds: [`DELAY_MS_MAX`] in microseconds.
+pub const DELAY_US_MAX: u64 = DELAY_MS_MAX * 1_000;
+/// Longest proxy or toxic name, in bytes of UTF-8: a longer one could be created but its URL
+/// was too long to address it again (414 on delete).
+pub const NAME_LEN_MAX_BYTES: usize = 255;
+
 /// Direction of traffic a toxic applies to: `upstream` is client -> server, `downstream` is
 /// server -> client (Toxiproxy's default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +81,21 @@ pub enum ModelError {
     InvalidStream,
     #[error("bad request body: {0}")]
     BadBody(String),
+    /// A value this proxy cannot honour, or an attribute the toxic does not have; the text
+    /// names the field in quotes.
+    #[error("{0}")]
+    BadAttribute(String),
+}
+
+/// Refuses a name longer than [`NAME_LEN_MAX_BYTES`].
+pub fn check_name(what: &str, name: &str) -> Result<(), ModelError> {
+    if name.len() > NAME_LEN_MAX_BYTES {
+        return Err(ModelError::BadBody(format!(
+            "{what} name is {} bytes; names are at most {NAME_LEN_MAX_BYTES} bytes",
+            name.len()
+        )));
+    }
+    Ok(())
 }
 
 /// (JSON attribute name, how to read it from / write it into a kind). One table per type
@@ -136,7 +165,8 @@ impl ToxicKind {
     }
 
     /// Builds a kind from a type name and an attributes object. Missing attributes are 0, as
-    /// Go's decoder leaves them; unknown ones are ignored, as Toxiproxy ignores them.
+    /// Go's decoder leaves them; unknown ones are refused (Toxiproxy ignores them, so a typo
+    /// such as `latencyy` made a toxic that did nothing).
     pub fn from_attributes(type_name: &str, attrs: &Map<String, Value>) -> Result<ToxicKind, ModelError> {
         let names = attribute_names(type_name).ok_or(ModelError::InvalidType)?;
         Self::from_values(type_name, &vec![0; names.len()])?.merged(attrs)
@@ -145,6 +175,17 @@ impl ToxicKind {
     /// This kind with the given attributes overwritten (Toxiproxy's partial toxic update).
     pub fn merged(&self, attrs: &Map<String, Value>) -> Result<ToxicKind, ModelError> {
         let names = attribute_names(self.type_name()).expect("every kind has a table row");
+        if let Some(unknown) = attrs.keys().find(|k| !names.contains(&k.as_str())) {
+            let has = if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+            };
+            return Err(ModelError::BadAttribute(format!(
+                "unknown attribute {unknown:?}: a {} toxic has {has}",
+                self.type_name()
+            )));
+        }
         let mut values = self.values();
         for (i, name) in names.iter().enumerate() {
             if let Some(raw) = attrs.get(*name) {
@@ -153,7 +194,57 @@ impl ToxicKind {
                 })?;
             }
         }
-        Self::from_values(self.type_name(), &values)
+        let kind = Self::from_values(self.type_name(), &values)?;
+        kind.check_limits()?;
+        Ok(kind)
+    }
+
+    /// Refuses what the proxy cannot honour (see [`ATTRIBUTE_MAX`], [`DELAY_MS_MAX`],
+    /// [`DELAY_US_MAX`]), naming the field: before, latency 2^63 was applied as 0, jitter or
+    /// size_variation 2^64-1 panicked the link and a rate of 2^62 wrapped to 0.
+    pub fn check_limits(&self) -> Result<(), ModelError> {
+        let over = |field: &str, value: u64, max: u64, unit: &str| {
+            Err(ModelError::BadAttribute(format!(
+                "attribute {field:?} is {value}, more than this proxy can honour (at most {max} {unit})"
+            )))
+        };
+        match *self {
+            ToxicKind::Latency { latency_ms, jitter_ms } => {
+                if latency_ms > DELAY_MS_MAX {
+                    return over("latency", latency_ms, DELAY_MS_MAX, "ms");
+                }
+                if jitter_ms > DELAY_MS_MAX - latency_ms {
+                    return Err(ModelError::BadAttribute(format!(
+                        "attribute \"jitter\" is {jitter_ms}: latency + jitter must be at most {DELAY_MS_MAX} ms"
+                    )));
+                }
+            }
+            ToxicKind::Bandwidth { rate_kb_s } if rate_kb_s > ATTRIBUTE_MAX => {
+                return over("rate", rate_kb_s, ATTRIBUTE_MAX, "KB/s")
+            }
+            ToxicKind::SlowClose { delay_ms } if delay_ms > DELAY_MS_MAX => {
+                return over("delay", delay_ms, DELAY_MS_MAX, "ms")
+            }
+            ToxicKind::Timeout { timeout_ms } | ToxicKind::ResetPeer { timeout_ms } if timeout_ms > DELAY_MS_MAX => {
+                return over("timeout", timeout_ms, DELAY_MS_MAX, "ms")
+            }
+            ToxicKind::Slicer { average_size, size_variation, delay_us } => {
+                if average_size > ATTRIBUTE_MAX {
+                    return over("average_size", average_size, ATTRIBUTE_MAX, "bytes");
+                }
+                if size_variation > ATTRIBUTE_MAX {
+                    return over("size_variation", size_variation, ATTRIBUTE_MAX, "bytes");
+                }
+                if delay_us > DELAY_US_MAX {
+                    return over("delay", delay_us, DELAY_US_MAX, "us");
+                }
+            }
+            ToxicKind::LimitData { bytes } if bytes > ATTRIBUTE_MAX => {
+                return over("bytes", bytes, ATTRIBUTE_MAX, "bytes")
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -216,7 +307,10 @@ impl Toxic {
         match obj.get("name") {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s.is_empty() => {}
-            Some(Value::String(s)) => toxic.name = s.clone(),
+            Some(Value::String(s)) => {
+                check_name("toxic", s)?;
+                toxic.name = s.clone()
+            }
             Some(_) => return Err(ModelError::BadBody("name must be a string".into())),
         }
         Ok(toxic)

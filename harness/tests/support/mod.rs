@@ -135,3 +135,19 @@ pub async fn await_numsub(url: &str, channel: &str, n: u64) -> bool {
     .await
     .is_some()
 }
+
+/// A loopback echo server on the current tokio runtime: every connection gets back what it
+/// sends, until it closes. Returns its address.
+pub async fn echo_server() -> String {
+    let ln = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = ln.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = ln.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}

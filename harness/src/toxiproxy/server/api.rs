@@ -10,7 +10,21 @@
 //!
 //! Deliberately stricter than Toxiproxy: negative or non-integer attributes, a toxicity
 //! outside [0, 1], a wrongly typed field and a non-loopback upstream are refused with 400
-//! where Toxiproxy would accept them (or fail later).
+//! where Toxiproxy would accept them (or fail later). So are, each with a message naming the
+//! field in quotes:
+//! - an attribute the proxy cannot honour: a size or rate above
+//!   [`ATTRIBUTE_MAX`](crate::toxiproxy::model::ATTRIBUTE_MAX) (2^63-1), a delay above
+//!   [`DELAY_MS_MAX`](crate::toxiproxy::model::DELAY_MS_MAX) (365 days; latency + jitter
+//!   together), a slicer delay above [`DELAY_US_MAX`](crate::toxiproxy::model::DELAY_US_MAX).
+//!   Toxiproxy wraps or overflows there; this proxy applied latency 2^63 as 0 and panicked
+//!   on jitter 2^64-1. On create, on update (the installed toxic stays as it was).
+//! - an attribute the toxic does not have (`unknown attribute "latencyy"`): Toxiproxy
+//!   ignores it, and the toxic silently does nothing.
+//! - a proxy `listen` address that is not loopback (`0.0.0.0`, `[::]`), unless the server
+//!   runs with `--allow-remote-listen`: it would expose a loopback upstream to every network
+//!   the machine is on. On create, populate and update.
+//! - a proxy or toxic name longer than 255 bytes: it could be created, but not addressed
+//!   again (414 on its URL).
 
 use std::sync::Arc;
 
@@ -125,6 +139,7 @@ fn proxy_config(v: &Value) -> ApiResult<ProxyConfig> {
     let obj = v.as_object().ok_or_else(|| bad_field("expected a JSON object"))?;
     let missing = |f: &str| ApiError::new(StatusCode::BAD_REQUEST, format!("missing required field: {f}"));
     let name = opt_string(obj, "name")?.filter(|s| !s.is_empty()).ok_or_else(|| missing("name"))?;
+    crate::toxiproxy::model::check_name("proxy", &name)?;
     let upstream = opt_string(obj, "upstream")?.filter(|s| !s.is_empty()).ok_or_else(|| missing("upstream"))?;
     let listen = opt_string(obj, "listen")?.filter(|s| !s.is_empty()).unwrap_or_else(|| "127.0.0.1:0".into());
     let enabled = opt_bool(obj, "enabled")?.unwrap_or(true);

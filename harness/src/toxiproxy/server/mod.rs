@@ -8,6 +8,10 @@
 //! Safety rule of this project: faults are only ever aimed at this machine. Unless
 //! `allow_remote_upstream` is set, a proxy's upstream must resolve to loopback; the check runs
 //! at creation and again on every connection.
+//! Likewise, unless `allow_remote_listen` is set, a proxy listens on loopback only (checked at
+//! create, populate, update and again when it binds): a proxy on `0.0.0.0` would expose its
+//! loopback upstream to every network the machine is on. An IPv4-mapped address
+//! (`::ffff:127.0.0.1`) is the IPv4 address it maps, so it counts as loopback.
 
 mod api;
 mod link;
@@ -28,20 +32,32 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::link::{ActiveToxic, LinkCtx, ToxicList};
+use self::link::{ActiveToxic, LinkCtx, RemovedTimeout, ToxicList, ToxicSet, REMOVED_TIMEOUTS_KEPT};
+use crate::toxiproxy::model::ToxicKind;
 use crate::toxiproxy::model::{ProxyJson, Toxic};
 
 /// The Toxiproxy version this server imitates, reported by `GET /version`.
 pub const TOXIPROXY_COMPAT_VERSION: &str = "2.12.0";
 /// How long a disable waits for its open connections to finish closing, in milliseconds.
 const CONNECTIONS_CLOSE_WAIT_MS: u64 = 2_000;
+/// Pause before a listener tries `accept` again after it failed for want of a resource (the
+/// descriptor limit): the pending connection stays in the backlog and the listener readable,
+/// so retrying at once spins a core at 100 % and logs nothing useful.
+const ACCEPT_RETRY_MS: u64 = 20;
+/// While descriptors stay exhausted, at most one progress line per this many milliseconds.
+const FD_BURST_LOG_INTERVAL_MS: u64 = 10_000;
+/// A burst of such failures is over once none came for this many milliseconds.
+const FD_BURST_QUIET_MS: u64 = 1_000;
 
-/// Server options. Defaults: loopback-only upstreams, a random seed.
+/// Server options. Defaults: loopback-only upstreams and listen addresses, a random seed.
 #[derive(Clone, Debug, Default)]
 pub struct ServerOptions {
     /// Permit upstreams that resolve to non-loopback addresses. Off by default: this harness
     /// must never aim a fault at a host it does not own.
     pub allow_remote_upstream: bool,
+    /// Permit proxies listening on non-loopback addresses (`0.0.0.0:P`, `[::]:P`). Off by
+    /// default: such a proxy exposes its upstream to every network the machine is on.
+    pub allow_remote_listen: bool,
     /// Seed for every random choice the proxy makes (toxicity rolls, jitter, slice sizes);
     /// `None` draws one.
     pub seed: Option<u64>,
@@ -86,6 +102,9 @@ struct Running {
 struct ProxyEntry {
     config: ProxyConfig,
     toxics: Vec<ActiveToxic>,
+    /// See [`ToxicSet::removed_timeouts`].
+    removed_timeouts: std::collections::VecDeque<RemovedTimeout>,
+    removals: u64,
     toxics_tx: watch::Sender<ToxicList>,
     running: Option<Running>,
 }
@@ -102,7 +121,38 @@ impl ProxyEntry {
     }
 
     fn publish_toxics(&self) {
-        self.toxics_tx.send_replace(Arc::new(self.toxics.clone()));
+        self.toxics_tx.send_replace(Arc::new(ToxicSet {
+            toxics: self.toxics.clone(),
+            removed_timeouts: self.removed_timeouts.clone(),
+            removals: self.removals,
+        }));
+    }
+
+    /// Removes the toxics `gone` picks, remembering the timeout toxics among them; returns
+    /// how many went.
+    fn remove_toxics(&mut self, gone: impl Fn(&Toxic) -> bool) -> usize {
+        let before = self.toxics.len();
+        let mut kept = Vec::with_capacity(before);
+        for t in std::mem::take(&mut self.toxics) {
+            if !gone(&t.toxic) {
+                kept.push(t);
+                continue;
+            }
+            if matches!(t.toxic.kind, ToxicKind::Timeout { .. }) {
+                self.removals += 1;
+                if self.removed_timeouts.len() == REMOVED_TIMEOUTS_KEPT {
+                    self.removed_timeouts.pop_front();
+                }
+                self.removed_timeouts.push_back(RemovedTimeout {
+                    seq: self.removals,
+                    uid: t.uid,
+                    stream: t.toxic.stream,
+                    toxicity: t.toxic.toxicity,
+                });
+            }
+        }
+        self.toxics = kept;
+        before - self.toxics.len()
     }
 }
 
@@ -129,6 +179,19 @@ impl Registry {
         }
     }
 
+    /// Refuses a listen address that resolves beyond loopback, unless allowed. One that does
+    /// not resolve is left to [`listen`], which reports it in Go's words when it binds.
+    async fn check_listen(&self, listen: &str) -> ApiResult<()> {
+        if self.options.allow_remote_listen {
+            return Ok(());
+        }
+        let Ok(addrs) = tokio::net::lookup_host(listen).await else { return Ok(()) };
+        for a in addrs {
+            check_listen_addr(listen, a)?;
+        }
+        Ok(())
+    }
+
     async fn check_upstream(&self, upstream: &str) -> ApiResult<()> {
         if self.options.allow_remote_upstream {
             return Ok(());
@@ -142,7 +205,7 @@ impl Registry {
                 ))
             }
         };
-        if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        if let Some(bad) = addrs.iter().find(|a| !is_loopback(a.ip())) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -158,7 +221,7 @@ impl Registry {
         if entry.running.is_some() {
             return Ok(());
         }
-        let listener = listen(&entry.config.listen).await?;
+        let listener = listen(&entry.config.listen, self.options.allow_remote_listen).await?;
         if let Ok(actual) = listener.local_addr() {
             // Port 0 picks a free port; show the real one from now on, as Toxiproxy does.
             entry.config.listen = actual.to_string();
@@ -169,22 +232,43 @@ impl Registry {
         let toxics_rx = entry.toxics_tx.subscribe();
         let allow_remote_upstream = self.options.allow_remote_upstream;
         let conn_seed: u64 = rand::Rng::random(&mut *self.rng.lock().expect("rng lock"));
+        let fd_burst = Arc::new(FdBurst::new(&entry.config.name));
         let listener_task = {
             let cancel = cancel.clone();
             let connections = connections.clone();
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(conn_seed);
                 loop {
+                    let quiet_at = fd_burst.quiet_at();
                     tokio::select! {
                         _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep_until(quiet_at.unwrap_or_else(tokio::time::Instant::now)),
+                            if quiet_at.is_some() => fd_burst.end_if_quiet(),
                         accepted = listener.accept() => {
-                            let Ok((sock, _)) = accepted else { continue };
+                            let sock = match accepted {
+                                Ok((sock, _)) => sock,
+                                // That one connection's trouble: the next accept is unaffected.
+                                Err(e) if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::ConnectionAborted
+                                        | std::io::ErrorKind::ConnectionReset
+                                        | std::io::ErrorKind::Interrupted
+                                ) => continue,
+                                Err(e) => {
+                                    fd_burst.failed("accept", &e);
+                                    tokio::select! {
+                                        _ = cancel.cancelled() => break,
+                                        _ = tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)) => continue,
+                                    }
+                                }
+                            };
                             let ctx = LinkCtx {
                                 upstream: upstream.clone(),
                                 toxics: toxics_rx.clone(),
                                 cancel: cancel.child_token(),
                                 rng: StdRng::from_rng(&mut rng),
                                 allow_remote_upstream,
+                                fd_burst: Arc::clone(&fd_burst),
                             };
                             connections.spawn(link::serve(sock, ctx));
                         }
@@ -211,6 +295,7 @@ impl Registry {
 
     async fn add(&self, config: ProxyConfig) -> ApiResult<ProxyJson> {
         self.check_upstream(&config.upstream).await?;
+        self.check_listen(&config.listen).await?;
         let mut proxies = self.proxies.lock().await;
         if proxies.contains_key(&config.name) {
             return Err(ApiError::new(StatusCode::CONFLICT, "proxy already exists"));
@@ -224,8 +309,15 @@ impl Registry {
         proxies: &mut BTreeMap<String, ProxyEntry>,
         config: ProxyConfig,
     ) -> ApiResult<ProxyJson> {
-        let (toxics_tx, _) = watch::channel(Arc::new(Vec::new()));
-        let mut entry = ProxyEntry { config, toxics: Vec::new(), toxics_tx, running: None };
+        let (toxics_tx, _) = watch::channel(Arc::new(ToxicSet::default()));
+        let mut entry = ProxyEntry {
+            config,
+            toxics: Vec::new(),
+            removed_timeouts: Default::default(),
+            removals: 0,
+            toxics_tx,
+            running: None,
+        };
         if entry.config.enabled {
             self.start(&mut entry).await?;
         }
@@ -237,7 +329,11 @@ impl Registry {
     async fn populate(&self, configs: Vec<ProxyConfig>) -> (Vec<ProxyJson>, Option<ApiError>) {
         // Every entry is checked before any is applied, as Toxiproxy does.
         for config in &configs {
-            if let Err(e) = self.check_upstream(&config.upstream).await {
+            let checked = match self.check_upstream(&config.upstream).await {
+                Ok(()) => self.check_listen(&config.listen).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
                 return (Vec::new(), Some(e));
             }
         }
@@ -294,6 +390,9 @@ impl Registry {
         if let Some(u) = &upstream {
             self.check_upstream(u).await?;
         }
+        if let Some(l) = &listen {
+            self.check_listen(l).await?;
+        }
         let mut proxies = self.proxies.lock().await;
         let entry = proxies.get_mut(name).ok_or_else(ApiError::proxy_not_found)?;
         let moved = listen.as_ref().is_some_and(|l| *l != entry.config.listen)
@@ -323,7 +422,7 @@ impl Registry {
         let mut proxies = self.proxies.lock().await;
         for entry in proxies.values_mut() {
             self.set_enabled(entry, true).await?;
-            entry.toxics.clear();
+            entry.remove_toxics(|_| true);
             entry.publish_toxics();
         }
         Ok(())
@@ -369,9 +468,7 @@ impl Registry {
     async fn remove_toxic(&self, proxy: &str, name: &str) -> ApiResult<()> {
         let mut proxies = self.proxies.lock().await;
         let entry = proxies.get_mut(proxy).ok_or_else(ApiError::proxy_not_found)?;
-        let before = entry.toxics.len();
-        entry.toxics.retain(|t| t.toxic.name != name);
-        if entry.toxics.len() == before {
+        if entry.remove_toxics(|t| t.name == name) == 0 {
             return Err(ApiError::toxic_not_found());
         }
         entry.publish_toxics();
@@ -379,10 +476,95 @@ impl Registry {
     }
 }
 
+/// Failures for want of a resource (the descriptor limit, above all) of one proxy, logged once
+/// per burst: a warning when the first one happens, a progress line at most every
+/// [`FD_BURST_LOG_INTERVAL_MS`] while it lasts, and one with the count once
+/// [`FD_BURST_QUIET_MS`] passed without a failure (the listener's timer logs it, so it comes
+/// even if no client arrives). Near the limit, successes and failures alternate as
+/// connections close: a burst ending at the first success flapped, a line or two per
+/// connection. Before any of this, at `ulimit -n 256` 479 of 600 clients were accepted and
+/// closed with nothing logged, and a failing accept was retried at once, spinning.
+pub(crate) struct FdBurst {
+    proxy: String,
+    burst: std::sync::Mutex<Option<Burst>>,
+}
+
+struct Burst {
+    started: std::time::Instant,
+    last_failure: std::time::Instant,
+    failures: u64,
+    logged: std::time::Instant,
+}
+
+impl FdBurst {
+    fn new(proxy: &str) -> FdBurst {
+        FdBurst { proxy: proxy.to_string(), burst: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether an upstream connect failed for want of a resource (the only connect errors
+    /// counted here: a refused upstream is the upstream's business).
+    pub(crate) fn counts(e: &std::io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    }
+
+    pub(crate) fn failed(&self, what: &str, e: &std::io::Error) {
+        let now = std::time::Instant::now();
+        let mut burst = self.burst.lock().expect("fd burst lock");
+        match burst.as_mut() {
+            None => {
+                let hint = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    "the process is at its file descriptor limit (RLIMIT_NOFILE, `ulimit -n`); "
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    proxy = %self.proxy,
+                    "{what} failed: {e}; {hint}clients are closed unserved until it recovers (logged once per burst)"
+                );
+                *burst = Some(Burst { started: now, last_failure: now, failures: 1, logged: now });
+            }
+            Some(b) => {
+                b.failures += 1;
+                b.last_failure = now;
+                if now.duration_since(b.logged) >= Duration::from_millis(FD_BURST_LOG_INTERVAL_MS) {
+                    b.logged = now;
+                    tracing::warn!(
+                        proxy = %self.proxy,
+                        "still failing: {} failed accepts or upstream connects in {} ms ({what}: {e})",
+                        b.failures,
+                        now.duration_since(b.started).as_millis()
+                    );
+                }
+            }
+        }
+    }
+
+    /// When the current burst, if any, is over unless another failure comes first.
+    fn quiet_at(&self) -> Option<tokio::time::Instant> {
+        let burst = self.burst.lock().expect("fd burst lock");
+        burst.as_ref().map(|b| (b.last_failure + Duration::from_millis(FD_BURST_QUIET_MS)).into())
+    }
+
+    /// Ends the burst, with its count, if no failure came for [`FD_BURST_QUIET_MS`].
+    fn end_if_quiet(&self) {
+        let mut burst = self.burst.lock().expect("fd burst lock");
+        let quiet =
+            burst.as_ref().is_some_and(|b| b.last_failure.elapsed() >= Duration::from_millis(FD_BURST_QUIET_MS));
+        if let Some(b) = burst.take_if(|_| quiet) {
+            tracing::warn!(
+                proxy = %self.proxy,
+                "burst over: {} accepts or upstream connects failed over {} ms, none in the last {FD_BURST_QUIET_MS} ms",
+                b.failures,
+                b.last_failure.duration_since(b.started).as_millis()
+            );
+        }
+    }
+}
+
 /// Opens a proxy's listener. Errors read as Go's `net.Listen` writes them, with the address
 /// resolved (`listen tcp 127.0.0.1:6379: bind: address already in use`), because Toxiproxy
 /// clients and users match on that text.
-async fn listen(addr: &str) -> ApiResult<TcpListener> {
+async fn listen(addr: &str, allow_remote_listen: bool) -> ApiResult<TcpListener> {
     let failed = |text: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, text);
     let (host, _) = addr.rsplit_once(':').unwrap_or((addr, ""));
     let resolved = tokio::net::lookup_host(addr)
@@ -390,7 +572,33 @@ async fn listen(addr: &str) -> ApiResult<TcpListener> {
         .map_err(|e| failed(format!("listen tcp: lookup {host}: {}", go_errno_text(&e))))?
         .next()
         .ok_or_else(|| failed(format!("listen tcp: lookup {host}: no such host")))?;
+    if !allow_remote_listen {
+        // Again at bind time: a name can resolve elsewhere than when it was checked.
+        check_listen_addr(addr, resolved)?;
+    }
     TcpListener::bind(resolved).await.map_err(|e| failed(format!("listen tcp {resolved}: bind: {}", go_errno_text(&e))))
+}
+
+/// Whether `ip` is a loopback address, an IPv4-mapped one (`::ffff:127.0.0.1`) included:
+/// std's `Ipv6Addr::is_loopback` is true for `::1` only.
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+fn check_listen_addr(listen: &str, resolved: SocketAddr) -> ApiResult<()> {
+    if is_loopback(resolved.ip()) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "listen {listen:?} ({resolved}) is not loopback: it would expose the upstream to every network \
+             this machine is on; start the server with --allow-remote-listen to permit it"
+        ),
+    ))
 }
 
 /// An OS error as Go's `syscall.Errno` prints it: the C library's text, lower-cased, without
