@@ -11,6 +11,8 @@
 //! failure.
 
 mod cli_support;
+#[path = "../../harness/tests/support/mod.rs"]
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use harness::infra::container::{self, Holdings};
 use harness::infra::process::{descendants, is_alive};
 
 use cli_support::BIN;
+use support::docker_or_skip;
 
 /// The bound `main.rs` documents as `INTERRUPT_EXIT_S`: signal to exit, in s.
 const EXIT_WITHIN_S: u64 = 10;
@@ -149,19 +152,6 @@ async fn leftover_processes() -> Vec<String> {
     }
 }
 
-/// Docker, or `None` (the test skipped, said on stderr) where it does not answer and
-/// `HC_DOCKER=1` did not say it must.
-async fn docker_or_skip(test: &str) -> Option<container::Docker> {
-    match container::docker().await {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var("HC_DOCKER").as_deref() == Ok("1") => panic!("HC_DOCKER=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIP {test}: {e}");
-            None
-        }
-    }
-}
-
 async fn holdings(d: &container::Docker, tag: &str) -> Holdings {
     container::holdings(d, tag).await.unwrap()
 }
@@ -199,6 +189,11 @@ async fn interrupt_and_check(run: &mut Run, signal: libc::c_int, removal: Remova
     assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
     let left = leftover_processes().await;
     assert!(left.is_empty(), "processes of the run left after {name}: {left:?}");
+    let out = run.dir.path().join("out");
+    let empty: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.read_dir().is_ok_and(|mut d| d.next().is_none())).collect())
+        .unwrap_or_default();
+    assert!(empty.is_empty(), "an interrupted run left an empty run directory: {empty:?}");
 }
 
 async fn standalone_process_run(signal: libc::c_int) {
