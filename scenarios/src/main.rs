@@ -1001,14 +1001,10 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(RUNTIME_SHUTDOWN_MS));
     let swept = if owns_infra { sweep() } else { harness::infra::Swept::default() };
     if let Some(Interrupted(signal)) = result.as_ref().err().and_then(|e| e.downcast_ref::<Interrupted>()) {
-        let late = if swept.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({} processes, {} containers, {} networks outlived their handles and were removed now)",
-                swept.processes, swept.containers, swept.networks
-            )
-        };
+        // A start in flight when the run was dropped (a container Docker creates all the
+        // same) has no handle yet: only the sweep finds it, and the line says so.
+        let late =
+            if swept.is_empty() { String::new() } else { format!(" (the final sweep removed {swept} no handle held)") };
         eprintln!(
             "hybrid-chaos: interrupted by {}: stopped, its processes, containers and networks removed{late}; no report written (exit {})",
             signal.name(),
@@ -1017,7 +1013,7 @@ fn main() -> ExitCode {
         return ExitCode::from(signal.exit_code());
     }
     if !swept.is_empty() {
-        eprintln!("hybrid-chaos: warning: removed what outlived its handles: {swept:?}");
+        eprintln!("hybrid-chaos: warning: the final sweep removed {swept} no handle held");
     }
     match result {
         Ok(code) => code,

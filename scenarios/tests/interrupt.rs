@@ -184,7 +184,7 @@ async fn interrupt_and_check(run: &mut Run, signal: libc::c_int, removal: Remova
     assert_eq!(said.len(), 1, "one line must say the run was interrupted; stderr:\n{stderr}");
     assert!(said[0].starts_with(&format!("hybrid-chaos: interrupted by {name}")), "{}", said[0]);
     if removal == Removal::ByHandles {
-        assert!(!said[0].contains("outlived"), "a handle left its part to the last-resort sweep: {}", said[0]);
+        assert!(!said[0].contains("final sweep"), "a handle left its part to the last-resort sweep: {}", said[0]);
     }
     assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
     let left = leftover_processes().await;

@@ -236,6 +236,12 @@ impl Swept {
     }
 }
 
+impl std::fmt::Display for Swept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} processes, {} containers, {} networks", self.processes, self.containers, self.networks)
+    }
+}
+
 /// Ends everything this process still owns: its descendant processes, then the containers
 /// and networks carrying its owner label. For the end of a run, above all an interrupted one,
 /// once its handles have had their chance: what is found here is what a handle failed to
