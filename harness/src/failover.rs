@@ -243,7 +243,6 @@ pub async fn run(scenario: &FailoverScenario, strategy: &str) -> anyhow::Result<
         ..Config::default().with_prefix(&prefix)
     };
     let host = scenario.target.host();
-    let topo = Arc::new(topo);
     let rec = recorder();
     let responder = Hybrid::connect(&url, &url, config.clone()).await?;
     let started = Instant::now();
@@ -251,40 +250,54 @@ pub async fn run(scenario: &FailoverScenario, strategy: &str) -> anyhow::Result<
     let heal_at = fault_at + Duration::from_millis(FAULT_MS);
     // The harness watches the topology beside the writes, only to report it (the responder
     // finds the primary by itself): when another server was named primary, and when the
-    // topology converged after the heal.
-    let watched = Arc::new(Mutex::new(Watched::default()));
-    let watcher = tokio::spawn(watch(topo.clone(), watched.clone(), fault_at, heal_at));
-    let mut faulted = false;
-    let mut ids = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(WRITE_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        if !faulted && now >= fault_at {
-            record_nemesis(&rec, "apply", scenario);
-            act(&topo, scenario.fault, host, false).await?;
-            faulted = true;
+    // topology converged after the heal. The watcher runs inside this future, not as a
+    // spawned task: a task holding the topology outlived an interrupted run, and its drop,
+    // reached only when the runtime shut down, waited forever on a Docker call that a
+    // shutting-down runtime no longer drives (the Sentinel run alive hours after Ctrl-C).
+    let watched = Mutex::new(Watched::default());
+    let watching = watch(&topo, &watched, fault_at, heal_at);
+    let writing = async {
+        let mut faulted = false;
+        let mut ids = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(WRITE_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            if !faulted && now >= fault_at {
+                record_nemesis(&rec, "apply", scenario);
+                act(&topo, scenario.fault, host, false).await?;
+                faulted = true;
+            }
+            if faulted && now >= heal_at && !watched.lock().expect("watch lock").healed {
+                act(&topo, scenario.fault, host, true).await?;
+                record_nemesis(&rec, "heal", scenario);
+                watched.lock().expect("watch lock").healed = true;
+            }
+            // Writing goes on after the heal until the topology has converged and had time to
+            // take writes again (or the convergence timeout passes): recovery is part of it.
+            let converged = watched.lock().expect("watch lock").converged_after_heal_ms;
+            let after_heal = now.saturating_duration_since(heal_at);
+            let recovered = converged.is_some_and(|c| after_heal >= Duration::from_millis(c + AFTER_MS));
+            if now >= heal_at && (recovered || after_heal >= Duration::from_millis(CONVERGE_TIMEOUT_MS)) {
+                return Ok::<_, anyhow::Error>(ids);
+            }
+            let id = format!("r{}", ids.len());
+            respond_recorded(&responder, &rec, &id, format!("t-{id}"), 0).await;
+            ids.push(id);
         }
-        if faulted && now >= heal_at && !watched.lock().expect("watch lock").healed {
-            act(&topo, scenario.fault, host, true).await?;
-            record_nemesis(&rec, "heal", scenario);
-            watched.lock().expect("watch lock").healed = true;
+    };
+    let ids = {
+        tokio::pin!(watching, writing);
+        let mut watching_done = false;
+        loop {
+            tokio::select! {
+                ids = &mut writing => break ids?,
+                () = &mut watching, if !watching_done => watching_done = true,
+            }
         }
-        // Writing goes on after the heal until the topology has converged and had time to
-        // take writes again (or the convergence timeout passes): recovery is part of it.
-        let converged = watched.lock().expect("watch lock").converged_after_heal_ms;
-        let after_heal = now.saturating_duration_since(heal_at);
-        let recovered = converged.is_some_and(|c| after_heal >= Duration::from_millis(c + AFTER_MS));
-        if now >= heal_at && (recovered || after_heal >= Duration::from_millis(CONVERGE_TIMEOUT_MS)) {
-            break;
-        }
-        let id = format!("r{}", ids.len());
-        respond_recorded(&responder, &rec, &id, format!("t-{id}"), 0).await;
-        ids.push(id);
-    }
+    };
     responder.shutdown().await;
-    watcher.abort();
     let Watched { failover_ms, converged_after_heal_ms, .. } = *watched.lock().expect("watch lock");
     let winner = match converged_after_heal_ms {
         Some(_) => topo.converged().await,
@@ -348,7 +361,7 @@ struct Watched {
 
 /// Every [`CONVERGE_POLL_MS`] after the fault: whether the Sentinels name another primary,
 /// and, once healed, whether the topology converged. Ends when it has.
-async fn watch(topo: Arc<SentinelTopology>, w: Arc<Mutex<Watched>>, fault_at: Instant, heal_at: Instant) {
+async fn watch(topo: &SentinelTopology, w: &Mutex<Watched>, fault_at: Instant, heal_at: Instant) {
     tokio::time::sleep_until(fault_at.into()).await;
     loop {
         tokio::time::sleep(Duration::from_millis(CONVERGE_POLL_MS)).await;

@@ -5,23 +5,14 @@
 //! Without Docker these tests say so on stderr and pass, unless `HC_DOCKER=1` (set by
 //! `./ci/test` when Docker answers), where Docker failing is a failure.
 
+mod support;
+
 use std::time::Duration;
 
 use harness::infra::container::{self, ContainerRedis, OWNER_LABEL};
 use harness::infra::{Persistence, RedisNode, RedisSpec, Restart};
+use support::docker_or_skip;
 use testcontainers::bollard;
-
-/// Whether to run: Docker answers, or the CI said it would and so it must.
-async fn docker_or_skip(test: &str) -> Option<bollard::Docker> {
-    match container::docker().await {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var("HC_DOCKER").as_deref() == Ok("1") => panic!("HC_DOCKER=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIP {test}: {e}");
-            None
-        }
-    }
-}
 
 async fn get(url: &str, key: &str) -> Option<String> {
     let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();

@@ -2,7 +2,10 @@
 //! catalogue (`scenarios::catalogue`), mutation kill matrix and property search.
 //!
 //! Exit codes: 0 success, 2 bad input or infrastructure failure (a one-line error on stderr),
-//! 3 a wait that timed out.
+//! 3 a wait that timed out; a `run` or `mutants` ended by a signal exits as a shell reports
+//! a signal's death, 128 + its number: 130 for SIGINT, 143 for SIGTERM, within
+//! [`INTERRUPT_EXIT_S`], with its processes, containers and networks removed and one line on
+//! stderr saying so.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,7 +68,9 @@ enum Command {
     /// List the scenarios and strategies.
     List,
     /// Run scenarios x strategies against a real Redis behind the fault proxy and write the
-    /// report. Exit 0: every verdict as expected; 1: a mismatch; 2: unknown or infra failure.
+    /// report. Exit 0: every verdict as expected; 1: a mismatch; 2: unknown or infra failure;
+    /// 130 / 143: interrupted by SIGINT / SIGTERM (its processes, containers and networks
+    /// removed, no report).
     Run {
         /// Scenario to run (repeatable); default all.
         #[arg(long = "scenario")]
@@ -117,7 +122,8 @@ enum Command {
     },
     /// Run every catalogued mutation of the reference (deliberately broken hybrids) through
     /// the scenario suite, and through a 40-case property search when the suite misses one;
-    /// write mutants.md / mutants.json. Exit 1 if any mutant survives.
+    /// write mutants.md / mutants.json. Exit 1 if any mutant survives; 130 / 143 when
+    /// interrupted by SIGINT / SIGTERM.
     Mutants {
         /// The quick budget (the bar: every mutant killed by the quick suite or the search).
         #[arg(long)]
@@ -241,6 +247,54 @@ enum StreamAction {
 
 /// Exit code for "waited, nothing came" (distinct from errors, which exit 2).
 const EXIT_TIMED_OUT: u8 = 3;
+/// An interrupted run exits within this long of the signal, in s: dropping the run (each
+/// handle kills its process or removes its container, a few hundred ms a container), then at
+/// most [`RUNTIME_SHUTDOWN_MS`] for what it spawned, then at most [`SWEEP_TIMEOUT_MS`].
+pub const INTERRUPT_EXIT_S: u64 = 10;
+/// How long the tasks a run spawned get to end with the runtime, in ms. One that cannot (the
+/// blocking property search of `mutants`, a drop waiting on I/O that a shutting-down runtime
+/// no longer drives) must not hold the process: after this it exits regardless.
+const RUNTIME_SHUTDOWN_MS: u64 = 2_000;
+/// The sweep of what a run's handles left (its descendants, its labelled containers and
+/// networks) gets at most this long, in ms.
+const SWEEP_TIMEOUT_MS: u64 = 5_000;
+
+/// The signal that ended a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        }
+    }
+
+    /// 128 + the signal's number (2, 15 on Linux), what a shell reports for a process the
+    /// signal ended.
+    fn exit_code(self) -> u8 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+}
+
+/// A run ended by a signal: not a failure of the run, and not exit 2.
+#[derive(Debug)]
+struct Interrupted(Signal);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by {}", self.0.name())
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PersistenceArg {
@@ -675,19 +729,19 @@ fn redis_server_version() -> String {
         .unwrap_or_default()
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C or SIGTERM, with which.
 ///
 /// The handlers are installed when this is called, not when the future is first polled: a
 /// signal that arrives while a command is still setting up must not kill the process
 /// uncleanly (default action) before the handler exists.
-fn interrupted() -> impl std::future::Future<Output = ()> {
+fn interrupted() -> impl std::future::Future<Output = Signal> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     async move {
         tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+            _ = int.recv() => Signal::Interrupt,
+            _ = term.recv() => Signal::Terminate,
         }
     }
 }
@@ -728,7 +782,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client.populate(packs).await?;
             }
             eprintln!("toxiproxy-compatible API listening on {}", server.url());
-            server.run_until(stop).await;
+            server
+                .run_until(async {
+                    stop.await;
+                })
+                .await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Redis { port, persistence, print_pid } => {
@@ -762,9 +820,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { scenarios, strategies, seed, quick, out, jobs, mutant, provider, topology, implementations } => {
-            // Ctrl-C or SIGTERM drops the run: every redis-server it owns is killed on drop
-            // (and by the kernel, through PR_SET_PDEATHSIG, if even that is cut short), and
-            // a topology's containers and networks are removed.
+            // Ctrl-C or SIGTERM drops the run here, inside the runtime: every redis-server
+            // and implementation it owns is killed on drop (a redis-server also by the
+            // kernel, through PR_SET_PDEATHSIG, if even that is cut short), and its
+            // containers and networks are removed. `main` then sweeps what is left.
             let stop = interrupted();
             if topology == "sentinel" {
                 if !implementations.is_empty() {
@@ -775,19 +834,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return tokio::select! {
                     r = run_sentinel(scenarios, strategies, out) => r,
-                    _ = stop => anyhow::bail!("interrupted; no report written"),
+                    s = stop => Err(Interrupted(s).into()),
                 };
             }
             tokio::select! {
                 r = run_suite(scenarios, strategies, seed, quick, out, jobs as usize, mutant, &provider, implementations) => r,
-                _ = stop => anyhow::bail!("interrupted; no report written"),
+                s = stop => Err(Interrupted(s).into()),
             }
         }
         Command::Mutants { quick, mutants, seed, out, jobs, no_property } => {
             let stop = interrupted();
             tokio::select! {
                 r = run_mutants(mutants, quick, seed, out, jobs as usize, !no_property) => r,
-                _ = stop => anyhow::bail!("interrupted; no kill matrix written"),
+                s = stop => Err(Interrupted(s).into()),
             }
         }
         Command::Compare { a, b, strategy_a, strategy_b } => {
@@ -910,6 +969,18 @@ fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// [`harness::infra::sweep_own`] on a runtime of its own (the run's is shut down), bounded
+/// by [`SWEEP_TIMEOUT_MS`].
+fn sweep() -> harness::infra::Swept {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return harness::infra::Swept::default();
+    };
+    let limit = std::time::Duration::from_millis(SWEEP_TIMEOUT_MS);
+    let swept = rt.block_on(async { tokio::time::timeout(limit, harness::infra::sweep_own()).await });
+    rt.shutdown_timeout(std::time::Duration::ZERO);
+    swept.unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -920,8 +991,31 @@ fn main() -> ExitCode {
         // Colour codes only for a terminal: CI logs and files redirected from stderr get text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Only a run owns infrastructure worth a sweep; the other commands never start any, or
+    // (`redis`, `toxiproxy`) end it themselves on the signal that is their normal stop.
+    let owns_infra = matches!(cli.command, Command::Run { .. } | Command::Mutants { .. });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("build the tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Not a plain drop: dropping a runtime waits for every blocking task and thread, without
+    // a bound, and an interrupted run can leave one that never ends.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(RUNTIME_SHUTDOWN_MS));
+    let swept = if owns_infra { sweep() } else { harness::infra::Swept::default() };
+    if let Some(Interrupted(signal)) = result.as_ref().err().and_then(|e| e.downcast_ref::<Interrupted>()) {
+        // A start in flight when the run was dropped (a container Docker creates all the
+        // same) has no handle yet: only the sweep finds it, and the line says so.
+        let late =
+            if swept.is_empty() { String::new() } else { format!(" (the final sweep removed {swept} no handle held)") };
+        eprintln!(
+            "hybrid-chaos: interrupted by {}: stopped, its processes, containers and networks removed{late}; no report written (exit {})",
+            signal.name(),
+            signal.exit_code()
+        );
+        return ExitCode::from(signal.exit_code());
+    }
+    if !swept.is_empty() {
+        eprintln!("hybrid-chaos: warning: the final sweep removed {swept} no handle held");
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             // One line: the causes joined, so CI logs and terminals show the whole reason.

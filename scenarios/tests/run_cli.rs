@@ -1,17 +1,13 @@
 //! `hybrid-chaos run` / `list` end to end: report files and fields, exit codes, bad input,
-//! reproducibility of verdicts from a seed, and no redis-server left after Ctrl-C.
+//! reproducibility of verdicts from a seed. (Interrupts: `interrupt.rs`.)
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use harness::infra::process::{is_alive, signal};
 
 mod cli_support;
 #[path = "../../harness/tests/support/mod.rs"]
 mod support;
 
-use cli_support::{assert_bad_input, cli as run, BIN};
+use cli_support::{assert_bad_input, cli as run};
 
 /// The one run directory under `out` (each test runs once into its own `--out`).
 fn run_dir(out: &Path) -> std::path::PathBuf {
@@ -139,46 +135,6 @@ fn bad_input_is_one_line_and_exit_2() {
             "apt-get install redis-server",
         ),
     ]);
-}
-
-/// Pids of `redis-server` processes whose parent is `parent`.
-fn redis_children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let Some((name, rest)) = stat.split_once(") ") else { return false };
-            name.ends_with("(redis-server")
-                && rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
-        })
-        .collect()
-}
-
-#[tokio::test]
-async fn ctrl_c_leaves_no_redis_server() {
-    let out = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--quick", "--scenario", "latency", "--out", out.path().to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let servers = harness::poll_until(Duration::from_secs(20), Duration::from_millis(10), || async {
-        let c = redis_children(pid);
-        (!c.is_empty()).then_some(c)
-    })
-    .await
-    .expect("the run never started a redis-server");
-    signal(pid, libc::SIGINT).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(2), "an interrupted run is not a pass");
-    let gone = harness::poll_until(Duration::from_secs(5), Duration::from_millis(10), || async {
-        servers.iter().all(|p| !is_alive(*p)).then_some(())
-    })
-    .await;
-    assert!(gone.is_some(), "redis-server {servers:?} survived Ctrl-C");
 }
 
 #[test]

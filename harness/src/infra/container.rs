@@ -73,6 +73,9 @@ fn run_label() -> String {
     std::env::var("HC_RUN_TAG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
+/// The Docker client [`docker`] returns (bollard's, through testcontainers).
+pub type Docker = bollard::Docker;
+
 /// A Docker client, or the error that says Docker does not answer.
 pub async fn docker() -> Result<bollard::Docker> {
     let unavailable = |reason: String| Error::DockerUnavailable { reason };
@@ -84,6 +87,21 @@ pub async fn docker() -> Result<bollard::Docker> {
 /// Removes the containers and networks of harness processes that are gone (a SIGKILLed
 /// run), found by [`OWNER_LABEL`] only. Returns how many were removed.
 pub async fn reap_orphans(d: &bollard::Docker) -> Result<usize> {
+    let (containers, networks) = remove_labelled(d, |owner| !owner_alive(owner)).await?;
+    Ok(containers + networks)
+}
+
+/// Removes every container and network this process owns (its [`OWNER_LABEL`]) that is
+/// still there: what an interrupted run's handles did not get to remove. Returns
+/// (containers, networks) removed.
+pub async fn remove_own(d: &bollard::Docker) -> Result<(usize, usize)> {
+    let me = owner();
+    remove_labelled(d, |owner| owner == me).await
+}
+
+/// Removes the containers (running or not, with their volumes), then the networks, whose
+/// [`OWNER_LABEL`] satisfies `doomed`; nothing without that label is looked at.
+async fn remove_labelled(d: &bollard::Docker, doomed: impl Fn(&str) -> bool) -> Result<(usize, usize)> {
     use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptions, RemoveContainerOptionsBuilder};
     let failed =
         |what: &str, e: bollard::errors::Error| Error::Docker { what: what.to_string(), reason: e.to_string() };
@@ -92,34 +110,75 @@ pub async fn reap_orphans(d: &bollard::Docker) -> Result<usize> {
         .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
         .await
         .map_err(|e| failed("listing containers", e))?;
-    let mut removed = 0;
+    let mut containers = 0;
     for c in listed {
         let label = c.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)).cloned().unwrap_or_default();
-        if owner_alive(&label) {
+        if !doomed(&label) {
             continue;
         }
         if let Some(id) = c.id {
             let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
             if d.remove_container(&id, Some(opts)).await.is_ok() {
-                removed += 1;
+                containers += 1;
             }
         }
     }
-    let networks = d
+    // Networks after the containers: a network with a container attached cannot go.
+    let listed = d
         .list_networks(Some(ListNetworksOptions { filters: Some(filter) }))
         .await
         .map_err(|e| failed("listing networks", e))?;
-    for n in networks {
+    let mut networks = 0;
+    for n in listed {
         let label = n.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)).cloned().unwrap_or_default();
-        if !owner_alive(&label) {
+        if doomed(&label) {
             if let Some(name) = n.name {
                 if d.remove_network(&name).await.is_ok() {
-                    removed += 1;
+                    networks += 1;
                 }
             }
         }
     }
-    Ok(removed)
+    Ok((containers, networks))
+}
+
+/// What carries a run's [`RUN_LABEL`] right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub running: usize,
+    /// Exited or dead containers: a killed host, a stopped server.
+    pub exited: usize,
+    /// Containers in any other state: created and not yet started, paused, being removed.
+    pub other: usize,
+    pub networks: usize,
+}
+
+impl Holdings {
+    pub fn containers(&self) -> usize {
+        self.running + self.exited + self.other
+    }
+}
+
+/// The containers and networks labelled with run `run` (`HC_RUN_TAG`): what a live run
+/// holds, or what a dead one left behind.
+pub async fn holdings(d: &bollard::Docker, run: &str) -> Result<Holdings> {
+    use bollard::models::ContainerSummaryStateEnum as State;
+    use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptions};
+    let failed =
+        |what: &str, e: bollard::errors::Error| Error::Docker { what: what.to_string(), reason: e.to_string() };
+    let filter = std::collections::HashMap::from([("label".to_string(), vec![format!("{RUN_LABEL}={run}")])]);
+    let containers = d
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
+        .await
+        .map_err(|e| failed("listing containers", e))?;
+    let count = |states: &[State]| containers.iter().filter(|c| c.state.is_some_and(|s| states.contains(&s))).count();
+    let (running, exited) = (count(&[State::RUNNING]), count(&[State::EXITED, State::DEAD]));
+    let networks = d
+        .list_networks(Some(ListNetworksOptions { filters: Some(filter) }))
+        .await
+        .map_err(|e| failed("listing networks", e))?
+        .len();
+    Ok(Holdings { running, exited, other: containers.len() - running - exited, networks })
 }
 
 /// [`reap_orphans`] on the first call in this process only: what dead runs left cannot

@@ -8,6 +8,8 @@
 //! - [`admin`]: read-only inspection any node supports (`INFO`, `CLIENT LIST`,
 //!   `PUBSUB NUMSUB`), used by checkers to compare against a baseline.
 //! - [`process`]: child processes that die with the harness, even on SIGKILL.
+//! - [`sweep_own`]: the last resort of an interrupted run: whatever this process still owns
+//!   (descendants, labelled containers and networks), removed.
 
 pub mod admin;
 pub mod container;
@@ -218,4 +220,38 @@ pub trait RedisNode: Send + Sync {
 pub fn new_run_id() -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     format!("{ms:x}-{:08x}", rand::random::<u32>())
+}
+
+/// What [`sweep_own`] found still running and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub processes: usize,
+    pub containers: usize,
+    pub networks: usize,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        *self == Swept::default()
+    }
+}
+
+impl std::fmt::Display for Swept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} processes, {} containers, {} networks", self.processes, self.containers, self.networks)
+    }
+}
+
+/// Ends everything this process still owns: its descendant processes, then the containers
+/// and networks carrying its owner label. For the end of a run, above all an interrupted one,
+/// once its handles have had their chance: what is found here is what a handle failed to
+/// remove (a task that outlived its run, a drop the runtime's shutdown cut short). Docker not
+/// answering counts as nothing to remove. Callers bound it in time.
+pub async fn sweep_own() -> Swept {
+    let processes = process::kill_descendants();
+    let (containers, networks) = match container::docker().await {
+        Ok(d) => container::remove_own(&d).await.unwrap_or_default(),
+        Err(_) => (0, 0),
+    };
+    Swept { processes, containers, networks }
 }

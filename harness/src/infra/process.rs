@@ -62,6 +62,44 @@ pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// SIGKILLs every live descendant of this process (children, their children, ...): the
+/// last resort of an interrupted run, for what its handles did not end (an implementation's
+/// process group survives this process otherwise; a `redis-server` would only die with it,
+/// by its death signal). Returns how many were killed. A descendant that has left the tree
+/// (a daemon re-parented away) is out of its reach.
+pub fn kill_descendants() -> usize {
+    descendants(std::process::id())
+        .into_iter()
+        .filter(|&pid| is_alive(pid) && signal(pid, libc::SIGKILL).is_ok())
+        .count()
+}
+
+/// Every process below `pid` in the process tree (zombies included), found through
+/// `/proc`, parents before their children.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            // Field 4 is the parent; split after the last ')' as in `is_alive`.
+            let ppid = std::fs::read_to_string(format!("/proc/{child}/stat")).ok().and_then(|stat| {
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+            });
+            if let Some(ppid) = ppid {
+                parent_of.push((child, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree.split_off(1)
+}
+
 /// Whether `pid` is a live process (a zombie counts as dead: it no longer runs or listens).
 pub fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -151,3 +151,17 @@ pub async fn echo_server() -> String {
     });
     addr
 }
+
+/// Docker, or `None` where it does not answer: the test says it is skipped, on stderr, and
+/// passes, unless `HC_DOCKER=1` (set by `./ci/test` when Docker answers) said it must run,
+/// where Docker failing is a failure.
+pub async fn docker_or_skip(test: &str) -> Option<harness::infra::container::Docker> {
+    match harness::infra::container::docker().await {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var("HC_DOCKER").as_deref() == Ok("1") => panic!("HC_DOCKER=1 but {e}"),
+        Err(e) => {
+            eprintln!("SKIP {test}: {e}");
+            None
+        }
+    }
+}
