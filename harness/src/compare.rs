@@ -74,13 +74,14 @@ pub struct Report {
     pub scenarios: Vec<Row>,
 }
 
-/// A `serde_path_to_error` failure as "field `a.b[2].c`: what serde said".
-fn field_error<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+/// A `serde_path_to_error` failure as "field `a.b[2].c`: `message`" (the message alone at the
+/// document's root).
+fn field_error<E>(e: &serde_path_to_error::Error<E>, message: String) -> String {
     let path = e.path().to_string();
     if path == "." {
-        e.inner().to_string()
+        message
     } else {
-        format!("field `{path}`: {}", e.inner())
+        format!("field `{path}`: {message}")
     }
 }
 
@@ -95,11 +96,10 @@ fn json_message(e: &serde_json::Error) -> String {
 /// and a (scenario, strategy) pair given twice is refused (one would hide the other).
 pub fn parse_report(path: &Path, text: &str) -> Result<Report, ReadError> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let report: Report = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path_part = e.path().to_string();
-        let what = json_message(e.inner());
-        let what = if path_part == "." { what } else { format!("field `{path_part}`: {what}") };
-        ReadError { path: path.into(), line: Some(e.inner().line()), what }
+    let report: Report = serde_path_to_error::deserialize(&mut de).map_err(|e| ReadError {
+        path: path.into(),
+        line: Some(e.inner().line()),
+        what: field_error(&e, json_message(e.inner())),
     })?;
     de.end().map_err(|e| ReadError { path: path.into(), line: Some(e.line()), what: json_message(&e) })?;
     let mut seen = BTreeMap::new();
@@ -256,7 +256,8 @@ pub fn parse_history(path: &Path, bytes: &[u8]) -> Result<Samples, ReadError> {
             None => Err(bad(format!("missing field `{k}`"))),
         };
         let id = (tag("scenario")?, tag("strategy")?);
-        let e: crate::history::Event = serde_path_to_error::deserialize(v).map_err(|e| bad(field_error(&e)))?;
+        let e: crate::history::Event =
+            serde_path_to_error::deserialize(v).map_err(|e| bad(field_error(&e, e.inner().to_string())))?;
         runs.entry(id).or_default().push(e);
     }
     Ok(runs.into_iter().map(|(k, h)| (k, crate::checker::latency_samples_ms(&h))).collect())

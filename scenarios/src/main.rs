@@ -324,6 +324,12 @@ fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `text` to `path`; the error names the path (a bare "Permission denied" does not say
+/// which file).
+fn write_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
 /// Runs (scenario, strategy) pairs `jobs` at a time, each on its own Redis and proxies, and
 /// prints one progress line per finished pair (`[n/N] scenario / strategy: verdict`, with
 /// the elapsed time; a mismatch stands out). Results keep the pairs' order; an
@@ -608,9 +614,7 @@ async fn run_sentinel(scenarios: Vec<String>, strategies: Vec<String>, out: Path
     harness::report::write_dir(&dir, &report, &outcomes)
         .map_err(|e| anyhow::anyhow!("cannot write the report into {}: {e}", dir.display()))?;
     run_dir.keep();
-    let failover_md = dir.join("failover.md");
-    std::fs::write(&failover_md, harness::failover::markdown(&report.failover))
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", failover_md.display()))?;
+    write_file(&dir.join("failover.md"), &harness::failover::markdown(&report.failover))?;
     let sum = &report.summary;
     println!("{}", sum.line());
     println!("report: {} (also report.md with the loss table, failover.md)", dir.join("report.html").display());
@@ -706,12 +710,10 @@ async fn run_mutants(
         rows.push(scenarios::mutants::row(m, kills, errors));
     }
     run_dir.keep();
-    let mutants_md = dir.join("mutants.md");
-    std::fs::write(&mutants_md, scenarios::mutants::markdown(&rows, seed, quick))
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", mutants_md.display()))?;
-    std::fs::write(
-        dir.join("mutants.json"),
-        serde_json::to_string_pretty(&scenarios::mutants::json(&rows, seed, quick))? + "\n",
+    write_file(&dir.join("mutants.md"), &scenarios::mutants::markdown(&rows, seed, quick))?;
+    write_file(
+        &dir.join("mutants.json"),
+        &(serde_json::to_string_pretty(&scenarios::mutants::json(&rows, seed, quick))? + "\n"),
     )?;
     print!("{}", scenarios::mutants::markdown(&rows, seed, quick));
     eprintln!("kill matrix: {}", dir.join("mutants.md").display());
@@ -867,12 +869,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => harness::compare::compare(&ra, &rb, &xa, &xb),
             };
             let md = harness::compare::markdown(&c);
-            let write = |name: &str, text: &str| {
-                let path = b.join(name);
-                std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
-            };
-            write("compare.md", &md)?;
-            write("compare.html", &harness::compare::html(&c))?;
+            write_file(&b.join("compare.md"), &md)?;
+            write_file(&b.join("compare.html"), &harness::compare::html(&c))?;
             print!("{md}");
             eprintln!("compare: {}", b.join("compare.html").display());
             Ok(if c.worse_on_safety() { ExitCode::from(1) } else { ExitCode::SUCCESS })
