@@ -46,6 +46,12 @@ const QUIESCE_POLL_MS: u64 = 20;
 /// How long a churn wait waits before timing out, in ms (a third of it before half are
 /// cancelled).
 const CHURN_WAIT_MS: u64 = 600;
+/// How long each window churn wait waits, in ms: long enough that its SUBSCRIBE is sent,
+/// short enough that its UNSUBSCRIBE follows while the next one's SUBSCRIBE is due.
+pub const WINDOW_CHURN_WAIT_MS: u64 = 60;
+/// Between two window churn waits' starts, in ms: with a 150 ms round trip on the subscriber,
+/// every SUBSCRIBE/UNSUBSCRIBE the hub sends finds the next change already queued.
+pub const WINDOW_CHURN_GAP_MS: u64 = 20;
 
 /// The strategies every scenario runs.
 pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
@@ -189,6 +195,10 @@ pub struct Scenario {
     /// Extra waits on ids nobody answers, half timing out and half cancelled, before the
     /// workload: what they leave behind is the cleanup check's business.
     pub churn_waits: usize,
+    /// At most this many short waits on ids nobody answers, started one after another through
+    /// the fault window ([`WINDOW_CHURN_GAP_MS`] apart, each timing out after [`WINDOW_CHURN_WAIT_MS`]), so
+    /// the subscriber keeps sending SUBSCRIBE and UNSUBSCRIBE while the workload's hints arrive.
+    pub window_churn: usize,
     /// Filler bytes added to every response (large messages for pub/sub-only).
     pub payload_bytes: usize,
     /// Redis config directives for the run's server.
@@ -238,6 +248,7 @@ impl Scenario {
             live_waiters: true,
             resumers: 1,
             churn_waits: 0,
+            window_churn: 0,
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
@@ -270,6 +281,10 @@ impl Scenario {
     }
     pub fn churn(mut self, waits: usize) -> Self {
         self.churn_waits = waits;
+        self
+    }
+    pub fn window_churn(mut self, waits: usize) -> Self {
+        self.window_churn = waits;
         self
     }
     pub fn payload(mut self, bytes: usize) -> Self {
@@ -758,6 +773,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
         .chain(&standing)
         .cloned()
         .chain((0..scenario.churn_waits).map(|i| format!("{}-churn-{i}", scenario.name)))
+        .chain((0..scenario.window_churn).map(|i| format!("{}-wchurn-{i}", scenario.name)))
         .map(|id| cfg.keys.feedback_channel(&id))
         .collect();
     let rec = recorder();
@@ -861,6 +877,23 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
         // The SUBSCRIBE race: waiters start with the lever pulled, responses follow at once.
         waiters = spawn_waiters(&rec);
     }
+    let window_churn = (scenario.window_churn > 0).then(|| {
+        let (s, rec, name, n) = (s.clone(), rec.clone(), scenario.name, scenario.window_churn);
+        // Until the last response is due, at most `n` of them.
+        let until = window_start + window;
+        tokio::spawn(async move {
+            let mut running = Vec::new();
+            for i in (0..n).take_while(|_| Instant::now() < until) {
+                let id = format!("{name}-wchurn-{i}");
+                running.push(spawn_churn_wait(&s, &rec, &id, Duration::from_millis(WINDOW_CHURN_WAIT_MS)));
+                tokio::time::sleep(Duration::from_millis(WINDOW_CHURN_GAP_MS)).await;
+            }
+            for w in running {
+                w.join().await?;
+            }
+            anyhow::Ok(())
+        })
+    });
     let mut responders = Vec::new();
     let payload_bytes = scenario.payload_bytes;
     for (id, offset) in ids.iter().zip(&offsets) {
@@ -875,6 +908,9 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     }
     for f in &scenario.late_faults {
         nemesis.apply(f, &mut *rig.redis).await?;
+    }
+    if let Some(churn) = window_churn {
+        churn.await??;
     }
     tokio::time::sleep_until((window_start + window).into()).await;
     nemesis.heal(&mut *rig.redis).await?;

@@ -149,6 +149,15 @@ pub fn catalogue() -> Vec<Scenario> {
         .applies_to(&["hybrid", "pubsub-only"])
         .why("pub/sub-only: responses published during the resubscribe are gone"),
         Scenario::new(
+            "hint-behind-commands",
+            "hints arrive while the subscriber's SUBSCRIBE/UNSUBSCRIBE round trips are slow (150 ms upstream) under waiter churn",
+            [Valid, Valid, Valid],
+        )
+        .faults(vec![Fault::LatencyUpstream { target: Target::Subscriber, latency_ms: 150 }])
+        .window_churn(500)
+        .fallback_off()
+        .applies_to(&["hybrid", "pubsub-only"]),
+        Scenario::new(
             "stream-tail-in-outage",
             "a stream's tail, final chunk included, published while the subscriber is cut off; nothing after",
             [Valid, Invalid, Valid],

@@ -81,3 +81,8 @@ async fn a_payload_hint_published_before_the_store_is_a_phantom_read() {
 async fn a_fanout_consumer_dropping_reset_on_a_full_queue_fails_the_fanout_check() {
     killed_by(Mutation::FanoutDropsResetWhenFull, "fanout-overflow", "fanout").await;
 }
+
+#[tokio::test]
+async fn a_hub_that_dispatches_hints_between_round_trips_fails_the_wake_bound() {
+    killed_by(Mutation::DispatchBehindCommands, "hint-behind-commands", "wakeup").await;
+}

@@ -129,6 +129,11 @@ async fn resubscribe_race() {
 }
 
 #[tokio::test]
+async fn hint_behind_commands() {
+    check("hint-behind-commands").await;
+}
+
+#[tokio::test]
 async fn stream_tail_in_outage() {
     check("stream-tail-in-outage").await;
 }

@@ -395,52 +395,80 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Arc<s
     };
     let (mut sink, mut stream) = pubsub.split();
     let control = cfg.keys.control_channel();
-    if !matches!(tokio::time::timeout(command_limit, sink.subscribe(&control)).await, Ok(Ok(()))) {
-        return Ended::Lost("subscribe failed");
-    }
-    let mut confirmed: HashSet<Arc<str>> = HashSet::new();
-    // A fresh connection syncs everything; changes queued while down are covered by it.
-    while kick_rx.try_recv().is_ok() {}
-    // The no-resubscribe mutation forgets every channel wanted before the reconnect.
-    let forget = inner.config.mutated(super::Mutation::NoResubscribe) && inner.reconnects.load(Ordering::Relaxed) > 0;
-    if !forget && sync(inner, &mut sink, &mut confirmed, None).await.is_err() {
-        return Ended::Lost("subscribe failed");
-    }
-    *attempt = 0;
-    inner.connected.send_replace(true);
-    // Whatever was published while no subscription was live is only in storage now.
-    inner.mark_all(true, true);
-    let mut health = tokio::time::interval(Duration::from_millis(cfg.health_check_interval_ms));
-    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    health.tick().await;
-    loop {
-        tokio::select! {
-            _ = inner.cancel.cancelled() => return Ended::Shutdown,
-            msg = stream.next() => match msg {
-                None => return Ended::Lost("connection closed"),
-                Some(msg) => dispatch(inner, &control, &msg),
-            },
-            Some(first) = kick_rx.recv() => {
-                let mut changed = HashSet::from([first]);
-                while let Ok(name) = kick_rx.try_recv() {
-                    changed.insert(name);
+    // Messages are dispatched as they arrive, beside the commands below, never behind them:
+    // a SUBSCRIBE, UNSUBSCRIBE or PING waits a full round trip for its reply, and a hint that
+    // arrived meanwhile used to wait with it. Under waiter churn the loop went from one
+    // round trip to the next, and behind a 50 +- 20 ms latency a hint waited 150-320 ms for
+    // its turn (the latency scenario beside `stress-ng --cpu 2`; hint-behind-commands
+    // squeezes it on purpose).
+    // The dispatch-behind-commands mutation: a round trip holds the gate, and a message
+    // waits for it, as when one loop both reads and sends.
+    let behind = cfg.mutated(super::Mutation::DispatchBehindCommands);
+    let gate = tokio::sync::Mutex::new(());
+    let hold = || async {
+        if behind {
+            Some(gate.lock().await)
+        } else {
+            None
+        }
+    };
+    let reader = async {
+        while let Some(msg) = stream.next().await {
+            let _held = hold().await;
+            dispatch(inner, &control, &msg);
+        }
+    };
+    let commands = async {
+        if !matches!(tokio::time::timeout(command_limit, sink.subscribe(&control)).await, Ok(Ok(()))) {
+            return Ended::Lost("subscribe failed");
+        }
+        let mut confirmed: HashSet<Arc<str>> = HashSet::new();
+        // A fresh connection syncs everything; changes queued while down are covered by it.
+        while kick_rx.try_recv().is_ok() {}
+        // The no-resubscribe mutation forgets every channel wanted before the reconnect.
+        let forget =
+            inner.config.mutated(super::Mutation::NoResubscribe) && inner.reconnects.load(Ordering::Relaxed) > 0;
+        if !forget && sync(inner, &mut sink, &mut confirmed, None).await.is_err() {
+            return Ended::Lost("subscribe failed");
+        }
+        *attempt = 0;
+        inner.connected.send_replace(true);
+        // Whatever was published while no subscription was live is only in storage now.
+        inner.mark_all(true, true);
+        let mut health = tokio::time::interval(Duration::from_millis(cfg.health_check_interval_ms));
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        health.tick().await;
+        loop {
+            tokio::select! {
+                Some(first) = kick_rx.recv() => {
+                    let mut changed = HashSet::from([first]);
+                    while let Ok(name) = kick_rx.try_recv() {
+                        changed.insert(name);
+                    }
+                    let _held = hold().await;
+                    if sync(inner, &mut sink, &mut confirmed, Some(changed)).await.is_err() {
+                        return Ended::Lost("subscribe failed");
+                    }
                 }
-                if sync(inner, &mut sink, &mut confirmed, Some(changed)).await.is_err() {
-                    return Ended::Lost("subscribe failed");
-                }
-            }
-            _ = health.tick() => {
-                let limit = Duration::from_millis(cfg.health_check_timeout_ms);
-                let healthy = if cfg.mutated(super::Mutation::HealthCheckNoTimeout) {
-                    sink.ping::<redis::Value>().await.is_ok()
-                } else {
-                    matches!(tokio::time::timeout(limit, sink.ping::<redis::Value>()).await, Ok(Ok(_)))
-                };
-                if !healthy {
-                    return Ended::Lost("health check failed");
+                _ = health.tick() => {
+                    let _held = hold().await;
+                    let limit = Duration::from_millis(cfg.health_check_timeout_ms);
+                    let healthy = if cfg.mutated(super::Mutation::HealthCheckNoTimeout) {
+                        sink.ping::<redis::Value>().await.is_ok()
+                    } else {
+                        matches!(tokio::time::timeout(limit, sink.ping::<redis::Value>()).await, Ok(Ok(_)))
+                    };
+                    if !healthy {
+                        return Ended::Lost("health check failed");
+                    }
                 }
             }
         }
+    };
+    tokio::select! {
+        _ = inner.cancel.cancelled() => Ended::Shutdown,
+        () = reader => Ended::Lost("connection closed"),
+        ended = commands => ended,
     }
 }
 

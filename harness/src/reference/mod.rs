@@ -187,10 +187,14 @@ pub enum Mutation {
     /// The stream consumer's duplicate filter is off by one: a chunk a retried append stored
     /// twice is handed over twice.
     StreamDuplicateFilterOffByOne,
+    /// The hub dispatches a hint only between its own command round trips (one task that
+    /// reads the connection or sends SUBSCRIBE/UNSUBSCRIBE/PING, never both): under waiter
+    /// churn on a slow link, hints wait behind replies.
+    DispatchBehindCommands,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 17] = [
+    pub const ALL: [Mutation; 18] = [
         Mutation::NeverUnsubscribe,
         Mutation::NoTtl,
         Mutation::PublishBeforeStore,
@@ -208,6 +212,7 @@ impl Mutation {
         Mutation::SwallowStoreErrors,
         Mutation::StreamReadBeforeSubscribe,
         Mutation::StreamDuplicateFilterOffByOne,
+        Mutation::DispatchBehindCommands,
     ];
 
     pub fn name(self) -> &'static str {
@@ -229,6 +234,7 @@ impl Mutation {
             Mutation::SwallowStoreErrors => "swallow-store-errors",
             Mutation::StreamReadBeforeSubscribe => "stream-read-before-subscribe",
             Mutation::StreamDuplicateFilterOffByOne => "stream-duplicate-filter-off-by-one",
+            Mutation::DispatchBehindCommands => "dispatch-behind-commands",
         }
     }
 
@@ -252,6 +258,9 @@ impl Mutation {
             Mutation::SwallowStoreErrors => "a failed store is acknowledged anyway",
             Mutation::StreamReadBeforeSubscribe => "the stream catch-up read runs before the SUBSCRIBE is confirmed",
             Mutation::StreamDuplicateFilterOffByOne => "the stream duplicate filter is off by one",
+            Mutation::DispatchBehindCommands => {
+                "hints are dispatched only between SUBSCRIBE/UNSUBSCRIBE/PING round trips"
+            }
         }
     }
 
