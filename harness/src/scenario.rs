@@ -837,8 +837,18 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     let mut waiters = Vec::new();
     if waiters_first {
         waiters = spawn_waiters(&rec);
+        // Started means registered, or already ended: a wait that returned at once is the
+        // implementation's answer (the checks judge it), not a machine that failed to start.
+        let started = || {
+            let ended = [&waiters, &standing_waits, &timeout_probes]
+                .iter()
+                .flat_map(|w| w.iter())
+                .filter(|w| w.is_finished())
+                .count();
+            s.stats().waiters + ended
+        };
         let all = crate::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
-            (s.stats().waiters >= ids.len() + standing.len() + unanswered.len()).then_some(())
+            (started() >= ids.len() + standing.len() + unanswered.len()).then_some(())
         })
         .await;
         if all.is_none() {

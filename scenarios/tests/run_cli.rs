@@ -208,3 +208,26 @@ fn a_run_whose_redis_never_starts_leaves_no_run_directory() {
     let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(left.is_empty(), "a run that never started left {left:?}");
 }
+
+/// An implementation that answers every wait at once with an empty response is judged:
+/// invalid rows with the evidence, a report, exit 1. It used to stop every scenario with
+/// `waiters did not start within 10 s` and exit 2, as if the machine were broken.
+#[test]
+fn an_implementation_that_answers_nonsense_at_once_is_judged_not_an_infrastructure_failure() {
+    let out = tempfile::tempdir().unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/implementations/answers_at_once.py");
+    let spec = format!("bad=python3 {fixture}");
+    let (code, stdout, stderr) = run(
+        &["run", "--quick", "--scenario", "clean", "--strategy", "bad", "--implementation", &spec, "--seed", "1"]
+            .into_iter()
+            .chain(["--out", out.path().to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert_eq!(verdicts(out.path()), vec![("clean".into(), "bad".into(), "invalid".into())]);
+    let md = std::fs::read_to_string(run_dir(out.path()).join("report.md")).unwrap();
+    assert!(md.contains("bad: lost invalid"), "{md}");
+    let json = std::fs::read_to_string(run_dir(out.path()).join("report.json")).unwrap();
+    assert!(json.contains("with no token"), "the empty answers are not in the evidence: {json}");
+}

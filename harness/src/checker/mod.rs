@@ -104,8 +104,9 @@ pub(crate) fn acked_at(op: &FeedbackOp<'_>) -> Option<u64> {
 }
 
 /// **lost**: an acknowledged response that no waiter or resumer obtained although one asked
-/// after it was acknowledged. Also invalid: a waiter obtaining a token nobody responded, or a
-/// response reported failed that was delivered anyway (the failure report lied).
+/// after it was acknowledged. Also invalid: a waiter obtaining a token nobody responded (on
+/// any id, answered or not), a response with no token, or a token before its respond began;
+/// and a response reported failed that was delivered anyway (the failure report lied).
 pub fn lost(h: &History) -> Verdict {
     let ops = feedback_ops(h);
     let (mut invalid, mut unknown) = (Vec::new(), Vec::new());
@@ -130,11 +131,32 @@ pub fn lost(h: &History) -> Verdict {
                 _ => {}
             }
         }
-        let known: Vec<&str> = responds.iter().map(|(_, t)| *t).collect();
-        for t in tokens.iter().filter(|t| !known.contains(t)) {
-            invalid.push(format!("{id}: a waiter obtained {t}, which nobody responded"));
+    }
+    // Every value obtained, on every id (answered or not), must be one somebody responded,
+    // and obtained no earlier than that respond began: an implementation that answers at once
+    // with an empty or foreign value is judged here, not mistaken for a broken machine. Its
+    // made-up answers lead the evidence: they say more than the losses they cause.
+    let lost_lines = std::mem::take(&mut invalid);
+    for (id, waits) in &ops.waits {
+        let responds = ops.responds.get(id).map(Vec::as_slice).unwrap_or(&[]);
+        for end in waits.iter().filter_map(|(w, _)| w.end).filter(|e| e.kind == Kind::Ok) {
+            let at = end.time_us;
+            match obtained_token(end) {
+                None => invalid.push(format!(
+                    "{id}: a waiter obtained a response with no token at {at} us: nothing anybody responded"
+                )),
+                Some(t) => match responds.iter().find(|(_, rt)| *rt == t) {
+                    None => invalid.push(format!("{id}: a waiter obtained {t}, which nobody responded")),
+                    Some((r, _)) if at < r.invoke_us => invalid.push(format!(
+                        "{id}: a waiter obtained {t} at {at} us, before its respond began at {} us",
+                        r.invoke_us
+                    )),
+                    Some(_) => {}
+                },
+            }
         }
     }
+    invalid.extend(lost_lines);
     verdict("lost", invalid, unknown)
 }
 
@@ -682,6 +704,38 @@ mod tests {
         let v = lost(&h);
         assert_eq!(v.validity, Validity::Invalid);
         assert!(v.evidence.iter().any(|e| e.contains("nobody responded")), "{v:?}");
+    }
+
+    #[test]
+    fn lost_judges_what_an_implementation_made_up() {
+        let empty = |h: B, id: &str| {
+            h.e(1, Kind::Invoke, Op::Wait { id: id.into(), token: None, via: None, resume: false, timeout_ms: None }).e(
+                1,
+                Kind::Ok,
+                Op::Wait { id: id.into(), token: None, via: Some("immediate".into()), resume: false, timeout_ms: None },
+            )
+        };
+        // An empty answer on an id that was answered, and on one nobody answers.
+        let v = lost(
+            &empty(B::default().respond(0, Kind::Ok, "a", "t1").wait(2, "a", true, Some(("t1", "immediate"))), "a").h,
+        );
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        assert!(v.evidence[0].contains("no token"), "{v:?}");
+        let v = lost(&empty(B::default(), "unanswered").h);
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        // Another id's token on an id nobody answers.
+        let h = B::default().respond(0, Kind::Ok, "a", "t1").wait(1, "u", false, Some(("t1", "immediate"))).h;
+        let v = lost(&h);
+        assert!(v.evidence.iter().any(|e| e.starts_with("u: ") && e.contains("nobody responded")), "{v:?}");
+        // The right token, before its respond began (the answer came from nowhere).
+        let h = B::default()
+            .wait(1, "a", false, Some(("t1", "immediate")))
+            .respond(0, Kind::Ok, "a", "t1")
+            .wait(2, "a", true, Some(("t1", "immediate")))
+            .h;
+        let v = lost(&h);
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        assert!(v.evidence[0].contains("before its respond began"), "{v:?}");
     }
 
     #[test]
