@@ -313,6 +313,9 @@ struct Shared {
     problems: Mutex<Vec<String>>,
     /// Set when the program's stdout closed: how it ended.
     exited: Mutex<Option<String>>,
+    /// Its stdout closed before `shutdown` was sent: it died, it was not asked to. Taken when
+    /// it happens, since `shutting_down` is set later by the worker's own shutdown.
+    died_unasked: std::sync::atomic::AtomicBool,
     /// The last `stats` answer kept, with its request number.
     stats: Mutex<(u64, ImplStats)>,
     /// The next request number (every request sent has a smaller one).
@@ -384,6 +387,7 @@ impl Process {
             events: Mutex::new(HashMap::new()),
             problems: Mutex::new(Vec::new()),
             exited: Mutex::new(None),
+            died_unasked: std::sync::atomic::AtomicBool::new(false),
             stats: Mutex::new((0, ImplStats::default())),
             next: AtomicU64::new(1),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
@@ -478,6 +482,7 @@ impl Process {
                 }
             }
             drop(stdout);
+            reader_shared.died_unasked.store(!reader_shared.shutting_down.load(Ordering::Relaxed), Ordering::Relaxed);
             *reader_shared.exited.lock().expect("exit lock") = Some(ended.clone());
             for (_, w) in reader_shared.pending.lock().expect("pending lock").drain() {
                 let _ = w.send(Answer::Exited(ended.clone()));
@@ -718,8 +723,8 @@ impl Worker {
     /// The problems seen so far, each naming the stderr file.
     pub fn problems(&self) -> Vec<String> {
         let mut ps = self.proc.problems();
-        let asked = self.proc.shared.shutting_down.load(Ordering::Relaxed);
-        if let Some(how) = self.proc.shared.exited.lock().expect("exit lock").clone().filter(|_| !asked) {
+        let died = self.proc.shared.died_unasked.load(Ordering::Relaxed);
+        if let Some(how) = self.proc.shared.exited.lock().expect("exit lock").clone().filter(|_| died) {
             let status = self.proc.exit_status();
             ps.push(format!("the program ended before shutdown ({how}; {status})"));
         }
