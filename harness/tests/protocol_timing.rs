@@ -54,3 +54,68 @@ async fn a_wait_is_not_followed_by_a_stats_round_trip() {
     }
     worker.shutdown().await;
 }
+
+/// The examples' protocol module (`examples/python/hc_protocol.py`) serving a program whose
+/// threads are slow to start: every `Thread.start` returns 20 ms late, as it does when a
+/// Python program shares a busy machine (each start waits for the new thread to run). The
+/// waits answer `timeout` at their deadline and touch no Redis.
+const SLOW_THREAD_START: &str = r#"
+import sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import hc_protocol
+
+start = threading.Thread.start
+def slow_start(self):
+    start(self)
+    time.sleep(0.02)
+threading.Thread.start = slow_start
+
+class Deadline:
+    def __init__(self, init): pass
+    def wait(self, i, timeout, cancelled):
+        cancelled.wait(timeout)
+        return None
+    def respond(self, i, fields): return {"status": "stored"}
+    def stats(self): return {"waiters": 0, "channels": 0, "pending_polls": 0, "reconnects": 0}
+    def close(self): pass
+
+hc_protocol.serve(Deadline, {"name": "slow-start", "notifies": False, "polls": True})
+"#;
+
+/// The harness times a wait from when it sent the request; a program that reads its requests
+/// only between thread starts counts its deadlines from later than that. The example module
+/// did (the publisher-outage / fixed mismatch of issue 24, 40 waits sent together ending
+/// 90-260 ms past their timeouts beside `stress-ng --cpu 2`): here the 40th of 40 waits was
+/// read about 800 ms after it was sent, and ended that late. Taken in by a thread of its own,
+/// every wait ends within the check's slack of its timeout however slowly its thread starts.
+#[tokio::test]
+async fn a_wait_is_timed_from_its_arrival_not_from_its_thread_start() {
+    const WAITS: usize = 40;
+    const TIMEOUT_MS: u64 = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("slow_start.py");
+    std::fs::write(&stub, SLOW_THREAD_START).unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python");
+    let command = format!("python3 {} {}", stub.display(), examples.display());
+    let spec = describe("slow-start", &command, dir.path()).await.unwrap();
+    harness::external::register(spec.clone());
+    let url = "redis://127.0.0.1:1/";
+    let worker = Worker::start(&spec, "feedback", url, url, &Config::default()).await.unwrap();
+    let sent = Instant::now();
+    let waits = (0..WAITS).map(|i| {
+        let worker = &worker;
+        async move {
+            let got = worker.wait(&format!("id-{i}"), Duration::from_millis(TIMEOUT_MS)).await.unwrap();
+            assert!(matches!(got, WaitOutcome::TimedOut), "wait {i}: {got:?}");
+            sent.elapsed()
+        }
+    });
+    let took = futures_util::future::join_all(waits).await;
+    worker.shutdown().await;
+    let latest = took.iter().max().unwrap();
+    let over_ms = latest.as_secs_f64() * 1000.0 - TIMEOUT_MS as f64;
+    assert!(
+        over_ms < harness::scenario::TIMEOUT_SLACK_MS * 4.0,
+        "the latest of {WAITS} waits ended {over_ms:.0} ms past its timeout: its deadline was counted from its thread's start"
+    );
+}
