@@ -124,6 +124,10 @@ pub const TIMEOUT_PROBES: usize = 2;
 /// seeded draw of up to [`RACE_JITTER_MS`]).
 pub const RACE_RESPOND_AFTER_MS: u64 = 50;
 pub const RACE_JITTER_MS: u64 = 20;
+/// A cancelled twin (see [`Scenario::twins`]) leaves this long before its id's response, in
+/// ms: long enough for its release (an UNSUBSCRIBE, a poller entry) to have happened when the
+/// response comes, short enough that the response lands before a poll could hide a lost wake-up.
+pub const TWIN_CANCEL_LEAD_MS: u64 = 40;
 /// How often the reconnect sampler reads the implementation's counter, in ms.
 const SAMPLE_EVERY_MS: u64 = 10;
 
@@ -199,6 +203,11 @@ pub struct Scenario {
     /// the fault window ([`WINDOW_CHURN_GAP_MS`] apart, each timing out after [`WINDOW_CHURN_WAIT_MS`]), so
     /// the subscriber keeps sending SUBSCRIBE and UNSUBSCRIBE while the workload's hints arrive.
     pub window_churn: usize,
+    /// Every live wait has a twin: a second wait on the same id in the same worker, started
+    /// with it. The twins of even ids are cancelled [`TWIN_CANCEL_LEAD_MS`] before their
+    /// response, so what the two share (a subscription, a poller entry, a wake-up) must
+    /// survive one of them leaving; the twins of odd ids wait on, so one hint must wake both.
+    pub twins: bool,
     /// Filler bytes added to every response (large messages for pub/sub-only).
     pub payload_bytes: usize,
     /// Redis config directives for the run's server.
@@ -249,6 +258,7 @@ impl Scenario {
             resumers: 1,
             churn_waits: 0,
             window_churn: 0,
+            twins: false,
             payload_bytes: 0,
             redis_config: &[],
             stream: false,
@@ -285,6 +295,10 @@ impl Scenario {
     }
     pub fn window_churn(mut self, waits: usize) -> Self {
         self.window_churn = waits;
+        self
+    }
+    pub fn twins(mut self) -> Self {
+        self.twins = true;
         self
     }
     pub fn payload(mut self, bytes: usize) -> Self {
@@ -815,9 +829,14 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     let planned_start = Instant::now() + if scenario.live_waiters { settle } else { Duration::ZERO };
     let wait_until = planned_start + window + recovery + Duration::from_millis(WAIT_MARGIN_MS);
     let waiters_first = scenario.live_waiters && scenario.race != Some(Race::SubscribeWindow);
+    // With twins, each id's wait is followed by its twin (see `Scenario::twins`).
+    let per_id = if scenario.twins { 2 } else { 1 };
     let spawn_waiters = |rec: &Arc<Recorder>| -> Vec<RecordedWait> {
         let left = wait_until.saturating_duration_since(Instant::now());
-        ids.iter().map(|id| spawn_wait(&s, rec, id, left, false)).collect()
+        ids.iter()
+            .flat_map(|id| std::iter::repeat_n(id, per_id))
+            .map(|id| spawn_wait(&s, rec, id, left, false))
+            .collect()
     };
     // Standing probes wait through the fault and are answered after recovery: a subscriber
     // that comes back without its old channels shows here (fresh probes subscribe anew).
@@ -848,7 +867,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
             s.stats().waiters + ended
         };
         let all = crate::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
-            (started() >= ids.len() + standing.len() + unanswered.len()).then_some(())
+            (started() >= ids.len() * per_id + standing.len() + unanswered.len()).then_some(())
         })
         .await;
         if all.is_none() {
@@ -904,6 +923,27 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
             anyhow::Ok(())
         })
     });
+    // The twins of even ids leave shortly before their response (cancelled as a worker that
+    // gives up drops its wait); the others stay in `waiters`.
+    let mut leaving = Vec::new();
+    if scenario.twins {
+        let mut all = std::mem::take(&mut waiters).into_iter();
+        let mut i = 0;
+        while let (Some(first), Some(twin)) = (all.next(), all.next()) {
+            waiters.push(first);
+            if i % 2 == 1 {
+                waiters.push(twin);
+            } else {
+                let at = window_start + offsets[i].saturating_sub(Duration::from_millis(TWIN_CANCEL_LEAD_MS));
+                let rec = rec.clone();
+                leaving.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    twin.cancel(&rec).await;
+                }));
+            }
+            i += 1;
+        }
+    }
     let mut responders = Vec::new();
     let payload_bytes = scenario.payload_bytes;
     for (id, offset) in ids.iter().zip(&offsets) {
@@ -913,7 +953,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
             respond_recorded(&*s, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
         }));
     }
-    for r in responders {
+    for r in responders.into_iter().chain(leaving) {
         r.await?;
     }
     for f in &scenario.late_faults {

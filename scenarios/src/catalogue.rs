@@ -31,6 +31,18 @@ pub fn catalogue() -> Vec<Scenario> {
         )
         .faults(vec![Fault::Blackhole { target: Target::Subscriber }])
         .why("pub/sub-only: hints sent into a dead subscription are gone"),
+        // The same silence with nothing else going on: no poll ends a wait and no subscription
+        // changes while it lasts, so only the health check can notice the dead connection (a
+        // SUBSCRIBE or UNSUBSCRIBE timing out would notice it too, and did, in the scenario above).
+        Scenario::new(
+            "subscriber-blackhole-hints-only",
+            "the subscriber connection goes silent while no subscription changes; hints only",
+            [Valid, Invalid, Valid],
+        )
+        .faults(vec![Fault::Blackhole { target: Target::Subscriber }])
+        .fallback_off()
+        .applies_to(&["hybrid", "pubsub-only"])
+        .why("pub/sub-only: hints sent into a dead subscription are gone"),
         Scenario::new(
             "crash-restart-aof",
             "SIGKILL + restart (AOF always) while the subscriber is cut off",
@@ -157,6 +169,24 @@ pub fn catalogue() -> Vec<Scenario> {
         .window_churn(500)
         .fallback_off()
         .applies_to(&["hybrid", "pubsub-only"]),
+        // Two waits on every id in one worker: what they share (the channel's subscription,
+        // its wake-up, the poller's entry) must outlive either of them.
+        Scenario::new(
+            "same-id-waits",
+            "two waits on every id in one worker, one of each even pair cancelled just before the response; hints only",
+            all_valid,
+        )
+        .twins()
+        .fallback_off()
+        .applies_to(&["hybrid", "pubsub-only"]),
+        Scenario::new(
+            "same-id-waits-blackhole",
+            "two waits on every id, one of each even pair cancelled just before the response, while the subscriber is silent",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::Blackhole { target: Target::Subscriber }])
+        .twins()
+        .why("pub/sub-only: hints sent into a dead subscription are gone"),
         Scenario::new(
             "stream-tail-in-outage",
             "a stream's tail, final chunk included, published while the subscriber is cut off; nothing after",

@@ -54,7 +54,7 @@ async fn a_slow_poll_fails_the_fallback_bound() {
 
 #[tokio::test]
 async fn a_health_check_without_timeout_fails_detection() {
-    killed_by(Mutation::HealthCheckNoTimeout, "subscriber-blackhole", "detection").await;
+    killed_by(Mutation::HealthCheckNoTimeout, "subscriber-blackhole-hints-only", "detection").await;
 }
 
 #[tokio::test]
@@ -85,4 +85,14 @@ async fn a_fanout_consumer_dropping_reset_on_a_full_queue_fails_the_fanout_check
 #[tokio::test]
 async fn a_hub_that_dispatches_hints_between_round_trips_fails_the_wake_bound() {
     killed_by(Mutation::DispatchBehindCommands, "hint-behind-commands", "wakeup").await;
+}
+
+#[tokio::test]
+async fn a_hub_that_unsubscribes_a_shared_channel_fails_recovery() {
+    killed_by(Mutation::UnsubscribeShared, "same-id-waits", "recovery").await;
+}
+
+#[tokio::test]
+async fn a_hint_that_wakes_one_of_two_waiters_fails_recovery() {
+    killed_by(Mutation::WakeOneWaiter, "same-id-waits", "recovery").await;
 }

@@ -134,6 +134,21 @@ async fn hint_behind_commands() {
 }
 
 #[tokio::test]
+async fn subscriber_blackhole_hints_only() {
+    check("subscriber-blackhole-hints-only").await;
+}
+
+#[tokio::test]
+async fn same_id_waits() {
+    check("same-id-waits").await;
+}
+
+#[tokio::test]
+async fn same_id_waits_blackhole() {
+    check("same-id-waits-blackhole").await;
+}
+
+#[tokio::test]
 async fn stream_tail_in_outage() {
     check("stream-tail-in-outage").await;
 }

@@ -191,10 +191,17 @@ pub enum Mutation {
     /// reads the connection or sends SUBSCRIBE/UNSUBSCRIBE/PING, never both): under waiter
     /// churn on a slow link, hints wait behind replies.
     DispatchBehindCommands,
+    /// Dropping a subscription unsubscribes its channel even while another waiter on the same
+    /// id holds it (a reference count that never looks at the count): the other waiter's hint
+    /// is lost.
+    UnsubscribeShared,
+    /// A hint wakes one of the waiters on its channel (`notify_one` for `notify_waiters`):
+    /// two waits on one id, and one sleeps through the hint.
+    WakeOneWaiter,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 18] = [
+    pub const ALL: [Mutation; 20] = [
         Mutation::NeverUnsubscribe,
         Mutation::NoTtl,
         Mutation::PublishBeforeStore,
@@ -213,6 +220,8 @@ impl Mutation {
         Mutation::StreamReadBeforeSubscribe,
         Mutation::StreamDuplicateFilterOffByOne,
         Mutation::DispatchBehindCommands,
+        Mutation::UnsubscribeShared,
+        Mutation::WakeOneWaiter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -235,6 +244,8 @@ impl Mutation {
             Mutation::StreamReadBeforeSubscribe => "stream-read-before-subscribe",
             Mutation::StreamDuplicateFilterOffByOne => "stream-duplicate-filter-off-by-one",
             Mutation::DispatchBehindCommands => "dispatch-behind-commands",
+            Mutation::UnsubscribeShared => "unsubscribe-shared",
+            Mutation::WakeOneWaiter => "wake-one-waiter",
         }
     }
 
@@ -261,6 +272,8 @@ impl Mutation {
             Mutation::DispatchBehindCommands => {
                 "hints are dispatched only between SUBSCRIBE/UNSUBSCRIBE/PING round trips"
             }
+            Mutation::UnsubscribeShared => "a channel is unsubscribed when any of its waiters leaves, not the last",
+            Mutation::WakeOneWaiter => "a hint wakes one waiter on its channel, not all",
         }
     }
 
