@@ -928,20 +928,19 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     let mut leaving = Vec::new();
     if scenario.twins {
         let mut all = std::mem::take(&mut waiters).into_iter();
-        let mut i = 0;
-        while let (Some(first), Some(twin)) = (all.next(), all.next()) {
+        for (i, offset) in offsets.iter().enumerate() {
+            let (Some(first), Some(twin)) = (all.next(), all.next()) else { break };
             waiters.push(first);
             if i % 2 == 1 {
                 waiters.push(twin);
-            } else {
-                let at = window_start + offsets[i].saturating_sub(Duration::from_millis(TWIN_CANCEL_LEAD_MS));
-                let rec = rec.clone();
-                leaving.push(tokio::spawn(async move {
-                    tokio::time::sleep_until(at.into()).await;
-                    twin.cancel(&rec).await;
-                }));
+                continue;
             }
-            i += 1;
+            let at = window_start + offset.saturating_sub(Duration::from_millis(TWIN_CANCEL_LEAD_MS));
+            let rec = rec.clone();
+            leaving.push(tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                twin.cancel(&rec).await;
+            }));
         }
     }
     let mut responders = Vec::new();

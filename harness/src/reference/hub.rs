@@ -398,7 +398,7 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Arc<s
         },
     };
     let (mut sink, mut stream) = pubsub.split();
-    let sink_for_health = sink.clone();
+    let mut ping_sink = sink.clone();
     let control = cfg.keys.control_channel();
     // Messages are dispatched as they arrive, beside the commands below, never behind them:
     // a SUBSCRIBE, UNSUBSCRIBE or PING waits a full round trip for its reply, and a hint that
@@ -457,13 +457,9 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Arc<s
     // round trip (a 150 ms upstream latency and a PING every 250 ms kept the loop busy 60 % of
     // the time, and a burst of waiters was confirmed 750 ms late: subscribe-race beside
     // `stress-ng --cpu 2`). Only started once the connection is synced, as before.
-    let mut ping_sink = sink_for_health;
     let health = async {
-        let mut up = inner.connected.subscribe();
-        while !*up.borrow_and_update() {
-            if up.changed().await.is_err() {
-                return Ended::Shutdown;
-            }
+        if inner.connected.subscribe().wait_for(|up| *up).await.is_err() {
+            return Ended::Shutdown;
         }
         let mut health = tokio::time::interval(Duration::from_millis(cfg.health_check_interval_ms));
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
