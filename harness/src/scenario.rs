@@ -1342,9 +1342,9 @@ const DELIVERY_PROCESS_OFFSET: u32 = 1_000_000;
 
 /// Fan-out queue depth in the fan-out scenario: small, so a slow worker overflows it.
 const FANOUT_QUEUE_MAX: usize = 64;
-/// Time the slow fan-out worker spends per message, in microseconds: slow enough that the
-/// queue is still full when RESET arrives after the burst (64 messages take 1.3 s), so a
-/// consumer that drops RESET on a full queue is caught every run, not only on a slow one.
+/// Time the slow fan-out worker spends per message, in microseconds (64 messages take 1.3 s).
+/// The worker takes nothing until the consumer has counted RESET (see `run_fanout`), so the
+/// queue is full when RESET arrives on every run; this pace only keeps it overflowing after.
 const FANOUT_WORK_US: u64 = 20_000;
 
 /// The fan-out workload (seed `004_*`): a burst of ticks to a bounded consumer whose worker
@@ -1369,10 +1369,17 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     anyhow::ensure!(subscribed.is_some(), "the fan-out consumer never subscribed");
     let mut events = std::mem::replace(&mut consumer.events, tokio::sync::mpsc::channel(1).1);
     let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let worker = {
-        let (rec, taken) = (rec.clone(), taken.clone());
+        let (rec, taken, stats) = (rec.clone(), taken.clone(), consumer.stats.clone());
         tokio::spawn(async move {
             let p = rec.process();
+            // The worker starts only once the consumer has counted RESET: the burst has
+            // filled the queue by then, so RESET meets a full queue on every run. Pacing
+            // alone left a slot free now and then (the worker took one in the few ms between
+            // the last tick and RESET), and a consumer dropping RESET when full then passed.
+            let reset_seen = || async { (stats.resets.load(std::sync::atomic::Ordering::Relaxed) >= 1).then_some(()) };
+            let _ = crate::poll_until(Duration::from_secs(30), Duration::from_millis(5), reset_seen).await;
             while let Some(e) = events.recv().await {
                 let op = match e {
                     FanoutEvent::Tick(t) => Op::Take { seq: t.seq, reset: false },
@@ -1389,11 +1396,17 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
         publish_tick(&publisher, &channel, &rec, seq).await;
     }
     publish_tick(&publisher, &channel, &rec, ticks / 2).await; // stale
+                                                               // RESET goes out once the consumer has taken in the whole burst (bounded: 20 s), so it
+                                                               // cannot overtake ticks still in the subscription buffer and find the queue not yet full.
+    let burst_in = crate::poll_until(Duration::from_secs(20), Duration::from_millis(5), || async {
+        (load(&consumer.stats.received) > ticks).then_some(())
+    })
+    .await;
+    anyhow::ensure!(burst_in.is_some(), "the fan-out consumer did not receive the burst");
     publisher.control(Control::Reset).await;
     // The fresh low sequences go out once the worker has drained the queue: RESET reached
     // the consumer while the queue was full, so one that dropped it now hands the worker
     // sequences that go backwards with no reset between (bounded: 30 s).
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let drained = crate::poll_until(Duration::from_secs(30), Duration::from_millis(10), || async {
         let st = &consumer.stats;
         (load(&st.resets) >= 1 && load(&taken) >= load(&st.enqueued)).then_some(())
