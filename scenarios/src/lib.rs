@@ -1,5 +1,6 @@
 //! The suite: the scenario catalogue ([`catalogue`]), the `hybrid-chaos` command line
-//! (`src/main.rs`), the mutation kill matrix ([`mutants`]), and property tests over fault
+//! (`src/main.rs`), the mutation kill matrix ([`mutants`]) and cargo-mutants' measure of
+//! it ([`generated`]), and property tests over fault
 //! schedules: proptest generates a workload and a schedule of
 //! faults from the nemesis catalogue ([`gen`]), each case runs on a real `redis-server`
 //! behind the fault proxy ([`harness::case`]), and a failing case shrinks to the smallest
@@ -11,6 +12,7 @@
 
 pub mod catalogue;
 pub mod gen;
+pub mod generated;
 pub mod mutants;
 pub mod run_dir;
 pub mod search;

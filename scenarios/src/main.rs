@@ -144,6 +144,16 @@ enum Command {
         #[arg(long)]
         no_property: bool,
     },
+    /// Summarise a cargo-mutants run over the reference (`./ci/mutants --generated` calls
+    /// this): caught / missed / timeout / unviable and every miss with its disposition, written
+    /// to generated.md / generated.json. Exit 1 if a miss is not a listed gap.
+    GeneratedMutants {
+        /// cargo-mutants' output directory (holds outcomes.json).
+        dir: PathBuf,
+        /// Where generated.md / generated.json go.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Compare two run directories (A: the baseline, B: the change): verdict, loss and
     /// latency changes, written to B's compare.md and compare.html. Exit 1 when B is worse on
     /// safety (a verdict got worse, or more was lost).
@@ -850,6 +860,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r = run_mutants(mutants, quick, seed, out, jobs as usize, !no_property) => r,
                 s = stop => Err(Interrupted(s).into()),
             }
+        }
+        Command::GeneratedMutants { dir, out } => {
+            let path = dir.join("outcomes.json");
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let s = scenarios::generated::summarise(&text, scenarios::generated::KNOWN_GAPS)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let md = scenarios::generated::markdown(&s);
+            write_file(&out.join("generated.md"), &md)?;
+            write_file(&out.join("generated.json"), &(serde_json::to_string_pretty(&s)? + "\n"))?;
+            print!("{md}");
+            eprintln!("generated mutants: {}", out.join("generated.md").display());
+            let unexplained = s.unexplained().count();
+            if unexplained > 0 {
+                eprintln!("{unexplained} missed mutant(s) no gap explains: the harness lets those bugs through");
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Compare { a, b, strategy_a, strategy_b } => {
             use harness::compare::{read_history, read_report};

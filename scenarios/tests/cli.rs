@@ -274,3 +274,32 @@ fn cpu_ms(pid: u32) -> u64 {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     (f[11] + f[12]) * 1_000 / ticks
 }
+
+/// `generated-mutants` over cargo-mutants' own output format: an unexplained miss is exit 1
+/// with the miss in generated.md; all caught is exit 0; a directory without outcomes.json is a
+/// clear error (exit 2), with nothing written.
+#[test]
+fn generated_mutants_fails_on_a_miss_and_names_a_missing_outcomes_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |outcomes: serde_json::Value| {
+        let doc = serde_json::json!({ "outcomes": outcomes, "cargo_mutants_version": "27.1.0" });
+        std::fs::write(dir.path().join("outcomes.json"), doc.to_string()).unwrap();
+    };
+    let mutant = |name: &str, summary: &str| serde_json::json!({ "scenario": { "Mutant": { "name": name } }, "summary": summary });
+    let d = dir.path().to_str().unwrap();
+    write(serde_json::json!([mutant("harness/src/reference/hub.rs:9:5: replace f with ()", "MissedMutant")]));
+    let (code, out, err) = cli(&["generated-mutants", d, "--out", d]);
+    assert_eq!(code, 1, "{out} {err}");
+    let md = std::fs::read_to_string(dir.path().join("generated.md")).unwrap();
+    assert!(md.contains("hub.rs:9:5: replace f with ()` | **unexplained**"), "{md}");
+    write(serde_json::json!([mutant("harness/src/reference/hub.rs:9:5: replace f with ()", "CaughtMutant")]));
+    let (code, out, err) = cli(&["generated-mutants", d, "--out", d]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("caught of viable: **100.0 %**"), "{out}");
+    let empty = tempfile::tempdir().unwrap();
+    let e = empty.path().to_str().unwrap();
+    let (code, _, err) = cli(&["generated-mutants", e, "--out", e]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("outcomes.json"), "{err}");
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0, "something was written beside the missing file");
+}
