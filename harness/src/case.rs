@@ -146,6 +146,7 @@ impl fmt::Display for Step {
             Fault::Slicer { target: t, average_size, delay_us } => {
                 write!(f, "slicer {average_size} B / {delay_us} us on {}", target(*t))?
             }
+            Fault::PublishLost => write!(f, "the responder's PUBLISH lost")?,
         }
         write!(f, ", for {} ms", self.duration_ms)
     }

@@ -78,6 +78,12 @@ pub enum Fault {
         average_size: u64,
         delay_us: u64,
     },
+    /// The responder stores each response but its PUBLISH never goes out, until healed: a
+    /// responder process that dies between its two commands, as the seeds' responders (HSET,
+    /// then PUBLISH, not one transaction) can. Nothing in Redis or the network changes, so the
+    /// subscriber stays healthy and its health check sees nothing: only a poll of storage
+    /// finds these responses. Applied by the workload (see [`Nemesis::publish_lost`]).
+    PublishLost,
 }
 
 /// Errors injecting or healing a fault.
@@ -100,6 +106,8 @@ pub struct Nemesis {
     frozen: bool,
     /// `maxmemory` and `maxmemory-policy` to restore after [`Fault::StoreRefused`].
     memory_before: Option<(String, String)>,
+    /// Set while [`Fault::PublishLost`] is applied; the workload's responders read it.
+    publish_lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Nemesis {
@@ -111,7 +119,13 @@ impl Nemesis {
             redis_down: false,
             frozen: false,
             memory_before: None,
+            publish_lost: Default::default(),
         }
+    }
+
+    /// The flag [`Fault::PublishLost`] sets: a responder that sees it stores without publishing.
+    pub fn publish_lost(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.publish_lost.clone()
     }
 
     fn proxies(&self, t: Target) -> Vec<&str> {
@@ -181,12 +195,14 @@ impl Nemesis {
                 };
                 self.toxic(*target, kind, Stream::Downstream).await?
             }
+            Fault::PublishLost => self.publish_lost.store(true, std::sync::atomic::Ordering::SeqCst),
         }
         Ok(())
     }
 
     /// Removes every network fault and brings the server back (thawed, running).
     pub async fn heal(&mut self, redis: &mut dyn RedisNode) -> Result<(), Error> {
+        self.publish_lost.store(false, std::sync::atomic::Ordering::SeqCst);
         for p in [self.commands_proxy.clone(), self.subscriber_proxy.clone()] {
             self.tp.set_enabled(&p, true).await?;
             self.tp.clear_toxics(&p).await?;

@@ -188,6 +188,10 @@ pub struct Scenario {
     pub persistence: Persistence,
     /// Faults applied together when the fault window opens; all healed when it closes.
     pub faults: Vec<Fault>,
+    /// Further fault windows, one per entry, each opening a recovery bound after the previous
+    /// heal (so every fallback must have come back): a poll task that ended on the first
+    /// fault's failed read is needed again here. The ids are dealt out over all windows.
+    pub then_faults: Vec<Vec<Fault>>,
     /// Faults applied after every response was acknowledged, before the heal (e.g. a crash
     /// that must find the writes already made).
     pub late_faults: Vec<Fault>,
@@ -253,6 +257,7 @@ impl Scenario {
             about,
             persistence: Persistence::None,
             faults: vec![],
+            then_faults: vec![],
             late_faults: vec![],
             live_waiters: true,
             resumers: 1,
@@ -277,6 +282,11 @@ impl Scenario {
     }
     pub fn faults(mut self, f: Vec<Fault>) -> Self {
         self.faults = f;
+        self
+    }
+    /// One more fault window after the ones before it (see [`Scenario::then_faults`]).
+    pub fn then(mut self, f: Vec<Fault>) -> Self {
+        self.then_faults.push(f);
         self
     }
     pub fn late_faults(mut self, f: Vec<Fault>) -> Self {
@@ -788,6 +798,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
         .cloned()
         .chain((0..scenario.churn_waits).map(|i| format!("{}-churn-{i}", scenario.name)))
         .chain((0..scenario.window_churn).map(|i| format!("{}-wchurn-{i}", scenario.name)))
+        .chain((1..=scenario.then_faults.len()).map(|k| format!("{}-probe-w{k}", scenario.name)))
         .map(|id| cfg.keys.feedback_channel(&id))
         .collect();
     let rec = recorder();
@@ -827,7 +838,14 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     // Planned: the window opens after the waiters settled; the actual opening is taken when
     // the fault is applied (`window_start` below).
     let planned_start = Instant::now() + if scenario.live_waiters { settle } else { Duration::ZERO };
-    let wait_until = planned_start + window + recovery + Duration::from_millis(WAIT_MARGIN_MS);
+    // Fault windows: the first, then each of `then_faults` a recovery bound after the
+    // previous heal. `span` runs from the first opening to the last heal.
+    let rounds: Vec<&Vec<Fault>> = std::iter::once(&scenario.faults).chain(&scenario.then_faults).collect();
+    // Between windows: the recovery bound, then one fresh probe (the recovery check judges
+    // every heal), which takes at most its subscription wait plus its own wait.
+    let round_every = window + recovery + Duration::from_millis(PROBE_SUBSCRIBE_WAIT_MS + PROBE_WAIT_MS);
+    let span = round_every * (rounds.len() as u32 - 1) + window;
+    let wait_until = planned_start + span + recovery + Duration::from_millis(WAIT_MARGIN_MS);
     let waiters_first = scenario.live_waiters && scenario.race != Some(Race::SubscribeWindow);
     // With twins, each id's wait is followed by its twin (see `Scenario::twins`).
     let per_id = if scenario.twins { 2 } else { 1 };
@@ -888,11 +906,14 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
         warm_up(&s, &rec, &rig.redis.url(), &cfg, &format!("{}-warmup", scenario.name)).await?;
     }
     let mut nemesis = rig.nemesis();
-    // Spread over the window, or, in a race, right after the lever is pulled.
-    let offsets: Vec<Duration> = ids
-        .iter()
-        .map(|_| match scenario.race {
-            None => Duration::from_millis(rng.random_range(100..budget.fault_window_ms.max(200) - 50)),
+    // Spread over the windows (id i in window i mod windows), or, in a race, right after the
+    // lever is pulled.
+    let offsets: Vec<Duration> = (0..ids.len())
+        .map(|i| match scenario.race {
+            None => {
+                round_every * (i % rounds.len()) as u32
+                    + Duration::from_millis(rng.random_range(100..budget.fault_window_ms.max(200) - 50))
+            }
             Some(_) => Duration::from_millis(RACE_RESPOND_AFTER_MS + rng.random_range(0..=RACE_JITTER_MS)),
         })
         .collect();
@@ -909,7 +930,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     let window_churn = (scenario.window_churn > 0).then(|| {
         let (s, rec, name, n) = (s.clone(), rec.clone(), scenario.name, scenario.window_churn);
         // Until the last response is due, at most `n` of them.
-        let until = window_start + window;
+        let until = window_start + span;
         tokio::spawn(async move {
             let mut running = Vec::new();
             for i in (0..n).take_while(|_| Instant::now() < until) {
@@ -943,28 +964,59 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
             }));
         }
     }
-    let mut responders = Vec::new();
+    // Responders, by window: each window heals once its responses are acknowledged.
+    let mut responders: Vec<Vec<tokio::task::JoinHandle<()>>> = rounds.iter().map(|_| Vec::new()).collect();
     let payload_bytes = scenario.payload_bytes;
-    for (id, offset) in ids.iter().zip(&offsets) {
+    let publish_lost = nemesis.publish_lost();
+    for (i, (id, offset)) in ids.iter().zip(&offsets).enumerate() {
         let (s, rec, id, offset) = (s.clone(), rec.clone(), id.clone(), *offset);
-        responders.push(tokio::spawn(async move {
+        let (publish_lost, redis_url, cfg) = (publish_lost.clone(), rig.redis.url(), cfg.clone());
+        responders[i % rounds.len()].push(tokio::spawn(async move {
             tokio::time::sleep_until((window_start + offset).into()).await;
-            respond_recorded(&*s, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
+            if publish_lost.load(std::sync::atomic::Ordering::SeqCst) {
+                store_unpublished(&redis_url, &cfg, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
+            } else {
+                respond_recorded(&*s, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
+            }
         }));
     }
-    for r in responders.into_iter().chain(leaving) {
-        r.await?;
+    let mut leaving = Some(leaving);
+    let mut window_churn = window_churn;
+    let mut last_heal = Instant::now();
+    for (k, (faults, round)) in rounds.iter().zip(responders).enumerate() {
+        let opens = window_start + round_every * k as u32;
+        if k > 0 {
+            // The previous heal is judged like the last: a fresh probe once its recovery
+            // bound has passed, before this window opens.
+            tokio::time::sleep_until((last_heal + recovery).into()).await;
+            let id = format!("{}-probe-w{k}", scenario.name);
+            fresh_probe(&s, &rec, &rig.redis.url(), &cfg, d.notifies, &id, seed).await?;
+            tokio::time::sleep_until(opens.into()).await;
+            let described = serde_json::to_string(faults).expect("faults serialise");
+            rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
+            for f in faults.iter() {
+                nemesis.apply(f, &mut *rig.redis).await?;
+            }
+        }
+        let last = k + 1 == rounds.len();
+        // The twins' cancels are spread over every window: joined with the last one's.
+        for r in round.into_iter().chain(if last { leaving.take().unwrap_or_default() } else { Vec::new() }) {
+            r.await?;
+        }
+        if last {
+            for f in &scenario.late_faults {
+                nemesis.apply(f, &mut *rig.redis).await?;
+            }
+            if let Some(churn) = window_churn.take() {
+                churn.await??;
+            }
+        }
+        tokio::time::sleep_until((opens + window).into()).await;
+        nemesis.heal(&mut *rig.redis).await?;
+        rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
+        last_heal = Instant::now();
     }
-    for f in &scenario.late_faults {
-        nemesis.apply(f, &mut *rig.redis).await?;
-    }
-    if let Some(churn) = window_churn {
-        churn.await??;
-    }
-    tokio::time::sleep_until((window_start + window).into()).await;
-    nemesis.heal(&mut *rig.redis).await?;
-    rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
-    let healed_at = Instant::now();
+    let healed_at = last_heal;
 
     // Recovery probes: once the recovery bound has passed, the standing waits are answered,
     // then fresh waits, each as soon as it is subscribed: all must be woken by notification
@@ -980,18 +1032,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
         .await;
     }
     for id in &probes {
-        let wait = spawn_wait(&s, &rec, id, Duration::from_millis(PROBE_WAIT_MS), false);
-        if d.notifies {
-            let channel = cfg.keys.feedback_channel(id);
-            let url = rig.redis.url();
-            crate::poll_until(Duration::from_millis(PROBE_SUBSCRIBE_WAIT_MS), Duration::from_millis(5), || async {
-                let n = admin::pubsub_numsub(&url, &[&channel]).await.ok()?;
-                (n.first().is_some_and(|(_, n)| *n > 0)).then_some(())
-            })
-            .await;
-        }
-        respond_recorded(&*s, &rec, id, format!("{id}-{seed}"), 0).await;
-        wait.join().await?;
+        fresh_probe(&s, &rec, &rig.redis.url(), &cfg, d.notifies, id, seed).await?;
     }
     for w in waiters.into_iter().chain(timeout_probes).chain(standing_waits) {
         w.join().await?;
@@ -1267,6 +1308,62 @@ pub(crate) async fn respond_recorded(
         fields.insert("padding".into(), "x".repeat(payload_bytes));
     }
     let (kind, note) = publish_record(s.respond(id, &fields).await, true);
+    rec.record(p, kind, op, note);
+}
+
+/// A recovery probe: a fresh wait, answered as soon as its subscription is at the server
+/// (designs that notify), then joined.
+async fn fresh_probe(
+    s: &Arc<dyn FeedbackStrategy>,
+    rec: &Arc<Recorder>,
+    redis_url: &str,
+    cfg: &Config,
+    notifies: bool,
+    id: &str,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let wait = spawn_wait(s, rec, id, Duration::from_millis(PROBE_WAIT_MS), false);
+    if notifies {
+        let channel = cfg.keys.feedback_channel(id);
+        crate::poll_until(Duration::from_millis(PROBE_SUBSCRIBE_WAIT_MS), Duration::from_millis(5), || async {
+            let n = admin::pubsub_numsub(redis_url, &[&channel]).await.ok()?;
+            (n.first().is_some_and(|(_, n)| *n > 0)).then_some(())
+        })
+        .await;
+    }
+    respond_recorded(&**s, rec, id, format!("{id}-{seed}"), 0).await;
+    wait.join().await
+}
+
+/// A response written the way a responder that died before its PUBLISH leaves it
+/// ([`Fault::PublishLost`]): stored under the protocol's schema on a connection of its own,
+/// straight to Redis, with no hint. Recorded as a respond like any other, so the checks
+/// expect the value to be found.
+async fn store_unpublished(
+    redis_url: &str,
+    cfg: &Config,
+    rec: &Recorder,
+    id: &str,
+    token: String,
+    payload_bytes: usize,
+) {
+    let p = rec.process();
+    let op = Op::Respond { id: id.into(), token: token.clone() };
+    rec.record(p, Kind::Invoke, op.clone(), None);
+    let mut fields = crate::reference::response_fields(id, &serde_json::Map::new());
+    fields.insert("token".into(), token);
+    if payload_bytes > 0 {
+        fields.insert("padding".into(), "x".repeat(payload_bytes));
+    }
+    let stored = async {
+        let client = redis::Client::open(redis_url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        crate::reference::feedback::store_response(cfg, id, &fields).query_async::<()>(&mut conn).await
+    };
+    let (kind, note) = match stored.await {
+        Ok(()) => (Kind::Ok, Some("stored; PUBLISH lost".to_string())),
+        Err(e) => (Kind::Info, Some(format!("store without publish failed: {e}"))),
+    };
     rec.record(p, kind, op, note);
 }
 

@@ -187,6 +187,35 @@ pub fn catalogue() -> Vec<Scenario> {
         .faults(vec![Fault::Blackhole { target: Target::Subscriber }])
         .twins()
         .why("pub/sub-only: hints sent into a dead subscription are gone"),
+        // Hints lost while nothing looks wrong: the responder stores, then its PUBLISH never
+        // goes out (it died between its two commands). The subscriber stays healthy, so no
+        // health check, reconnect or resync stands in for the poller: polling storage alone
+        // must find these, for every wait on an id, the one left when its twin leaves too.
+        Scenario::new(
+            "publish-lost",
+            "the responder stores but its PUBLISH is lost for the window (it died in between); the subscriber is healthy",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::PublishLost])
+        .why("pub/sub-only: no hint ever comes for those responses"),
+        Scenario::new(
+            "publish-lost-same-id",
+            "two waits on every id, one of each even pair cancelled just before the response, while the responder's PUBLISH is lost",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::PublishLost])
+        .twins()
+        .why("pub/sub-only: no hint ever comes for those responses"),
+        // Fault after fault: every poll fails while the command connection is refused; after
+        // the heal, hints are lost, so the poller must have outlived the first fault.
+        Scenario::new(
+            "outage-then-publish-lost",
+            "the command connection refused for a window, healed, then the responder's PUBLISH lost for a second window",
+            pubsub_breaks,
+        )
+        .faults(vec![Fault::ProxyDown { target: Target::Commands }])
+        .then(vec![Fault::PublishLost])
+        .why("pub/sub-only: no hint ever comes for the second window's responses"),
         Scenario::new(
             "stream-tail-in-outage",
             "a stream's tail, final chunk included, published while the subscriber is cut off; nothing after",

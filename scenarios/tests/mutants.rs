@@ -96,3 +96,13 @@ async fn a_hub_that_unsubscribes_a_shared_channel_fails_recovery() {
 async fn a_hint_that_wakes_one_of_two_waiters_fails_recovery() {
     killed_by(Mutation::WakeOneWaiter, "same-id-waits", "recovery").await;
 }
+
+#[tokio::test]
+async fn a_poll_task_that_ends_at_its_first_failed_read_fails_the_fallback_after_a_second_fault() {
+    killed_by(Mutation::PollerStopsOnError, "outage-then-publish-lost", "fallback").await;
+}
+
+#[tokio::test]
+async fn a_waiter_that_removes_a_shared_poller_entry_fails_the_fallback() {
+    killed_by(Mutation::PollerDropsSharedEntry, "publish-lost-same-id", "fallback").await;
+}

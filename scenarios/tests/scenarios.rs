@@ -149,6 +149,21 @@ async fn same_id_waits_blackhole() {
 }
 
 #[tokio::test]
+async fn publish_lost() {
+    check("publish-lost").await;
+}
+
+#[tokio::test]
+async fn publish_lost_same_id() {
+    check("publish-lost-same-id").await;
+}
+
+#[tokio::test]
+async fn outage_then_publish_lost() {
+    check("outage-then-publish-lost").await;
+}
+
+#[tokio::test]
 async fn stream_tail_in_outage() {
     check("stream-tail-in-outage").await;
 }

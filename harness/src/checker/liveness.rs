@@ -111,6 +111,9 @@ fn classify(f: &Fault) -> (WindowKind, f64, bool) {
         }
         // Storage refuses writes; the subscriber is untouched.
         Fault::StoreRefused => (WindowKind::Disruptive, 0.0, false),
+        // No hint is sent while storage works and the subscriber is healthy: what a dead
+        // subscriber leaves too, for a waiter (only a poll finds the response).
+        Fault::PublishLost => (WindowKind::PubSubDead, 0.0, false),
     }
 }
 
@@ -738,6 +741,28 @@ mod tests {
         let off = Bounds { poll_interval_ms: None, ..hybrid() };
         assert_eq!(fallback(&slow.h, &off).stats["judged"], 0);
         assert_eq!(recovery(&slow.h, &off).validity, Validity::Unknown, "no probe after the heal");
+    }
+
+    #[test]
+    fn a_lost_publish_is_the_pollers_to_find_in_every_window() {
+        // The subscriber is healthy, no hint comes: found by a poll within the bound, valid;
+        // found at the deadline, invalid. In a second window after a heal, the same.
+        let lost = || {
+            let mut h = H::default();
+            h.nemesis(0.0, "apply", &[Fault::PublishLost]).nemesis(1_000.0, "heal", &[]);
+            h.nemesis(3_000.0, "apply", &[Fault::PublishLost]).nemesis(4_000.0, "heal", &[]);
+            h
+        };
+        let mut ok = lost();
+        ok.sample("a", 0.0, Some((300.0, "stored; PUBLISH lost")), 450.0, Some("polled"));
+        ok.sample("b", 2_900.0, Some((3_300.0, "stored; PUBLISH lost")), 3_450.0, Some("polled"));
+        assert_eq!(fallback(&ok.h, &hybrid()).validity, Validity::Valid, "{:?}", fallback(&ok.h, &hybrid()));
+        let mut second = lost();
+        second.sample("a", 0.0, Some((300.0, "stored; PUBLISH lost")), 450.0, Some("polled"));
+        second.sample("b", 2_900.0, Some((3_300.0, "stored; PUBLISH lost")), 6_000.0, Some("deadline"));
+        let v = fallback(&second.h, &hybrid());
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        assert!(v.evidence[0].starts_with("b: obtained (deadline)"), "{v:?}");
     }
 
     #[test]

@@ -76,6 +76,8 @@ struct PollGuard {
     /// alone, as code that cleans up at the end of a function instead of in `Drop` does.
     release_on_drop: bool,
     released: bool,
+    /// On only for the poller-drops-shared-entry mutation: leaving removes the key outright.
+    drop_shared: bool,
 }
 
 impl Poller {
@@ -83,7 +85,7 @@ impl Poller {
         let mut pending = self.pending.lock().expect("poller lock");
         let entry = pending.entry(key.clone()).or_insert_with(|| Pending { refs: 0, wake: wake.clone() });
         entry.refs += 1;
-        PollGuard { poller: self.clone(), key, release_on_drop: true, released: false }
+        PollGuard { poller: self.clone(), key, release_on_drop: true, released: false, drop_shared: false }
     }
 
     fn len(&self) -> usize {
@@ -128,7 +130,7 @@ impl PollGuard {
         let mut pending = self.poller.pending.lock().expect("poller lock");
         if let Some(p) = pending.get_mut(&self.key) {
             p.refs -= 1;
-            if p.refs == 0 {
+            if p.refs == 0 || self.drop_shared {
                 pending.remove(&self.key);
             }
         }
@@ -172,6 +174,7 @@ impl Hybrid {
             let slow = if config.mutated(Mutation::SlowPoll) { 20 } else { 1 };
             let interval = Duration::from_millis(config.poll_interval_ms * slow);
             let batch_max = config.poll_batch_keys_max;
+            let stop_on_error = config.mutated(Mutation::PollerStopsOnError);
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -181,6 +184,9 @@ impl Hybrid {
                     if let Err(e) = poller.tick(&conn, batch_max).await {
                         // Storage unreachable: waiters keep waiting; the next tick tries again.
                         tracing::debug!(error = %e, "poll tick failed");
+                        if stop_on_error {
+                            break;
+                        }
                     }
                 }
             })
@@ -247,6 +253,7 @@ impl Hybrid {
         let mut control = self.hub.control();
         let mut poll = self.poller.register(key.clone(), &sub.state);
         poll.release_on_drop = !self.config.mutated(Mutation::PollerLeakOnCancel);
+        poll.drop_shared = self.config.mutated(Mutation::PollerDropsSharedEntry);
         // The summed-deadline mutation counts poll intervals slept (seed `000`) instead of
         // reading the clock: reads and early wake-ups are not counted.
         let summed = self.config.mutated(Mutation::SummedDeadline);

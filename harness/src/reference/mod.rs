@@ -198,10 +198,17 @@ pub enum Mutation {
     /// A hint wakes one of the waiters on its channel (`notify_one` for `notify_waiters`):
     /// two waits on one id, and one sleeps through the hint.
     WakeOneWaiter,
+    /// The poll task ends on its first failed tick (an `?` where a retry belongs): after the
+    /// first outage of storage, nothing polls again, and a response whose hint is lost is
+    /// found only at its waiter's deadline.
+    PollerStopsOnError,
+    /// A waiter leaving the poller removes its key outright instead of dropping its reference
+    /// (no count kept): the other wait on the same id is no longer polled for.
+    PollerDropsSharedEntry,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 20] = [
+    pub const ALL: [Mutation; 22] = [
         Mutation::NeverUnsubscribe,
         Mutation::NoTtl,
         Mutation::PublishBeforeStore,
@@ -222,6 +229,8 @@ impl Mutation {
         Mutation::DispatchBehindCommands,
         Mutation::UnsubscribeShared,
         Mutation::WakeOneWaiter,
+        Mutation::PollerStopsOnError,
+        Mutation::PollerDropsSharedEntry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -246,6 +255,8 @@ impl Mutation {
             Mutation::DispatchBehindCommands => "dispatch-behind-commands",
             Mutation::UnsubscribeShared => "unsubscribe-shared",
             Mutation::WakeOneWaiter => "wake-one-waiter",
+            Mutation::PollerStopsOnError => "poller-stops-on-error",
+            Mutation::PollerDropsSharedEntry => "poller-drops-shared-entry",
         }
     }
 
@@ -274,6 +285,8 @@ impl Mutation {
             }
             Mutation::UnsubscribeShared => "a channel is unsubscribed when any of its waiters leaves, not the last",
             Mutation::WakeOneWaiter => "a hint wakes one waiter on its channel, not all",
+            Mutation::PollerStopsOnError => "the poll task ends at its first failed read",
+            Mutation::PollerDropsSharedEntry => "a waiter leaving the poller removes its id for every waiter on it",
         }
     }
 
