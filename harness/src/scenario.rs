@@ -1612,7 +1612,10 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
     };
     checks.push(checker::exercised(&history));
     let external = crate::external::lookup(strategy).is_some();
-    if external {
+    // A built-in strategy has no protocol to break, so it reports no problem; one that does
+    // is a finding all the same (cargo-mutants' `problems` returning one went unnoticed).
+    let reported = history.events.iter().any(|e| matches!(e.op, Op::Problem { .. }));
+    if external || reported {
         checks.push(checker::protocol(&history));
     }
     if !scenario.live_waiters && !scenario.stream && !scenario.fanout {
@@ -1639,5 +1642,26 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
         bounds: bounds.copied(),
         mutation: None,
         history,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A built-in strategy that reports a problem is judged for it, like an external one; one
+    /// that reports none gets no protocol check at all.
+    #[test]
+    fn a_problem_a_built_in_strategy_reports_is_a_finding() {
+        let sc = Scenario::new("clean", "no fault", [Validity::Valid; 3]);
+        let problem =
+            Event { time_us: 5, process: 1, kind: Kind::Info, op: Op::Problem { what: "xyzzy".into() }, note: None };
+        let out = judge(&sc, "hybrid", History { events: vec![problem] }, None);
+        let protocol = out.checks.iter().find(|c| c.checker == "protocol").expect("a protocol check");
+        assert_eq!(protocol.validity, Validity::Invalid);
+        assert!(protocol.evidence[0].contains("xyzzy"), "{:?}", protocol.evidence);
+        assert_eq!(out.verdict, Validity::Invalid);
+        let quiet = judge(&sc, "hybrid", History { events: vec![] }, None);
+        assert!(quiet.checks.iter().all(|c| c.checker != "protocol"));
     }
 }

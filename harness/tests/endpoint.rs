@@ -124,3 +124,35 @@ async fn the_command_connection_follows_a_failover_by_itself() {
     .await;
     assert!(moved.is_some(), "still writing to {} after the failover", conn.target());
 }
+
+/// What says the primary may have moved, on real servers: a write refused by a replica
+/// (`READONLY`) does, and so does a refused connection; a plain command error on the primary
+/// (`WRONGTYPE`) does not, or every bad command would send the endpoint re-resolving.
+#[tokio::test]
+async fn a_replicas_refusal_says_moved_and_a_command_error_does_not() {
+    use harness::infra::RedisNode;
+    use harness::reference::endpoint::moved;
+    let primary = ProcessRedis::start(RedisSpec::default()).await.unwrap();
+    let replica =
+        ProcessRedis::start(RedisSpec::default().config("replicaof", &format!("127.0.0.1 {}", primary.port())))
+            .await
+            .unwrap();
+    let client = |url: String| async move {
+        redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+    };
+    let mut r = client(replica.url()).await;
+    let refused =
+        redis::cmd("SET").arg("k").arg("v").query_async::<()>(&mut r).await.expect_err("a replica took a write");
+    assert_eq!(refused.code(), Some("READONLY"), "{refused}");
+    assert!(moved(&refused), "READONLY: {refused}");
+    let mut p = client(primary.url()).await;
+    let _: () = redis::cmd("SET").arg("s").arg("v").query_async(&mut p).await.unwrap();
+    let wrong = redis::cmd("HGETALL").arg("s").query_async::<()>(&mut p).await.expect_err("HGETALL on a string");
+    assert!(!moved(&wrong), "WRONGTYPE: {wrong}");
+    let gone = redis::Client::open(format!("redis://127.0.0.1:{}/", free_port()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect_err("nothing listens there");
+    assert!(moved(&gone), "a refused connection: {gone}");
+}

@@ -496,3 +496,27 @@ async fn durability_acknowledges_only_what_a_replica_confirmed() {
     assert!(t.elapsed() >= Duration::from_millis(2_000), "WAIT gave up before its timeout: {:?}", t.elapsed());
     h.shutdown().await;
 }
+
+/// A command error is not a network failure: a response key that turns out to hold something
+/// other than a hash (WRONGTYPE) ends the wait with the error when the hint wakes it, where
+/// retrying it as if storage were unreachable would sit out the whole timeout and report "no
+/// response". (The wait's first read happens before the key is written, so it is the read
+/// after the hint that meets the error.)
+#[tokio::test]
+async fn a_wait_woken_to_a_key_of_the_wrong_type_fails_at_once_instead_of_retrying() {
+    let rig = Rig::new().await;
+    let cfg = config(&rig);
+    let (key, channel) = (cfg.keys.feedback_response("junk"), cfg.keys.feedback_channel("junk"));
+    let h = Arc::new(Hybrid::connect(&rig.redis_url(), &rig.redis_url(), no_polling(cfg)).await.unwrap());
+    let wait = spawn_wait(&h, "junk", 20);
+    assert!(await_numsub(&rig.redis_url(), &channel, 1).await, "the waiter never subscribed");
+    let mut c = support::conn(&rig.redis_url(), Some(2_000)).await;
+    let started = Instant::now();
+    let _: () = redis::cmd("SET").arg(&key).arg("not a hash").query_async(&mut c).await.unwrap();
+    let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg("1").query_async(&mut c).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), wait).await.expect("the wait outlived its 20 s timeout");
+    let err = got.unwrap().expect_err("a wrong-type key was treated as no response yet");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the command error was retried for {:?}", started.elapsed());
+    h.shutdown().await;
+}
