@@ -62,6 +62,8 @@ pub enum Op {
     Nemesis { action: String, faults: String },
     /// A fan-out tick with sequence `seq` was published (seed `004_*`).
     Tick { seq: u64 },
+    /// A fan-out control signal (`RESET`, `SHUTDOWN`) was published on the control channel.
+    Control { signal: String },
     /// The fan-out worker took tick `seq` from its queue, or a RESET marker.
     Take { seq: u64, reset: bool },
     /// The fan-out consumer's counters after it stopped.

@@ -1443,6 +1443,10 @@ const FANOUT_QUEUE_MAX: usize = 64;
 /// The worker takes nothing until the consumer has counted RESET (see `run_fanout`), so the
 /// queue is full when RESET arrives on every run; this pace only keeps it overflowing after.
 const FANOUT_WORK_US: u64 = 20_000;
+/// How long the fan-out workload waits for RESET to reach the consumer, and then for SHUTDOWN
+/// to stop it, in ms. Past that the run goes on, and what the consumer made of a lost signal
+/// (sequences going backwards, a consumer still running) is the checks' evidence.
+const FANOUT_CONTROL_WAIT_MS: u64 = 5_000;
 
 /// The fan-out workload (seed `004_*`): a burst of ticks to a bounded consumer whose worker
 /// is slow, a stale tick, a RESET with fresh low sequences, then SHUTDOWN.
@@ -1450,7 +1454,7 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     use crate::history::FanoutCounters;
     use crate::reference::fanout::{Event as FanoutEvent, FanoutConsumer, FanoutPublisher};
     use crate::reference::hub::{Control, Hub};
-    let rig = Rig::start(scenario, seed, budget).await?;
+    let mut rig = Rig::start(scenario, seed, budget).await?;
     let channel = rig.cfg.keys.market_channel("ES", "1m");
     let channels = vec![channel.clone()];
     let rec = recorder();
@@ -1476,7 +1480,9 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
             // alone left a slot free now and then (the worker took one in the few ms between
             // the last tick and RESET), and a consumer dropping RESET when full then passed.
             let reset_seen = || async { (stats.resets.load(std::sync::atomic::Ordering::Relaxed) >= 1).then_some(()) };
-            let _ = crate::poll_until(Duration::from_secs(30), Duration::from_millis(5), reset_seen).await;
+            let _ =
+                crate::poll_until(Duration::from_millis(FANOUT_CONTROL_WAIT_MS), Duration::from_millis(5), reset_seen)
+                    .await;
             while let Some(e) = events.recv().await {
                 let op = match e {
                     FanoutEvent::Tick(t) => Op::Take { seq: t.seq, reset: false },
@@ -1500,13 +1506,31 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     })
     .await;
     anyhow::ensure!(burst_in.is_some(), "the fan-out consumer did not receive the burst");
-    publisher.control(Control::Reset).await;
+    // With faults: applied now (e.g. every subscriber dropped), and healed once the hub has
+    // reconnected and resubscribed the data channel (bounded: 10 s), so the control signals
+    // below go to a consumer on its second connection.
+    if !scenario.faults.is_empty() {
+        let mut nemesis = rig.nemesis();
+        let described = serde_json::to_string(&scenario.faults).expect("faults serialise");
+        rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "apply".into(), faults: described }, None);
+        for f in &scenario.faults {
+            nemesis.apply(f, &mut *rig.redis).await?;
+        }
+        crate::poll_until(Duration::from_secs(10), Duration::from_millis(10), || async {
+            let n = admin::pubsub_numsub(&rig.redis.url(), &[&channel]).await.ok()?;
+            (hub.reconnects() >= 1 && n[0].1 == 1).then_some(())
+        })
+        .await;
+        nemesis.heal(&mut *rig.redis).await?;
+        rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
+    }
+    control_recorded(&publisher, &rec, Control::Reset).await;
     // The fresh low sequences go out once the worker has drained the queue: RESET reached
-    // the consumer while the queue was full, so one that dropped it now hands the worker
-    // sequences that go backwards with no reset between (bounded: 30 s).
+    // the consumer while the queue was full, so one that dropped it (or never got it) now
+    // hands the worker sequences that go backwards with no reset between (bounded: 30 s).
     let drained = crate::poll_until(Duration::from_secs(30), Duration::from_millis(10), || async {
         let st = &consumer.stats;
-        (load(&st.resets) >= 1 && load(&taken) >= load(&st.enqueued)).then_some(())
+        (load(&taken) >= load(&st.enqueued)).then_some(())
     })
     .await;
     anyhow::ensure!(drained.is_some(), "the fan-out worker did not drain its queue within 30 s");
@@ -1519,9 +1543,24 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     })
     .await;
     anyhow::ensure!(all_in.is_some(), "the fan-out consumer did not receive the burst");
-    publisher.control(Control::Shutdown).await;
+    control_recorded(&publisher, &rec, Control::Shutdown).await;
+    let stopped =
+        crate::poll_until(Duration::from_millis(FANOUT_CONTROL_WAIT_MS), Duration::from_millis(10), || async {
+            consumer.is_stopped().then_some(())
+        })
+        .await;
+    let stats = consumer.stats.clone();
+    // A consumer still running is stopped here, so its worker's queue closes.
+    let running = if stopped.is_none() {
+        let what = format!("the fan-out consumer was still running {FANOUT_CONTROL_WAIT_MS} ms after SHUTDOWN");
+        rec.record(rec.process(), Kind::Info, Op::Problem { what }, None);
+        consumer.stop().await;
+        None
+    } else {
+        Some(consumer)
+    };
     worker.await?;
-    let st = &consumer.stats;
+    let st = &stats;
     let counters = FanoutCounters {
         received: load(&st.received),
         enqueued: load(&st.enqueued),
@@ -1532,7 +1571,9 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
         resets: load(&st.resets),
     };
     rec.record(rec.process(), Kind::Ok, Op::FanoutCounters { counters }, None);
-    consumer.stop().await;
+    if let Some(consumer) = running {
+        consumer.stop().await;
+    }
     // The stopped consumer released its channel: nothing of the run is subscribed now.
     let back = |r: &Reading| r.subscriptions <= base.subscriptions;
     rig.observe_when(&rec, "settled", &channels, ImplStats::default, hub.reconnects(), back).await?;
@@ -1542,6 +1583,23 @@ async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     rig.observe_when(&rec, "final", &channels, ImplStats::default, 0, closed).await?;
     rig.teardown().await;
     finish(rec, scenario, strategy, None, budget.mutation)
+}
+
+/// Publishes a control signal, recorded as `control` (ok once acknowledged).
+async fn control_recorded(
+    publisher: &crate::reference::fanout::FanoutPublisher,
+    rec: &Recorder,
+    signal: crate::reference::hub::Control,
+) {
+    let p = rec.process();
+    let word = match signal {
+        crate::reference::hub::Control::Reset => "RESET",
+        crate::reference::hub::Control::Shutdown => "SHUTDOWN",
+    };
+    let op = Op::Control { signal: word.into() };
+    rec.record(p, Kind::Invoke, op.clone(), None);
+    let out = publisher.control(signal).await;
+    rec.record(p, if out.committed() { Kind::Ok } else { Kind::Info }, op, None);
 }
 
 async fn publish_tick(publisher: &crate::reference::fanout::FanoutPublisher, channel: &str, rec: &Recorder, seq: u64) {

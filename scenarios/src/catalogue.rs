@@ -134,6 +134,15 @@ pub fn catalogue() -> Vec<Scenario> {
             all_valid,
         )
         .fanout(&["hybrid"]),
+        // Control after a reconnect: every subscriber dropped after the burst, so RESET and
+        // SHUTDOWN reach the consumer on its second connection.
+        Scenario::new(
+            "fanout-control-after-reconnect",
+            "the fan-out workload with every subscriber dropped after the burst: RESET and SHUTDOWN after the reconnect",
+            all_valid,
+        )
+        .faults(vec![Fault::DropSubscribers])
+        .fanout(&["hybrid"]),
         Scenario::new(
             "store-refused",
             "Redis out of memory (maxmemory, noeviction) for the window: writes refused, PUBLISH still works",

@@ -106,3 +106,8 @@ async fn a_poll_task_that_ends_at_its_first_failed_read_fails_the_fallback_after
 async fn a_waiter_that_removes_a_shared_poller_entry_fails_the_fallback() {
     killed_by(Mutation::PollerDropsSharedEntry, "publish-lost-same-id", "fallback").await;
 }
+
+#[tokio::test]
+async fn a_hub_that_subscribes_control_on_its_first_connection_only_fails_the_fanout_check() {
+    killed_by(Mutation::ControlOnFirstConnectionOnly, "fanout-control-after-reconnect", "fanout").await;
+}

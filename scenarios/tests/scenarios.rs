@@ -149,6 +149,11 @@ async fn same_id_waits_blackhole() {
 }
 
 #[tokio::test]
+async fn fanout_control_after_reconnect() {
+    check("fanout-control-after-reconnect").await;
+}
+
+#[tokio::test]
 async fn publish_lost() {
     check("publish-lost").await;
 }

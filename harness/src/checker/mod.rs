@@ -333,7 +333,9 @@ pub fn order(h: &History) -> Verdict {
 /// **fanout**: a bounded consumer behind a slow worker accounts for every message it
 /// received (enqueued, dropped on overflow or lag, skipped as stale, malformed: nothing
 /// vanishes silently), its worker takes every enqueued message, in increasing sequence
-/// between resets. A run in which nothing overflowed is `unknown`: it tested nothing.
+/// between resets, and every RESET published reached the consumer (one that never did leaves
+/// the restarted producer's fresh sequences to be skipped as stale). A run in which nothing
+/// overflowed is `unknown`: it tested nothing.
 pub fn fanout(h: &History) -> Verdict {
     let counters = h.events.iter().rev().find_map(|e| match &e.op {
         Op::FanoutCounters { counters } => Some(counters.clone()),
@@ -347,6 +349,14 @@ pub fn fanout(h: &History) -> Verdict {
     let accounted = c.enqueued + c.dropped_overflow + c.dropped_lagged + c.stale_skipped + c.malformed;
     if accounted != c.received + c.resets {
         invalid.push(format!("received {} (+{} resets) but accounted for {accounted}: {c:?}", c.received, c.resets));
+    }
+    let published_resets = h
+        .events
+        .iter()
+        .filter(|e| e.kind == Kind::Ok && matches!(&e.op, Op::Control { signal } if signal == "RESET"))
+        .count() as u64;
+    if c.resets < published_resets {
+        invalid.push(format!("{published_resets} RESET published, {} reached the consumer", c.resets));
     }
     let takes: Vec<(u64, bool)> = h
         .events
@@ -935,6 +945,20 @@ mod tests {
         assert_eq!(fanout(&fanout_history(vanished, &[(1, false), (0, true), (1, false)])).validity, Validity::Invalid);
         let reordered = fanout_history(c.clone(), &[(2, false), (1, false), (3, false)]);
         assert_eq!(fanout(&reordered).validity, Validity::Invalid);
+        // A RESET published that the consumer never counted.
+        let mut lost_reset = fanout_history(c.clone(), &[(1, false), (0, true), (1, false)]);
+        lost_reset.events.insert(
+            0,
+            Event { time_us: 1, process: 9, kind: Kind::Ok, op: Op::Control { signal: "RESET".into() }, note: None },
+        );
+        assert_eq!(fanout(&lost_reset).validity, Validity::Valid, "one published, one counted");
+        lost_reset.events.insert(
+            0,
+            Event { time_us: 2, process: 9, kind: Kind::Ok, op: Op::Control { signal: "RESET".into() }, note: None },
+        );
+        let v = fanout(&lost_reset);
+        assert_eq!(v.validity, Validity::Invalid, "{v:?}");
+        assert!(v.evidence[0].contains("2 RESET published, 1 reached"), "{v:?}");
         let idle = FanoutCounters { received: 2, enqueued: 2, ..Default::default() };
         assert_eq!(fanout(&fanout_history(idle, &[(1, false), (2, false)])).validity, Validity::Unknown);
         assert_eq!(fanout(&History::default()).validity, Validity::Unknown);

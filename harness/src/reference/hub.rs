@@ -423,8 +423,11 @@ async fn session(inner: &Arc<Inner>, kick_rx: &mut mpsc::UnboundedReceiver<Arc<s
             dispatch(inner, &control, &msg);
         }
     };
+    // The control-on-first-connection-only mutation subscribes the control channel once.
+    let control_once =
+        cfg.mutated(super::Mutation::ControlOnFirstConnectionOnly) && inner.reconnects.load(Ordering::Relaxed) > 0;
     let commands = async {
-        if !matches!(tokio::time::timeout(command_limit, sink.subscribe(&control)).await, Ok(Ok(()))) {
+        if !control_once && !matches!(tokio::time::timeout(command_limit, sink.subscribe(&control)).await, Ok(Ok(()))) {
             return Ended::Lost("subscribe failed");
         }
         let mut confirmed: HashSet<Arc<str>> = HashSet::new();

@@ -205,10 +205,14 @@ pub enum Mutation {
     /// A waiter leaving the poller removes its key outright instead of dropping its reference
     /// (no count kept): the other wait on the same id is no longer polled for.
     PollerDropsSharedEntry,
+    /// The control channel is subscribed on the subscriber's first connection only (set up
+    /// once at start, like the waiters' channels are not): after a reconnect, RESET and
+    /// SHUTDOWN go nowhere.
+    ControlOnFirstConnectionOnly,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 22] = [
+    pub const ALL: [Mutation; 23] = [
         Mutation::NeverUnsubscribe,
         Mutation::NoTtl,
         Mutation::PublishBeforeStore,
@@ -231,6 +235,7 @@ impl Mutation {
         Mutation::WakeOneWaiter,
         Mutation::PollerStopsOnError,
         Mutation::PollerDropsSharedEntry,
+        Mutation::ControlOnFirstConnectionOnly,
     ];
 
     pub fn name(self) -> &'static str {
@@ -257,6 +262,7 @@ impl Mutation {
             Mutation::WakeOneWaiter => "wake-one-waiter",
             Mutation::PollerStopsOnError => "poller-stops-on-error",
             Mutation::PollerDropsSharedEntry => "poller-drops-shared-entry",
+            Mutation::ControlOnFirstConnectionOnly => "control-on-first-connection-only",
         }
     }
 
@@ -287,6 +293,7 @@ impl Mutation {
             Mutation::WakeOneWaiter => "a hint wakes one waiter on its channel, not all",
             Mutation::PollerStopsOnError => "the poll task ends at its first failed read",
             Mutation::PollerDropsSharedEntry => "a waiter leaving the poller removes its id for every waiter on it",
+            Mutation::ControlOnFirstConnectionOnly => "the control channel is subscribed on the first connection only",
         }
     }
 
