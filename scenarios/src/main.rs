@@ -868,6 +868,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let s = scenarios::generated::summarise(&text, scenarios::generated::KNOWN_GAPS)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let md = scenarios::generated::markdown(&s);
+            std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
             write_file(&out.join("generated.md"), &md)?;
             write_file(&out.join("generated.json"), &(serde_json::to_string_pretty(&s)? + "\n"))?;
             print!("{md}");
