@@ -1290,6 +1290,25 @@ fn spawn_wait_inner(
     RecordedWait { process, id: id.into(), resume, task }
 }
 
+/// Records a respond's invoke and builds its fields: the seed's, the token, and
+/// `payload_bytes` of filler. Returns the process, the op (for its completion) and the fields.
+fn respond_invoked(
+    rec: &Recorder,
+    id: &str,
+    token: String,
+    payload_bytes: usize,
+) -> (u32, Op, crate::reference::Fields) {
+    let p = rec.process();
+    let op = Op::Respond { id: id.into(), token: token.clone() };
+    rec.record(p, Kind::Invoke, op.clone(), None);
+    let mut fields = crate::reference::response_fields(id, &serde_json::Map::new());
+    fields.insert("token".into(), token);
+    if payload_bytes > 0 {
+        fields.insert("padding".into(), "x".repeat(payload_bytes));
+    }
+    (p, op, fields)
+}
+
 /// Responds `token` to `id` (plus `payload_bytes` of filler), recorded. A failure refused by
 /// the circuit breaker certainly did not write (`fail`); any other may have (`info`).
 pub(crate) async fn respond_recorded(
@@ -1299,14 +1318,7 @@ pub(crate) async fn respond_recorded(
     token: String,
     payload_bytes: usize,
 ) {
-    let p = rec.process();
-    let op = Op::Respond { id: id.into(), token: token.clone() };
-    rec.record(p, Kind::Invoke, op.clone(), None);
-    let mut fields = crate::reference::response_fields(id, &serde_json::Map::new());
-    fields.insert("token".into(), token);
-    if payload_bytes > 0 {
-        fields.insert("padding".into(), "x".repeat(payload_bytes));
-    }
+    let (p, op, fields) = respond_invoked(rec, id, token, payload_bytes);
     let (kind, note) = publish_record(s.respond(id, &fields).await, true);
     rec.record(p, kind, op, note);
 }
@@ -1347,14 +1359,7 @@ async fn store_unpublished(
     token: String,
     payload_bytes: usize,
 ) {
-    let p = rec.process();
-    let op = Op::Respond { id: id.into(), token: token.clone() };
-    rec.record(p, Kind::Invoke, op.clone(), None);
-    let mut fields = crate::reference::response_fields(id, &serde_json::Map::new());
-    fields.insert("token".into(), token);
-    if payload_bytes > 0 {
-        fields.insert("padding".into(), "x".repeat(payload_bytes));
-    }
+    let (p, op, fields) = respond_invoked(rec, id, token, payload_bytes);
     let stored = async {
         let client = redis::Client::open(redis_url)?;
         let mut conn = client.get_multiplexed_async_connection().await?;
