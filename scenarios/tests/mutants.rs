@@ -111,3 +111,10 @@ async fn a_waiter_that_removes_a_shared_poller_entry_fails_the_fallback() {
 async fn a_hub_that_subscribes_control_on_its_first_connection_only_fails_the_fanout_check() {
     killed_by(Mutation::ControlOnFirstConnectionOnly, "fanout-control-after-reconnect", "fanout").await;
 }
+
+#[tokio::test]
+async fn a_hub_that_forgets_a_subscribe_in_flight_fails_cleanup_by_the_servers_count() {
+    // Waits cancelled every 20 ms while a 150 ms upstream latency holds each SUBSCRIBE in
+    // flight: the server's PUBSUB NUMSUB, not the hub's map, shows what was left.
+    killed_by(Mutation::ForgetInFlightSubscribe, "hint-behind-commands", "cleanup").await;
+}

@@ -535,7 +535,14 @@ async fn sync(
         if !matches!(tokio::time::timeout(limit, sink.subscribe(&names)).await, Ok(Ok(()))) {
             return Err(());
         }
-        confirmed.extend(to_sub.iter().cloned());
+        if inner.config.mutated(super::Mutation::ForgetInFlightSubscribe) {
+            let channels = inner.channels.lock().expect("hub lock");
+            confirmed.extend(to_sub.iter().filter(|c| channels.contains_key(*c)).cloned());
+        } else {
+            // Every channel the server now holds, wanted or not: one dropped while its
+            // SUBSCRIBE was in flight is unsubscribed by the sync its drop queued.
+            confirmed.extend(to_sub.iter().cloned());
+        }
     }
     // A full sync after a reconnect under the resync-wakes-nobody mutation marks channels
     // without waking their waiters (mark_all does the same for the resync itself).

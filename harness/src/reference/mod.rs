@@ -209,10 +209,14 @@ pub enum Mutation {
     /// once at start, like the waiters' channels are not): after a reconnect, RESET and
     /// SHUTDOWN go nowhere.
     ControlOnFirstConnectionOnly,
+    /// A channel dropped while its SUBSCRIBE was in flight is not counted as subscribed when
+    /// the reply comes (only channels still wanted are): the hub believes it never was, so it
+    /// never unsubscribes it, and the server keeps a subscription nobody knows about.
+    ForgetInFlightSubscribe,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 23] = [
+    pub const ALL: [Mutation; 24] = [
         Mutation::NeverUnsubscribe,
         Mutation::NoTtl,
         Mutation::PublishBeforeStore,
@@ -236,6 +240,7 @@ impl Mutation {
         Mutation::PollerStopsOnError,
         Mutation::PollerDropsSharedEntry,
         Mutation::ControlOnFirstConnectionOnly,
+        Mutation::ForgetInFlightSubscribe,
     ];
 
     pub fn name(self) -> &'static str {
@@ -263,6 +268,7 @@ impl Mutation {
             Mutation::PollerStopsOnError => "poller-stops-on-error",
             Mutation::PollerDropsSharedEntry => "poller-drops-shared-entry",
             Mutation::ControlOnFirstConnectionOnly => "control-on-first-connection-only",
+            Mutation::ForgetInFlightSubscribe => "forget-in-flight-subscribe",
         }
     }
 
@@ -294,6 +300,9 @@ impl Mutation {
             Mutation::PollerStopsOnError => "the poll task ends at its first failed read",
             Mutation::PollerDropsSharedEntry => "a waiter leaving the poller removes its id for every waiter on it",
             Mutation::ControlOnFirstConnectionOnly => "the control channel is subscribed on the first connection only",
+            Mutation::ForgetInFlightSubscribe => {
+                "a channel dropped while its SUBSCRIBE is in flight stays subscribed at the server"
+            }
         }
     }
 
