@@ -1,5 +1,7 @@
 //! Generated cases: a small workload and a fault schedule, run on a real Redis behind the two
-//! proxies and judged by the same checkers as the scenarios. Property tests (the
+//! proxies and judged by the same checkers as the scenarios, liveness included: the bounds
+//! come from the case's configuration ([`CaseRig::bounds`]), a reconnect sampler feeds the
+//! detection check, and a fresh probe after the last heal feeds the recovery check. Property tests (the
 //! `hybrid-chaos-scenarios` crate) generate and shrink [`Case`]s; this module only runs one.
 //!
 //! A case is plain data (serialisable), so a failing one can be stored, printed and replayed
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{self, CleanupLimits, LatencyBound, Validity, Verdict};
+use crate::checker::{self, Bounds, LatencyBound, Validity, Verdict};
 use crate::history::{History, Kind, Op, Reading};
 use crate::infra::{admin, Persistence, RedisSpec};
 use crate::nemesis::{Fault, Target};
@@ -35,6 +37,9 @@ pub const UNANSWERED_WAIT_MS: u64 = 300;
 pub const POLL_INTERVAL_MS: u64 = 200;
 /// Reconnect backoff cap in cases, in ms.
 pub const RECONNECT_MS_MAX: u64 = 200;
+/// The id of the recovery probe (a fresh wait answered once the recovery bound has passed
+/// after the last heal); request ids are `r0`, `r1`, ...
+pub const PROBE_ID: &str = "probe";
 /// Longest wait for a cleanup reading to settle, in ms.
 pub const SETTLE_WAIT_MS: u64 = 1_000;
 /// The wake-latency bound: a waiter woken by the notification has its response within this
@@ -73,11 +78,27 @@ pub struct Request {
     pub cancel_after_ms: Option<u64>,
 }
 
+/// A second wait on the id of request `of`, in the same worker: two live waits share a
+/// subscription, a poller entry and a wake-up, and one leaving (its own cancel, or its
+/// request's) must not take the other's with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Twin {
+    /// Index into [`Case::requests`].
+    pub of: usize,
+    /// When it starts waiting, in ms after the case start.
+    pub wait_at_ms: u64,
+    /// It gives up this many ms after it started.
+    pub cancel_after_ms: Option<u64>,
+}
+
 /// A workload and a fault schedule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Case {
     pub schedule: Vec<Step>,
     pub requests: Vec<Request>,
+    /// Second waits on requests' ids (cases stored before twins existed have none).
+    #[serde(default)]
+    pub twins: Vec<Twin>,
     /// Chunks of one stream produced across the case (0: no stream), followed from the start
     /// by one consumer and from index 0 by a late joiner after the last step.
     pub chunks: u64,
@@ -106,7 +127,8 @@ impl Case {
 
     /// When the workload's last planned action happens, in ms after the start.
     pub fn workload_ms(&self) -> u64 {
-        self.requests.iter().map(|r| r.wait_at_ms.max(r.respond_at_ms.unwrap_or(0))).max().unwrap_or(0)
+        let requests = self.requests.iter().map(|r| r.wait_at_ms.max(r.respond_at_ms.unwrap_or(0)));
+        requests.chain(self.twins.iter().map(|t| t.wait_at_ms)).max().unwrap_or(0)
     }
 
     /// When answered waits give up, in ms after the start.
@@ -170,6 +192,13 @@ impl fmt::Display for Case {
             }
             writeln!(f)?;
         }
+        for (i, t) in self.twins.iter().enumerate() {
+            write!(f, "  twin {i}: a second wait on r{} at {} ms", t.of, t.wait_at_ms)?;
+            if let Some(c) = t.cancel_after_ms {
+                write!(f, ", cancelled after {c} ms")?;
+            }
+            writeln!(f)?;
+        }
         write!(f, "stream: {} chunks", self.chunks)
     }
 }
@@ -182,9 +211,17 @@ pub struct CaseOutcome {
 }
 
 impl CaseOutcome {
-    /// The checks that found the case invalid.
+    /// The checks that found the case invalid, the search's own tighter wake-latency bound
+    /// aside (reported, as the scenarios report latency; see [`CaseOutcome::failures_of`]).
     pub fn failures(&self) -> Vec<&Verdict> {
-        self.checks.iter().filter(|c| c.validity == Validity::Invalid).collect()
+        self.checks.iter().filter(|c| c.validity == Validity::Invalid && c.checker != "latency").collect()
+    }
+
+    /// The checks named in `names` that found the case invalid, `latency` included if named:
+    /// a search aimed at one flaw (the polling-only canary: it waits for a poll tick) asks
+    /// for the tight bound by name.
+    pub fn failures_of(&self, names: &[&str]) -> Vec<&Verdict> {
+        self.checks.iter().filter(|c| c.validity == Validity::Invalid && names.contains(&c.checker)).collect()
     }
 }
 
@@ -197,18 +234,21 @@ pub fn describe(verdicts: &[&Verdict]) -> String {
         .join("\n")
 }
 
-/// Judges a case's history: safety (lost, resume, duplicated, order) and liveness (cleanup,
-/// the wake-latency bound). Pure.
-pub fn judge(history: History) -> CaseOutcome {
-    let mut checks = vec![
-        checker::lost(&history),
-        checker::resume(&history),
-        checker::cleanup(&history, CleanupLimits::default()),
-        checker::latency(&history, Some(&wake_bound())),
-    ];
+/// Judges a case's history by a scenario's checks ([`scenario::feedback_checks`] with
+/// `bounds`, the stream's when it produced chunks, resume), with the latency report judged
+/// by the search's own tighter bound ([`wake_bound`]: it decides only when asked for by
+/// name, [`CaseOutcome::failures_of`]). Pure.
+pub fn judge(history: History, bounds: &Bounds) -> CaseOutcome {
+    let mut checks = scenario::feedback_checks(&history, Some(bounds));
+    checks.retain(|c| c.checker != "latency");
+    checks.push(checker::latency(&history, Some(&wake_bound())));
+    checks.push(checker::resume(&history));
     if history.events.iter().any(|e| matches!(e.op, Op::Produce { .. })) {
-        checks.push(checker::duplicated(&history));
-        checks.push(checker::order(&history));
+        checks.extend(scenario::stream_checks(&history, Some(bounds)).into_iter().filter(|c| c.checker != "cleanup"));
+    }
+    // A problem the strategy reported (a built-in one has no protocol to break) is a finding.
+    if history.events.iter().any(|e| matches!(e.op, Op::Problem { .. })) {
+        checks.push(checker::protocol(&history));
     }
     CaseOutcome { checks, history }
 }
@@ -248,6 +288,12 @@ impl CaseRig {
         strategy: &str,
         mutation: Option<Mutation>,
     ) -> anyhow::Result<CaseOutcome> {
+        anyhow::ensure!(
+            case.twins.iter().all(|t| t.of < case.requests.len()),
+            "a twin names a request the case does not have ({} requests): {:?}",
+            case.requests.len(),
+            case.twins
+        );
         self.cases += 1;
         self.rig.prefix = format!("{}c{}:", self.base_prefix, self.cases);
         self.rig.cfg = Config { mutation, ..self.base_cfg.clone() }.with_prefix(&self.rig.prefix);
@@ -259,8 +305,16 @@ impl CaseRig {
         })
         .await;
         anyhow::ensure!(gone.is_some(), "the previous case's clients did not disconnect within 5 s");
-        let history = run_case(&mut self.rig, case, strategy).await?;
-        Ok(judge(history))
+        let bounds = self.bounds(strategy);
+        let history = run_case(&mut self.rig, case, strategy, &bounds).await?;
+        Ok(judge(history, &bounds))
+    }
+
+    /// The liveness bounds a case of `strategy` is judged by: a scenario's, derived from
+    /// the case's configuration (fallback on).
+    pub fn bounds(&self, strategy: &str) -> Bounds {
+        let sc = scenario::Scenario::new("case", "a generated case", [Validity::Valid; 3]);
+        scenario::bounds(&self.base_cfg, &sc, scenario::design(strategy))
     }
 
     pub async fn stop(self) {
@@ -268,15 +322,24 @@ impl CaseRig {
     }
 }
 
-async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<History> {
+async fn run_case(rig: &mut Rig, case: &Case, strategy: &str, bounds: &Bounds) -> anyhow::Result<History> {
     let cfg = rig.cfg.clone();
     let ids: Vec<String> = (0..case.requests.len()).map(|i| format!("r{i}")).collect();
     let task = "s".to_string();
     let mut channels: Vec<String> = ids.iter().map(|id| cfg.keys.feedback_channel(id)).collect();
+    channels.push(cfg.keys.feedback_channel(PROBE_ID));
     channels.push(cfg.keys.stream_channel(&task));
     let rec = scenario::recorder();
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = scenario::connect(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?;
+    // The detection check reads the implementation's own reconnect counter.
+    let sampler = scenario::spawn_reconnect_sampler(&rec, {
+        let s = s.clone();
+        move || s.stats().reconnects
+    });
+    // Created before the workload: a PublishLost step tells the responders through it.
+    let mut nemesis = rig.nemesis();
+    let publish_lost = nemesis.publish_lost();
     let stream = match case.chunks {
         0 => None,
         _ => Some(scenario::connect_stream(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?),
@@ -285,19 +348,21 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
     let at = move |ms: u64| tokio::time::Instant::from_std(start + Duration::from_millis(ms));
     let deadline_ms = case.deadline_ms();
 
-    // The workload: one task per request (wait, maybe cancel) and per response.
+    // The workload: one task per wait (a request's or a twin's: wait, maybe cancel) and per
+    // response.
     let mut tasks = Vec::new();
-    for (req, id) in case.requests.iter().zip(&ids) {
-        let (s2, rec2, id2, req2) = (s.clone(), rec.clone(), id.clone(), req.clone());
+    let waits = case.requests.iter().zip(&ids).map(|(r, id)| (id, r.wait_at_ms, r.cancel_after_ms, r));
+    let twins = case.twins.iter().map(|t| (&ids[t.of], t.wait_at_ms, t.cancel_after_ms, &case.requests[t.of]));
+    for (id, wait_at_ms, cancel_after_ms, req) in waits.chain(twins) {
+        let (s, rec, id) = (s.clone(), rec.clone(), id.clone());
+        let timeout = match req.respond_at_ms {
+            Some(_) => deadline_ms.saturating_sub(wait_at_ms),
+            None => UNANSWERED_WAIT_MS,
+        };
         tasks.push(tokio::spawn(async move {
-            let (s, rec, id, req) = (s2, rec2, id2, req2);
-            tokio::time::sleep_until(at(req.wait_at_ms)).await;
-            let timeout = match req.respond_at_ms {
-                Some(_) => deadline_ms.saturating_sub(req.wait_at_ms),
-                None => UNANSWERED_WAIT_MS,
-            };
+            tokio::time::sleep_until(at(wait_at_ms)).await;
             let wait = scenario::spawn_wait(&s, &rec, &id, Duration::from_millis(timeout), false);
-            match req.cancel_after_ms {
+            match cancel_after_ms {
                 Some(c) => {
                     tokio::time::sleep(Duration::from_millis(c)).await;
                     wait.cancel(&rec).await;
@@ -306,12 +371,20 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
                 None => wait.join().await,
             }
         }));
+    }
+    for (req, id) in case.requests.iter().zip(&ids) {
         if let Some(t) = req.respond_at_ms {
             // The case's prefix makes every token unique across the cases of a search.
             let (s, rec, id, prefix) = (s.clone(), rec.clone(), id.clone(), rig.prefix.clone());
+            let (publish_lost, redis_url, cfg) = (publish_lost.clone(), rig.redis.url(), cfg.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(at(t)).await;
-                scenario::respond_recorded(&*s, &rec, &id, format!("{id}@{prefix}"), 0).await;
+                let token = format!("{id}@{prefix}");
+                if publish_lost.load(std::sync::atomic::Ordering::SeqCst) {
+                    scenario::store_unpublished(&redis_url, &cfg, &rec, &id, token, 0).await;
+                } else {
+                    scenario::respond_recorded(&*s, &rec, &id, token, 0).await;
+                }
                 Ok(())
             }));
         }
@@ -341,7 +414,7 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
     }
 
     // The fault schedule, step after step.
-    let mut nemesis = rig.nemesis();
+    let mut last_heal = None;
     for (start_ms, step) in case.timeline() {
         tokio::time::sleep_until(at(start_ms)).await;
         let described = serde_json::to_string(&[&step.fault]).expect("faults serialise");
@@ -350,7 +423,19 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(step.duration_ms)).await;
         nemesis.heal(&mut *rig.redis).await?;
         rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
+        last_heal = Some(Instant::now());
     }
+    // The recovery probe: once the recovery bound has passed after the last heal, a fresh
+    // wait must be woken by its hint again (the recovery check), whatever the schedule did.
+    let probe = match last_heal {
+        Some(healed) => {
+            tokio::time::sleep_until((healed + Duration::from_millis(bounds.recovery_ms as u64)).into()).await;
+            let url = rig.redis.url();
+            scenario::fresh_probe(&s, &rec, &url, &cfg, bounds.notifies, PROBE_ID, 0).await?;
+            Some(PROBE_ID)
+        }
+        None => None,
+    };
     for t in tasks {
         t.await??;
     }
@@ -367,10 +452,13 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
 
     // Settled while the worker still runs (after shutdown the server would drop its
     // subscriptions anyway and hide a leak).
+    sampler.abort();
+    let _ = sampler.await;
     let reconnects = s.stats().reconnects;
     let back = |r: &Reading| r.subscriptions <= base.subscriptions && r.waiters == 0 && r.pending_polls == 0;
     rig.observe_when(&rec, "settled", &channels, || s.stats(), reconnects, back).await?;
     s.shutdown().await;
+    scenario::record_problems(&rec, s.problems());
     drop(s);
     if let Some(st) = stream {
         st.shutdown().await;
@@ -381,6 +469,7 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str) -> anyhow::Result<
     let worker = scenario::connect(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?;
     let resume_timeout = Duration::from_millis(POLL_INTERVAL_MS * 2 + 500);
     let answered = case.requests.iter().zip(&ids).filter(|(r, _)| r.respond_at_ms.is_some()).map(|(_, id)| id.as_str());
+    let answered = answered.chain(probe);
     rig.final_reads(&rec, worker, answered, resume_timeout, true, &channels, &base).await?;
     let rec = Arc::try_unwrap(rec).map_err(|_| anyhow::anyhow!("recorder still shared"))?;
     Ok(rec.into_history())
@@ -404,14 +493,16 @@ mod tests {
         let case = Case {
             schedule: vec![latency_step(100, 300), latency_step(0, 50), latency_step(200, 100)],
             requests: vec![request(0, Some(700))],
+            twins: vec![Twin { of: 0, wait_at_ms: 900, cancel_after_ms: None }],
             chunks: 0,
         };
         let starts: Vec<(u64, u64)> = case.timeline().iter().map(|(s, st)| (*s, st.at_ms)).collect();
         // Sorted by planned time; the step due at 200 ms waits for the one holding until 400.
         assert_eq!(starts, vec![(0, 0), (100, 100), (400, 200)]);
         assert_eq!(case.schedule_ms(), 500);
-        assert_eq!(case.workload_ms(), 700);
-        assert_eq!(case.deadline_ms(), 700 + RECOVERY_MS);
+        // A twin's wait is part of the workload.
+        assert_eq!(case.workload_ms(), 900);
+        assert_eq!(case.deadline_ms(), 900 + RECOVERY_MS);
         // Removing a step (as shrinking does) does not move the others.
         let shrunk = Case { schedule: vec![latency_step(200, 100)], ..case.clone() };
         assert_eq!(shrunk.timeline()[0].0, 200);
@@ -422,6 +513,7 @@ mod tests {
         let case = Case {
             schedule: vec![Step { at_ms: 750, fault: Fault::RedisDown, duration_ms: 350 }],
             requests: vec![request(0, Some(1_000)), Request { cancel_after_ms: Some(50), ..request(100, None) }],
+            twins: vec![Twin { of: 1, wait_at_ms: 150, cancel_after_ms: Some(100) }],
             chunks: 3,
         };
         let text = case.to_string();
@@ -429,6 +521,7 @@ mod tests {
             "1. at 750 ms: redis down, for 350 ms",
             "r0: wait at 0 ms, respond at 1000 ms",
             "r1: wait at 100 ms, never answered, cancelled after 50 ms",
+            "twin 0: a second wait on r1 at 150 ms, cancelled after 100 ms",
             "stream: 3 chunks",
         ] {
             assert!(text.contains(part), "{part:?} missing from:\n{text}");

@@ -178,6 +178,11 @@ pub enum StreamShape {
     /// Every chunk during the faults is appended twice, as a retried append whose first
     /// reply was lost does: consumers must hand each over once.
     DuplicateAppends,
+    /// The late joiner, connected before the faults and idle since, joins once the stream has
+    /// finished and the recovery bound after the heal has passed: its command connection
+    /// died with a restart nobody has sent a command through since, so its first read is
+    /// the one that finds out. With the fallback off, only that read can deliver.
+    JoinIdleAfterRecovery,
 }
 
 /// One scenario of the catalogue.
@@ -1086,7 +1091,7 @@ async fn warm_up(
 
 /// Records the implementation's reconnect counter whenever it goes up, read every
 /// [`SAMPLE_EVERY_MS`] from what the implementation exposes (it knows nothing of faults).
-fn spawn_reconnect_sampler(
+pub(crate) fn spawn_reconnect_sampler(
     rec: &Arc<Recorder>,
     reconnects: impl Fn() -> u64 + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
@@ -1141,7 +1146,9 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     let shape = scenario.stream_shape;
     // Chunks [0, a) before the faults, [a, z) during, [z, chunks) after the heal.
     let (a, z) = match shape {
-        StreamShape::Spread | StreamShape::DuplicateAppends => (chunks / 3, chunks * 2 / 3),
+        StreamShape::Spread | StreamShape::DuplicateAppends | StreamShape::JoinIdleAfterRecovery => {
+            (chunks / 3, chunks * 2 / 3)
+        }
         StreamShape::TailInOutage => (chunks / 3, chunks),
         StreamShape::CatchupRace => (chunks - 1, chunks),
     };
@@ -1156,6 +1163,7 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut nemesis = rig.nemesis();
     let mut late = None;
+    let mut healed_at = Instant::now();
     for (phase, (lo, hi)) in [(0, a), (a, z), (z, chunks)].into_iter().enumerate() {
         let phase_start = Instant::now();
         if phase == 1 {
@@ -1173,7 +1181,8 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
         if phase == 2 {
             nemesis.heal(&mut *rig.redis).await?;
             rec.record(rec.process(), Kind::Ok, Op::Nemesis { action: "heal".into(), faults: String::new() }, None);
-            if late.is_none() {
+            healed_at = Instant::now();
+            if late.is_none() && shape != StreamShape::JoinIdleAfterRecovery {
                 late = Some(follower(&joiner, 1, 0));
             }
         }
@@ -1194,6 +1203,11 @@ async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budg
         if phase == 1 {
             tokio::time::sleep_until((phase_start + window).into()).await;
         }
+    }
+    if shape == StreamShape::JoinIdleAfterRecovery {
+        // Every chunk is in the list and every connection has recovered: a clean join.
+        tokio::time::sleep_until((healed_at + Duration::from_millis(b.recovery_ms as u64)).into()).await;
+        late = Some(follower(&joiner, 1, 0));
     }
     first.await?;
     if let Some(l) = late {
@@ -1325,7 +1339,7 @@ pub(crate) async fn respond_recorded(
 
 /// A recovery probe: a fresh wait, answered as soon as its subscription is at the server
 /// (designs that notify), then joined.
-async fn fresh_probe(
+pub(crate) async fn fresh_probe(
     s: &Arc<dyn FeedbackStrategy>,
     rec: &Arc<Recorder>,
     redis_url: &str,
@@ -1351,7 +1365,7 @@ async fn fresh_probe(
 /// ([`Fault::PublishLost`]): stored under the protocol's schema on a connection of its own,
 /// straight to Redis, with no hint. Recorded as a respond like any other, so the checks
 /// expect the value to be found.
-async fn store_unpublished(
+pub(crate) async fn store_unpublished(
     redis_url: &str,
     cfg: &Config,
     rec: &Recorder,
@@ -1637,41 +1651,9 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
     let mut checks = if scenario.fanout {
         vec![checker::fanout(&history), checker::cleanup(&history, CleanupLimits::default())]
     } else if scenario.stream {
-        let mut c = vec![
-            checker::duplicated(&history),
-            checker::order(&history),
-            checker::cleanup(&history, CleanupLimits::default()),
-        ];
-        if let Some(b) = bounds {
-            c.push(checker::delivery(&history, b));
-        }
-        c
+        stream_checks(&history, bounds)
     } else {
-        let mut c = vec![
-            checker::lost(&history),
-            checker::cleanup(&history, CleanupLimits::default()),
-            checker::latency(&history, None),
-        ];
-        if let Some(b) = bounds {
-            c.push(checker::wakeup(&history, b));
-            c.push(checker::recovery(&history, b));
-            c.push(checker::timeouts(&history, b));
-            if b.polls && b.poll_interval_ms.is_some() {
-                c.push(checker::fallback(&history, b));
-            }
-            if b.notifies {
-                c.push(checker::detection(&history, b));
-            }
-            if b.notifies && b.polls {
-                c.push(checker::rescues(&history, b));
-            }
-            // Designs that store: every value handed out must be in storage (pub/sub-only
-            // stores nothing, so a later read finds nothing by design).
-            if b.polls {
-                c.push(checker::phantom(&history));
-            }
-        }
-        c
+        feedback_checks(&history, bounds)
     };
     checks.push(checker::exercised(&history));
     let external = crate::external::lookup(strategy).is_some();
@@ -1706,6 +1688,51 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
         mutation: None,
         history,
     }
+}
+
+/// The checks of a chunk stream: nothing duplicated or out of order, nothing left behind,
+/// and (with `bounds`) every chunk delivered in time.
+pub fn stream_checks(history: &History, bounds: Option<&Bounds>) -> Vec<Verdict> {
+    let mut c = vec![
+        checker::duplicated(history),
+        checker::order(history),
+        checker::cleanup(history, CleanupLimits::default()),
+    ];
+    if let Some(b) = bounds {
+        c.push(checker::delivery(history, b));
+    }
+    c
+}
+
+/// The checks of a feedback workload: nothing lost or left behind, latency reported, and
+/// (with `bounds`) the liveness checks the design's claims call for. Shared with the
+/// generated cases (`crate::case`), so a case is judged as a scenario is.
+pub fn feedback_checks(history: &History, bounds: Option<&Bounds>) -> Vec<Verdict> {
+    let mut c = vec![
+        checker::lost(history),
+        checker::cleanup(history, CleanupLimits::default()),
+        checker::latency(history, None),
+    ];
+    if let Some(b) = bounds {
+        c.push(checker::wakeup(history, b));
+        c.push(checker::recovery(history, b));
+        c.push(checker::timeouts(history, b));
+        if b.polls && b.poll_interval_ms.is_some() {
+            c.push(checker::fallback(history, b));
+        }
+        if b.notifies {
+            c.push(checker::detection(history, b));
+        }
+        if b.notifies && b.polls {
+            c.push(checker::rescues(history, b));
+        }
+        // Designs that store: every value handed out must be in storage (pub/sub-only
+        // stores nothing, so a later read finds nothing by design).
+        if b.polls {
+            c.push(checker::phantom(history));
+        }
+    }
+    c
 }
 
 #[cfg(test)]

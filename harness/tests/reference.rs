@@ -520,3 +520,55 @@ async fn a_wait_woken_to_a_key_of_the_wrong_type_fails_at_once_instead_of_retryi
     assert!(started.elapsed() < Duration::from_secs(10), "the command error was retried for {:?}", started.elapsed());
     h.shutdown().await;
 }
+
+/// A worker idle across a Redis restart: its command connection died with the server, and
+/// nothing has used it since, so the first command after the restart is the one that finds
+/// out. A wait for a response already stored, and a late joiner of a stream whose chunks are
+/// in the list, must each have it at once (a reconnect, not an error and not a poll
+/// interval later). The property search found the stream half: a late joiner after a
+/// crash + restart got chunk 0 a poll interval late, in every run.
+#[tokio::test]
+async fn a_worker_idle_across_a_restart_reads_at_once_on_its_first_command() {
+    use harness::infra::{Persistence, RedisNode, RedisSpec, Restart};
+    let mut rig = Rig::with_spec(RedisSpec::default().persistence(Persistence::AofAlways)).await;
+    // Polling slow enough that a read a poll interval late cannot pass.
+    let cfg = Config { poll_interval_ms: 2_000, ..config(&rig) };
+    let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg.clone()).await.unwrap();
+    let producer = StreamProducer::connect(&rig.redis_url(), cfg.clone()).await.unwrap();
+    let consumer = StreamConsumer::connect(&rig.redis_url(), &rig.redis_url(), cfg.clone()).await.unwrap();
+    h.respond("idle", &fields("idle")).await;
+    assert!(producer.publish("t", &Chunk::last(0, "only")).await.committed());
+    // Both connections are used once, then left idle while the server restarts.
+    assert!(matches!(h.read("idle").await, Ok(Some(_))));
+    rig.redis.restart(Restart::Graceful).await.unwrap();
+
+    // Which read delivered is the evidence: with a 2 s poll interval, a read that failed
+    // and left the rest to the poller shows as polled (or a timeout), not as the first read.
+    let got = h.wait("idle", Duration::from_secs(10)).await;
+    assert!(matches!(got, Ok(WaitOutcome::Obtained { via: Via::Immediate, .. })), "{got:?}");
+    let mut vias = Vec::new();
+    let end = consumer.follow("t", 0, Duration::from_secs(10), |c, via| vias.push((c.chunk_index, via))).await;
+    assert!(matches!(end, Ok(FollowEnd::Finished { delivered: 1, .. })), "{end:?}");
+    assert_eq!(vias, [(0, Via::Immediate)], "chunk 0 came by another read than the first");
+    h.shutdown().await;
+    consumer.shutdown().await;
+}
+
+/// A wait that starts while Redis is down is a wait: with the server gone for all of it, it
+/// times out at its deadline (its first read failing is no reason to give up at once, the
+/// reads after it go on), and the next wait, with the server back, has the response.
+#[tokio::test]
+async fn a_wait_begun_while_redis_is_down_times_out_rather_than_failing() {
+    use harness::infra::{Persistence, RedisNode, RedisSpec, Restart};
+    let mut rig = Rig::with_spec(RedisSpec::default().persistence(Persistence::AofAlways)).await;
+    let cfg = Config { poll_interval_ms: 100, ..config(&rig) };
+    let h = Hybrid::connect(&rig.redis_url(), &rig.redis_url(), cfg).await.unwrap();
+    h.respond("down", &fields("down")).await;
+    rig.redis.stop(Restart::Crash).await.unwrap();
+    let got = h.wait("down", Duration::from_millis(1_500)).await;
+    assert!(matches!(got, Ok(WaitOutcome::TimedOut)), "{got:?}");
+    rig.redis.start().await.unwrap();
+    let got = h.wait("down", Duration::from_secs(10)).await;
+    assert!(matches!(got, Ok(WaitOutcome::Obtained { .. })), "{got:?}");
+    h.shutdown().await;
+}

@@ -246,6 +246,17 @@ pub fn catalogue() -> Vec<Scenario> {
         .applies_to(&["hybrid", "pubsub-only"])
         .why("pub/sub-only streaming: a late joiner never sees what came before it"),
         Scenario::new(
+            "stream-idle-joiner-after-restart",
+            "a stream through a SHUTDOWN + restart; a late joiner, idle since before it, joins after recovery",
+            [Valid, Invalid, Valid],
+        )
+        .persistence(Persistence::AofAlways)
+        .faults(vec![Fault::GracefulRestart])
+        .stream_shape(StreamShape::JoinIdleAfterRecovery)
+        .fallback_off()
+        .applies_to(&["hybrid", "pubsub-only"])
+        .why("pub/sub-only streaming: a late joiner never sees what came before it"),
+        Scenario::new(
             "stream-duplicate-appends",
             "chunks appended twice (retried appends) while the subscriber is reset and resyncs",
             pubsub_breaks,

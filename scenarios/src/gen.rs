@@ -1,12 +1,13 @@
 //! proptest strategies for [`Case`]s: fault steps drawn from the whole nemesis catalogue,
-//! aimed at the command connection, the subscriber connection or both, and small workloads.
+//! aimed at the command connection, the subscriber connection or both, and small workloads
+//! with second waits on the same id (twins), some of them cancelled.
 //!
 //! Times are multiples of 50 ms from small ranges, so a shrink takes a few halvings rather
 //! than dozens (each shrink step is a real run of a second or two). Within a case the
 //! schedule comes first, so proptest shrinks it before the workload: the question a failure
 //! answers first is "which faults are needed".
 
-use harness::case::{Case, Request, Step};
+use harness::case::{Case, Request, Step, Twin};
 use harness::nemesis::{Fault, Target};
 use proptest::prelude::*;
 
@@ -18,6 +19,8 @@ pub const STEPS_MAX: usize = 3;
 pub const REQUESTS_MAX: usize = 6;
 /// Most chunks in the case's stream.
 pub const CHUNKS_MAX: u64 = 6;
+/// Most second waits on an id already waited on, in one case.
+pub const TWINS_MAX: usize = 3;
 
 /// Which workloads to generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +59,12 @@ pub fn fault() -> impl Strategy<Value = Fault> {
             average_size: size,
             delay_us: d * 100
         }),
+        // A SUBSCRIBE held in flight: the window between a waiter's first read and its
+        // confirmed subscription, and cancellations inside it.
+        1 => (target(), 1..=6u64).prop_map(|(target, l)| Fault::LatencyUpstream { target, latency_ms: l * 25 }),
+        1 => Just(Fault::DropSubscribers),
+        1 => Just(Fault::StoreRefused),
+        1 => Just(Fault::PublishLost),
     ]
 }
 
@@ -85,17 +94,32 @@ pub fn request(workload: Workload) -> BoxedStrategy<Request> {
     }
 }
 
+/// A second wait on request `of` (taken modulo the requests there are), cancelled now and
+/// then: one of two waits on an id leaving must not take the other's wake-up with it.
+pub fn twin() -> impl Strategy<Value = Twin> {
+    (0..REQUESTS_MAX, 0..=20u64, proptest::option::weighted(0.5, 1..=6u64)).prop_map(|(of, w, c)| Twin {
+        of,
+        wait_at_ms: w * SLOT_MS,
+        cancel_after_ms: c.map(|c| c * SLOT_MS),
+    })
+}
+
 pub fn case(workload: Workload) -> impl Strategy<Value = Case> {
-    let chunks = match workload {
-        Workload::Free => (0..=CHUNKS_MAX).boxed(),
-        Workload::WaitersFirst => Just(0).boxed(),
+    let (chunks, twins) = match workload {
+        Workload::Free => ((0..=CHUNKS_MAX).boxed(), proptest::collection::vec(twin(), 0..=TWINS_MAX).boxed()),
+        Workload::WaitersFirst => (Just(0).boxed(), Just(Vec::new()).boxed()),
     };
     (
         proptest::collection::vec(step(), 0..=STEPS_MAX),
         proptest::collection::vec(request(workload), 1..=REQUESTS_MAX),
+        twins,
         chunks,
     )
-        .prop_map(|(schedule, requests, chunks)| Case { schedule, requests, chunks })
+        .prop_map(|(schedule, requests, twins, chunks)| {
+            // Each twin names a request that exists, however the requests were shrunk.
+            let twins = twins.into_iter().map(|t| Twin { of: t.of % requests.len(), ..t }).collect();
+            Case { schedule, requests, twins, chunks }
+        })
 }
 
 #[cfg(test)]
@@ -116,9 +140,11 @@ mod tests {
                 for s in &c.schedule {
                     assert!(s.at_ms % SLOT_MS == 0 && s.duration_ms % SLOT_MS == 0 && s.duration_ms > 0, "{s:?}");
                 }
+                assert!(c.twins.len() <= TWINS_MAX && c.twins.iter().all(|t| t.of < c.requests.len()), "{c:?}");
                 if workload == Workload::WaitersFirst {
                     assert!(c.requests.iter().all(|r| r.wait_at_ms == 0 && r.respond_at_ms.is_some_and(|t| t >= 300)));
                     assert_eq!(c.chunks, 0);
+                    assert!(c.twins.is_empty());
                 }
             }
         }
@@ -132,6 +158,8 @@ mod tests {
             let f = fault().new_tree(&mut runner).unwrap().current();
             kinds.insert(serde_json::to_value(&f).unwrap()["fault"].as_str().unwrap().to_string());
         }
-        assert_eq!(kinds.len(), 10, "{kinds:?}");
+        // Every fault the nemesis knows (the enum's variants, counted by hand: a new one must
+        // be added to the generator too).
+        assert_eq!(kinds.len(), 14, "{kinds:?}");
     }
 }

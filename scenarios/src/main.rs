@@ -144,6 +144,24 @@ enum Command {
         #[arg(long)]
         no_property: bool,
     },
+    /// Replay one generated case (the JSON a property search prints with its counterexample)
+    /// on a Redis and proxies of its own, `--runs` times, and print each run's failing checks.
+    /// Exit 1 if any run was invalid.
+    Case {
+        /// The case: a JSON file, or - for standard input.
+        file: PathBuf,
+        #[arg(long, default_value = "hybrid")]
+        strategy: String,
+        /// A catalogued mutation of the hybrid to run instead of the reference.
+        #[arg(long)]
+        mutant: Option<String>,
+        /// Runs of the same case, one after another (a flaky verdict shows here).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: u32,
+        /// Seed for the proxy's toxics.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Summarise a cargo-mutants run over the reference (`./ci/mutants --generated` calls
     /// this): caught / missed / timeout / unviable and every miss with its disposition, written
     /// to generated.md / generated.json. Exit 1 if a miss is not a listed gap.
@@ -730,6 +748,59 @@ async fn run_mutants(
     Ok(if rows.iter().all(|r| r.killed) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// `hybrid-chaos case`: one stored case, run `runs` times on one rig.
+async fn replay_case(
+    file: &std::path::Path,
+    strategy: &str,
+    mutant: Option<&str>,
+    runs: u32,
+    seed: u64,
+) -> anyhow::Result<ExitCode> {
+    let text = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| anyhow::anyhow!("cannot read standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+    };
+    let case: harness::case::Case =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a case: {e}", file.display()))?;
+    let mutation = match mutant {
+        None => None,
+        Some(name) => Some(harness::reference::Mutation::parse(name).ok_or_else(|| {
+            let valid: Vec<&str> = harness::reference::Mutation::ALL.iter().map(|m| m.name()).collect();
+            anyhow::anyhow!("unknown mutant {name:?}; valid: {}", valid.join(", "))
+        })?),
+    };
+    if !harness::scenario::STRATEGIES.contains(&strategy) {
+        anyhow::bail!("unknown strategy {strategy:?}; valid: {}", harness::scenario::STRATEGIES.join(", "));
+    }
+    preflight()?;
+    println!("{case}");
+    let mut rig = harness::case::CaseRig::start(seed).await?;
+    let mut invalid = 0;
+    let mut result = Ok(());
+    for n in 1..=runs {
+        match rig.run(&case, strategy, mutation).await {
+            Ok(out) => {
+                let failing = out.failures();
+                if failing.is_empty() {
+                    println!("run {n}: valid");
+                } else {
+                    invalid += 1;
+                    println!("run {n}: INVALID\n{}", harness::case::describe(&failing));
+                }
+            }
+            Err(e) => {
+                result = Err(e.context(format!("run {n} of the case")));
+                break;
+            }
+        }
+    }
+    rig.stop().await;
+    result?;
+    println!("{invalid} of {runs} runs invalid");
+    Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 fn redis_server_version() -> String {
     let bin = harness::infra::RedisSpec::default().binary;
     std::process::Command::new(bin)
@@ -858,6 +929,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stop = interrupted();
             tokio::select! {
                 r = run_mutants(mutants, quick, seed, out, jobs as usize, !no_property) => r,
+                s = stop => Err(Interrupted(s).into()),
+            }
+        }
+        Command::Case { file, strategy, mutant, runs, seed } => {
+            let stop = interrupted();
+            tokio::select! {
+                r = replay_case(&file, &strategy, mutant.as_deref(), runs, seed) => r,
                 s = stop => Err(Interrupted(s).into()),
             }
         }

@@ -118,3 +118,8 @@ async fn a_hub_that_forgets_a_subscribe_in_flight_fails_cleanup_by_the_servers_c
     // flight: the server's PUBSUB NUMSUB, not the hub's map, shows what was left.
     killed_by(Mutation::ForgetInFlightSubscribe, "hint-behind-commands", "cleanup").await;
 }
+
+#[tokio::test]
+async fn a_read_not_retried_on_a_connection_dead_since_a_restart_fails_delivery_to_an_idle_joiner() {
+    killed_by(Mutation::NoReadRetry, "stream-idle-joiner-after-restart", "delivery").await;
+}

@@ -271,9 +271,8 @@ impl StreamStrategy for PollingOnlyStream {
         let mut next_index = from;
         let mut via = Via::Immediate;
         loop {
-            let mut c = self.conn.clone();
             let read: redis::RedisResult<Vec<String>> =
-                redis::cmd("LRANGE").arg(&key).arg(pos as i64).arg(-1).query_async(&mut c).await;
+                self.conn.read(redis::cmd("LRANGE").arg(&key).arg(pos as i64).arg(-1)).await;
             match read {
                 Ok(raw) => {
                     list_reads += 1;

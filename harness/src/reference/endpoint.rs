@@ -23,6 +23,12 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::{Config, Error, Result};
 
+/// Retries of a read whose connection turned out dead ([`Conn::read`]), each after
+/// [`READ_RETRY_DELAY_MS`] ...
+pub const READ_RETRIES_MAX: u32 = 2;
+/// ... in ms: the reconnect the failed read set off is under way by then.
+pub const READ_RETRY_DELAY_MS: u64 = 10;
+
 /// The scheme of a Sentinel URL.
 pub const SENTINEL_SCHEME: &str = "redis+sentinel://";
 
@@ -195,6 +201,43 @@ impl Conn {
             });
         }
         Ok(conn)
+    }
+
+    /// Runs a read-only command, retried up to [`READ_RETRIES_MAX`] times when the
+    /// connection fails under it. A connection that died with a restarted server is only
+    /// found dead by the next command sent on it: a worker idle across a restart would
+    /// otherwise fail its first wait (`broken pipe`) or leave its first read to the next
+    /// poll. A read can be sent twice without harm; writes are never retried here (the
+    /// publisher decides that, knowing what a duplicate costs).
+    pub async fn read<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
+        let mut c = self.clone();
+        let mut retries = 0;
+        let retries_max = if self.config.mutated(super::Mutation::NoReadRetry) { 0 } else { READ_RETRIES_MAX };
+        loop {
+            match cmd.query_async(&mut c).await {
+                Err(e) if retries < retries_max && super::is_transient(&e) => {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(READ_RETRY_DELAY_MS)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Conn::read`] for a pipeline of reads.
+    pub async fn read_pipe<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> redis::RedisResult<T> {
+        let mut c = self.clone();
+        let mut retries = 0;
+        let retries_max = if self.config.mutated(super::Mutation::NoReadRetry) { 0 } else { READ_RETRIES_MAX };
+        loop {
+            match pipe.query_async(&mut c).await {
+                Err(e) if retries < retries_max && super::is_transient(&e) => {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(READ_RETRY_DELAY_MS)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The `redis://` URL of the server commands go to now.

@@ -41,8 +41,7 @@ pub const NOTIFY_MESSAGE: &str = "completed";
 
 /// Reads a response hash; an empty hash is "no response yet".
 pub(crate) async fn read_response(conn: &Conn, key: &str) -> Result<Option<Fields>> {
-    let mut c = conn.clone();
-    let fields: Fields = redis::cmd("HGETALL").arg(key).query_async(&mut c).await?;
+    let fields: Fields = conn.read(redis::cmd("HGETALL").arg(key)).await?;
     Ok((!fields.is_empty()).then_some(fields))
 }
 
@@ -97,9 +96,8 @@ impl Poller {
     async fn tick(&self, conn: &Conn, batch_max: usize) -> Result<()> {
         let keys: Vec<Arc<str>> = self.pending.lock().expect("poller lock").keys().cloned().collect();
         for batch in keys.chunks(batch_max.max(1)) {
-            let mut c = conn.clone();
             let names: Vec<&str> = batch.iter().map(|k| &**k).collect();
-            let present: u64 = redis::cmd("EXISTS").arg(&names).query_async(&mut c).await?;
+            let present: u64 = conn.read(redis::cmd("EXISTS").arg(&names)).await?;
             if present == 0 {
                 continue;
             }
@@ -107,7 +105,7 @@ impl Poller {
             for k in &names {
                 pipe.exists(*k);
             }
-            let each: Vec<bool> = pipe.query_async(&mut c).await?;
+            let each: Vec<bool> = conn.read_pipe(&pipe).await?;
             let pending = self.pending.lock().expect("poller lock");
             for (k, _) in batch.iter().zip(each).filter(|(_, e)| *e) {
                 if let Some(p) = pending.get(k) {
@@ -237,9 +235,13 @@ impl Hybrid {
             metrics::counter!(m::OBTAINED, "impl" => "hybrid", "via" => format!("{via:?}").to_lowercase()).increment(1);
             Ok(WaitOutcome::Obtained { fields, via })
         };
-        // 1. Storage first: the resume case returns without touching Pub/Sub.
-        if let Some(f) = Box::pin(read_response(&self.conn, &key)).await? {
-            return obtained(f, Via::Immediate);
+        // 1. Storage first: the resume case returns without touching Pub/Sub. Storage out of
+        //    reach for now is no reason to give up the wait: the loop below reads again.
+        match Box::pin(read_response(&self.conn, &key)).await {
+            Ok(Some(f)) => return obtained(f, Via::Immediate),
+            Ok(None) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(e),
         }
         // 2. Subscribe, and only then read again: a response written between the first read
         //    and the subscription has had its notification already, so only storage has it.

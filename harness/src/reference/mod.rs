@@ -213,10 +213,14 @@ pub enum Mutation {
     /// the reply comes (only channels still wanted are): the hub believes it never was, so it
     /// never unsubscribes it, and the server keeps a subscription nobody knows about.
     ForgetInFlightSubscribe,
+    /// A read whose connection died with a restarted server is not retried: a worker idle
+    /// across the restart fails its first read and leaves it to the next poll (a late
+    /// stream joiner's catch-up, found by the property search).
+    NoReadRetry,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 24] = [
+    pub const ALL: [Mutation; 25] = [
         Mutation::NeverUnsubscribe,
         Mutation::NoTtl,
         Mutation::PublishBeforeStore,
@@ -241,6 +245,7 @@ impl Mutation {
         Mutation::PollerDropsSharedEntry,
         Mutation::ControlOnFirstConnectionOnly,
         Mutation::ForgetInFlightSubscribe,
+        Mutation::NoReadRetry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -269,6 +274,7 @@ impl Mutation {
             Mutation::PollerDropsSharedEntry => "poller-drops-shared-entry",
             Mutation::ControlOnFirstConnectionOnly => "control-on-first-connection-only",
             Mutation::ForgetInFlightSubscribe => "forget-in-flight-subscribe",
+            Mutation::NoReadRetry => "no-read-retry",
         }
     }
 
@@ -303,6 +309,7 @@ impl Mutation {
             Mutation::ForgetInFlightSubscribe => {
                 "a channel dropped while its SUBSCRIBE is in flight stays subscribed at the server"
             }
+            Mutation::NoReadRetry => "a read on a connection that died with a restarted server is not retried",
         }
     }
 

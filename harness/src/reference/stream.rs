@@ -220,8 +220,7 @@ impl StreamConsumer {
     }
 
     async fn read_list(&self, key: &str, from: u64) -> Result<Vec<Chunk>> {
-        let mut c = self.conn.clone();
-        let raw: Vec<String> = redis::cmd("LRANGE").arg(key).arg(from as i64).arg(-1).query_async(&mut c).await?;
+        let raw: Vec<String> = self.conn.read(redis::cmd("LRANGE").arg(key).arg(from as i64).arg(-1)).await?;
         raw.iter()
             .map(|r| serde_json::from_str(r).map_err(|e| Error::Payload(format!("bad chunk in {key}: {e}"))))
             .collect()
