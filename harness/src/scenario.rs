@@ -162,7 +162,21 @@ pub enum Race {
     /// Waiters are subscribed; the lever drops the subscriber and slows its resubscribe, and
     /// responses are published during the resubscribe.
     Resubscribe,
+    /// Waiters start after the lever is pulled (latency L on the command connection alone),
+    /// and responses are sent [`READ_RACE_LATENCIES`] x L after: each is stored just after
+    /// the server served the waiter's read that follows its confirmed SUBSCRIBE, and its hint
+    /// arrives while that read's reply is still on its way. The read missed it; only what
+    /// the waiter noted before the read (a hint came since) sends it back to storage.
+    ReadInFlight,
 }
+
+/// [`Race::ReadInFlight`]: responses are sent this many command latencies after the waiters
+/// start. The latency fault delays what the server sends (Toxiproxy's downstream): a
+/// waiter's first read takes L, its SUBSCRIBE next to nothing (the subscriber is not
+/// slowed), and its read after it reaches the server at once and has its reply at 2 L. A
+/// response sent at 1.5 L is stored after that read was served, and its hint (not slowed)
+/// arrives while the read's reply is still on its way.
+pub const READ_RACE_LATENCIES: f64 = 1.5;
 
 /// The shape of a streaming scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -851,7 +865,8 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     let round_every = window + recovery + Duration::from_millis(PROBE_SUBSCRIBE_WAIT_MS + PROBE_WAIT_MS);
     let span = round_every * (rounds.len() as u32 - 1) + window;
     let wait_until = planned_start + span + recovery + Duration::from_millis(WAIT_MARGIN_MS);
-    let waiters_first = scenario.live_waiters && scenario.race != Some(Race::SubscribeWindow);
+    let waiters_first =
+        scenario.live_waiters && !matches!(scenario.race, Some(Race::SubscribeWindow | Race::ReadInFlight));
     // With twins, each id's wait is followed by its twin (see `Scenario::twins`).
     let per_id = if scenario.twins { 2 } else { 1 };
     let spawn_waiters = |rec: &Arc<Recorder>| -> Vec<RecordedWait> {
@@ -904,7 +919,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
         // Let subscriptions settle so the fault, not start-up, is what the run measures.
         tokio::time::sleep_until(planned_start.into()).await;
     }
-    if scenario.race == Some(Race::SubscribeWindow) && d.notifies {
+    if matches!(scenario.race, Some(Race::SubscribeWindow | Race::ReadInFlight)) && d.notifies {
         // The race is between a waiter's first read and its SUBSCRIBE on a live subscriber:
         // the subscriber must be connected before the lever is pulled, or its own handshake
         // is what the lever delays.
@@ -918,6 +933,10 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
             None => {
                 round_every * (i % rounds.len()) as u32
                     + Duration::from_millis(rng.random_range(100..budget.fault_window_ms.max(200) - 50))
+            }
+            Some(Race::ReadInFlight) => {
+                let l = commands_latency_ms(&scenario.faults) as f64;
+                Duration::from_millis((READ_RACE_LATENCIES * l) as u64 + rng.random_range(0..=RACE_JITTER_MS))
             }
             Some(_) => Duration::from_millis(RACE_RESPOND_AFTER_MS + rng.random_range(0..=RACE_JITTER_MS)),
         })
@@ -1066,6 +1085,22 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     rig.teardown().await;
 
     finish(rec, scenario, strategy, Some(b), budget.mutation)
+}
+
+/// The latency the faults put on the command connection, in ms (0: none).
+fn commands_latency_ms(faults: &[Fault]) -> u64 {
+    faults
+        .iter()
+        .filter_map(|f| match f {
+            Fault::Latency {
+                target: crate::nemesis::Target::Commands | crate::nemesis::Target::Both,
+                latency_ms,
+                ..
+            } => Some(*latency_ms),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Holds a wait on a throw-away id until the server shows its subscription (at most 10 s),

@@ -161,6 +161,14 @@ pub fn catalogue() -> Vec<Scenario> {
         .applies_to(&["hybrid", "pubsub-only"])
         .why("pub/sub-only: a response published before the subscription lands is gone"),
         Scenario::new(
+            "hint-during-read",
+            "responses whose hints arrive while the waiter's read after SUBSCRIBE is in flight (100 ms on the command connection)",
+            [Valid, Valid, Valid],
+        )
+        .faults(vec![Fault::Latency { target: Target::Commands, latency_ms: 100, jitter_ms: 0 }])
+        .race(Race::ReadInFlight)
+        .applies_to(&["hybrid", "pubsub-only"]),
+        Scenario::new(
             "resubscribe-race",
             "the subscriber is dropped and its resubscribe held in flight while responses are published",
             [Valid, Invalid, Valid],

@@ -123,3 +123,8 @@ async fn a_hub_that_forgets_a_subscribe_in_flight_fails_cleanup_by_the_servers_c
 async fn a_read_not_retried_on_a_connection_dead_since_a_restart_fails_delivery_to_an_idle_joiner() {
     killed_by(Mutation::NoReadRetry, "stream-idle-joiner-after-restart", "delivery").await;
 }
+
+#[tokio::test]
+async fn a_waiter_noting_what_it_saw_after_its_read_misses_a_hint_that_came_during_it() {
+    killed_by(Mutation::SnapshotAfterRead, "hint-during-read", "wakeup").await;
+}

@@ -1,10 +1,12 @@
-//! The property: under any generated workload and fault schedule, the hybrid loses no
-//! acknowledged response, duplicates and reorders no chunk, lets every resuming worker find
-//! every response, meets the wake-latency bound outside disruptive faults, and leaves
-//! subscriptions, waiters, connections and TTL-less keys back at baseline.
+//! The property: under any generated workload and fault schedule, the hybrid passes every
+//! check a scenario would judge it by: it loses no acknowledged response, duplicates and
+//! reorders no chunk, lets every resuming worker find every response, meets the wake,
+//! fallback, recovery, detection, timeout and delivery bounds its configuration implies,
+//! rescues nothing by polling away from faults, and leaves subscriptions, waiters,
+//! connections and TTL-less keys back at baseline.
 //!
 //! Budget: `PROPTEST_CASES` (default 16 here; `./ci/test` sets its own, the nightly job
-//! 1,000). Seeds of failing cases are kept in `regressions/hybrid.txt` (commit them) and
+//! 5,000), over `HC_SEARCH_LANES` lanes side by side. Seeds of failing cases are kept in `regressions/hybrid.txt` (commit them) and
 //! replayed before new cases. `HC_MUTATION=never-unsubscribe|no-ttl|publish-before-store`
 //! runs the same property (with at least 256 cases) against a deliberately broken hybrid,
 //! which must fail.

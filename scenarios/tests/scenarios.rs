@@ -187,3 +187,13 @@ async fn stream_duplicate_appends() {
 async fn store_refused() {
     check("store-refused").await;
 }
+
+#[tokio::test]
+async fn stream_idle_joiner_after_restart() {
+    check("stream-idle-joiner-after-restart").await;
+}
+
+#[tokio::test]
+async fn hint_during_read() {
+    check("hint-during-read").await;
+}

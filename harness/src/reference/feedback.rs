@@ -266,7 +266,9 @@ impl Hybrid {
         let mut skip_read = self.config.mutated(Mutation::NoRereadAfterSubscribe);
         let outcome = async {
             loop {
-                let seen = sub.state.snapshot();
+                // Noted before the read: a hint that lands while the read is in flight shows
+                // as a change below, and sends the waiter back to storage.
+                let mut seen = sub.state.snapshot();
                 if !std::mem::take(&mut skip_read) {
                     // Boxed: the read is the largest state of this future, and idle waiters
                     // (the many) should not carry its space while they sleep.
@@ -277,6 +279,9 @@ impl Hybrid {
                         Err(e) if e.is_transient() => {}
                         Err(e) => return Err(e),
                     }
+                }
+                if self.config.mutated(Mutation::SnapshotAfterRead) {
+                    seen = sub.state.snapshot();
                 }
                 let over = if summed { slept >= timeout } else { Instant::now() >= deadline };
                 if over {

@@ -217,10 +217,13 @@ pub enum Mutation {
     /// across the restart fails its first read and leaves it to the next poll (a late
     /// stream joiner's catch-up, found by the property search).
     NoReadRetry,
+    /// The waiter notes what it has seen after its storage read, not before: a hint that
+    /// lands while the read is in flight is taken as already seen, and the waiter sleeps on.
+    SnapshotAfterRead,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 25] = [
+    pub const ALL: [Mutation; 26] = [
         Mutation::NeverUnsubscribe,
         Mutation::NoTtl,
         Mutation::PublishBeforeStore,
@@ -246,6 +249,7 @@ impl Mutation {
         Mutation::ControlOnFirstConnectionOnly,
         Mutation::ForgetInFlightSubscribe,
         Mutation::NoReadRetry,
+        Mutation::SnapshotAfterRead,
     ];
 
     pub fn name(self) -> &'static str {
@@ -275,6 +279,7 @@ impl Mutation {
             Mutation::ControlOnFirstConnectionOnly => "control-on-first-connection-only",
             Mutation::ForgetInFlightSubscribe => "forget-in-flight-subscribe",
             Mutation::NoReadRetry => "no-read-retry",
+            Mutation::SnapshotAfterRead => "snapshot-after-read",
         }
     }
 
@@ -310,6 +315,7 @@ impl Mutation {
                 "a channel dropped while its SUBSCRIBE is in flight stays subscribed at the server"
             }
             Mutation::NoReadRetry => "a read on a connection that died with a restarted server is not retried",
+            Mutation::SnapshotAfterRead => "the waiter notes what it has seen after its read, not before",
         }
     }
 
