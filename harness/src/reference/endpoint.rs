@@ -210,27 +210,22 @@ impl Conn {
     /// poll. A read can be sent twice without harm; writes are never retried here (the
     /// publisher decides that, knowing what a duplicate costs).
     pub async fn read<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
-        let mut c = self.clone();
-        let mut retries = 0;
-        let retries_max = if self.config.mutated(super::Mutation::NoReadRetry) { 0 } else { READ_RETRIES_MAX };
-        loop {
-            match cmd.query_async(&mut c).await {
-                Err(e) if retries < retries_max && super::is_transient(&e) => {
-                    retries += 1;
-                    tokio::time::sleep(Duration::from_millis(READ_RETRY_DELAY_MS)).await;
-                }
-                r => return r,
-            }
-        }
+        self.retrying(|mut c| async move { cmd.query_async(&mut c).await }).await
     }
 
     /// [`Conn::read`] for a pipeline of reads.
     pub async fn read_pipe<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> redis::RedisResult<T> {
-        let mut c = self.clone();
-        let mut retries = 0;
+        self.retrying(|mut c| async move { pipe.query_async(&mut c).await }).await
+    }
+
+    async fn retrying<T, F: std::future::Future<Output = redis::RedisResult<T>>>(
+        &self,
+        mut send: impl FnMut(Conn) -> F,
+    ) -> redis::RedisResult<T> {
         let retries_max = if self.config.mutated(super::Mutation::NoReadRetry) { 0 } else { READ_RETRIES_MAX };
+        let mut retries = 0;
         loop {
-            match pipe.query_async(&mut c).await {
+            match send(self.clone()).await {
                 Err(e) if retries < retries_max && super::is_transient(&e) => {
                     retries += 1;
                     tokio::time::sleep(Duration::from_millis(READ_RETRY_DELAY_MS)).await;
