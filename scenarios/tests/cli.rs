@@ -303,3 +303,38 @@ fn generated_mutants_fails_on_a_miss_and_names_a_missing_outcomes_file() {
     assert!(err.contains("outcomes.json"), "{err}");
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0, "something was written beside the missing file");
 }
+
+/// `hybrid-chaos case` replays a stored case: a clean one runs valid every time (exit 0), a
+/// mutant that fails it says which check (exit 1), and a file that is not a case, a twin of
+/// a request the case lacks, or an unknown strategy or mutant is a clear error (exit 2).
+#[test]
+fn a_stored_case_replays_and_bad_cases_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let clean = path(
+        "clean.json",
+        r#"{"schedule":[],"requests":[{"wait_at_ms":0,"respond_at_ms":100,"cancel_after_ms":null}],"chunks":0}"#,
+    );
+    let (code, out, err) = cli(&["case", &clean, "--runs", "2"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("0 of 2 runs invalid"), "{out}");
+    let (code, out, err) = cli(&["case", &clean, "--mutant", "no-ttl"]);
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(out.contains("run 1: INVALID") && out.contains("cleanup:"), "{out}");
+    let bad_twin = path(
+        "twin.json",
+        r#"{"schedule":[],"requests":[{"wait_at_ms":0,"respond_at_ms":100,"cancel_after_ms":null}],"twins":[{"of":3,"wait_at_ms":0,"cancel_after_ms":null}],"chunks":0}"#,
+    );
+    let not_a_case = path("junk.json", r#"{"schedule": 5}"#);
+    cli_support::assert_bad_input(&[
+        (&["case", &not_a_case], &[], "junk.json: not a case"),
+        (&["case", &bad_twin], &[], "a twin names a request the case does not have"),
+        (&["case", &clean, "--strategy", "nope"], &[], "unknown strategy \"nope\""),
+        (&["case", &clean, "--mutant", "nope"], &[], "unknown mutant \"nope\""),
+        (&["case", "/nonexistent/case.json"], &[], "cannot read /nonexistent/case.json"),
+    ]);
+}
