@@ -333,13 +333,10 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str, bounds: &Bounds) -
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = scenario::connect(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?;
     // The detection check reads the implementation's own reconnect counter.
-    let sampler = scenario::spawn_reconnect_sampler(&rec, {
-        let s = s.clone();
-        move || s.stats().reconnects
-    });
+    let sampler = scenario::spawn_reconnect_sampler(&rec, &s);
     // Created before the workload: a PublishLost step tells the responders through it.
     let mut nemesis = rig.nemesis();
-    let publish_lost = nemesis.publish_lost();
+    let responder = scenario::Responder::new(&nemesis, &rig.redis.url(), &cfg);
     let stream = match case.chunks {
         0 => None,
         _ => Some(scenario::connect_stream(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?),
@@ -375,16 +372,11 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str, bounds: &Bounds) -
     for (req, id) in case.requests.iter().zip(&ids) {
         if let Some(t) = req.respond_at_ms {
             // The case's prefix makes every token unique across the cases of a search.
-            let (s, rec, id, prefix) = (s.clone(), rec.clone(), id.clone(), rig.prefix.clone());
-            let (publish_lost, redis_url, cfg) = (publish_lost.clone(), rig.redis.url(), cfg.clone());
+            let (s, rec, id, prefix, responder) =
+                (s.clone(), rec.clone(), id.clone(), rig.prefix.clone(), responder.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(at(t)).await;
-                let token = format!("{id}@{prefix}");
-                if publish_lost.load(std::sync::atomic::Ordering::SeqCst) {
-                    scenario::store_unpublished(&redis_url, &cfg, &rec, &id, token, 0).await;
-                } else {
-                    scenario::respond_recorded(&*s, &rec, &id, token, 0).await;
-                }
+                responder.respond(&*s, &rec, &id, format!("{id}@{prefix}"), 0).await;
                 Ok(())
             }));
         }

@@ -827,10 +827,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
 
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
     let s = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
-    let sampler = spawn_reconnect_sampler(&rec, {
-        let s = s.clone();
-        move || s.stats().reconnects
-    });
+    let sampler = spawn_reconnect_sampler(&rec, &s);
 
     // Churn: waits that time out or are cancelled, to see whether they leave anything behind.
     let mut churn = Vec::new();
@@ -991,17 +988,12 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     // Responders, by window: each window heals once its responses are acknowledged.
     let mut responders: Vec<Vec<tokio::task::JoinHandle<()>>> = rounds.iter().map(|_| Vec::new()).collect();
     let payload_bytes = scenario.payload_bytes;
-    let publish_lost = nemesis.publish_lost();
+    let responder = Responder::new(&nemesis, &rig.redis.url(), &cfg);
     for (i, (id, offset)) in ids.iter().zip(&offsets).enumerate() {
-        let (s, rec, id, offset) = (s.clone(), rec.clone(), id.clone(), *offset);
-        let (publish_lost, redis_url, cfg) = (publish_lost.clone(), rig.redis.url(), cfg.clone());
+        let (s, rec, id, offset, responder) = (s.clone(), rec.clone(), id.clone(), *offset, responder.clone());
         responders[i % rounds.len()].push(tokio::spawn(async move {
             tokio::time::sleep_until((window_start + offset).into()).await;
-            if publish_lost.load(std::sync::atomic::Ordering::SeqCst) {
-                store_unpublished(&redis_url, &cfg, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
-            } else {
-                respond_recorded(&*s, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
-            }
+            responder.respond(&*s, &rec, &id, format!("{id}-{seed}"), payload_bytes).await;
         }));
     }
     let mut leaving = Some(leaving);
@@ -1128,9 +1120,11 @@ async fn warm_up(
 /// [`SAMPLE_EVERY_MS`] from what the implementation exposes (it knows nothing of faults).
 pub(crate) fn spawn_reconnect_sampler(
     rec: &Arc<Recorder>,
-    reconnects: impl Fn() -> u64 + Send + 'static,
+    s: &Arc<dyn FeedbackStrategy>,
 ) -> tokio::task::JoinHandle<()> {
     let rec = rec.clone();
+    let s = s.clone();
+    let reconnects = move || s.stats().reconnects;
     tokio::spawn(async move {
         let p = rec.process();
         let mut last = reconnects();
@@ -1396,11 +1390,41 @@ pub(crate) async fn fresh_probe(
     wait.join().await
 }
 
+/// The workload's responder: through the strategy, or, while a [`Fault::PublishLost`] holds,
+/// stored with no PUBLISH ([`store_unpublished`]).
+#[derive(Clone)]
+pub(crate) struct Responder {
+    publish_lost: Arc<std::sync::atomic::AtomicBool>,
+    redis_url: String,
+    cfg: Config,
+}
+
+impl Responder {
+    pub(crate) fn new(nemesis: &Nemesis, redis_url: &str, cfg: &Config) -> Responder {
+        Responder { publish_lost: nemesis.publish_lost(), redis_url: redis_url.to_string(), cfg: cfg.clone() }
+    }
+
+    pub(crate) async fn respond(
+        &self,
+        s: &dyn FeedbackStrategy,
+        rec: &Recorder,
+        id: &str,
+        token: String,
+        payload_bytes: usize,
+    ) {
+        if self.publish_lost.load(Ordering::SeqCst) {
+            store_unpublished(&self.redis_url, &self.cfg, rec, id, token, payload_bytes).await;
+        } else {
+            respond_recorded(s, rec, id, token, payload_bytes).await;
+        }
+    }
+}
+
 /// A response written the way a responder that died before its PUBLISH leaves it
 /// ([`Fault::PublishLost`]): stored under the protocol's schema on a connection of its own,
 /// straight to Redis, with no hint. Recorded as a respond like any other, so the checks
 /// expect the value to be found.
-pub(crate) async fn store_unpublished(
+async fn store_unpublished(
     redis_url: &str,
     cfg: &Config,
     rec: &Recorder,

@@ -133,6 +133,8 @@ impl Search {
     pub fn run(&self) -> anyhow::Result<SearchReport> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let lanes = self.lanes.max(1);
+        let stop_all =
+            |rigs: Vec<CaseRig>| rt.block_on(futures_util::future::join_all(rigs.into_iter().map(CaseRig::stop)));
         let rigs = rt.block_on(futures_util::future::join_all(
             (0..lanes).map(|lane| CaseRig::start(lane_seed(self.seed, lane))),
         ));
@@ -146,7 +148,7 @@ impl Search {
         }
         if let Some(e) = failed {
             // Nothing is left behind: the rigs that did start are stopped.
-            rt.block_on(futures_util::future::join_all(started.into_iter().map(CaseRig::stop)));
+            stop_all(started);
             return Err(e.context(format!("starting the search's {lanes} lanes")));
         }
         let shared = Shared { runs: AtomicU64::new(0), first_failure: AtomicU64::new(0), stop: AtomicBool::new(false) };
@@ -169,10 +171,11 @@ impl Search {
             handles.into_iter().map(|h| h.join().expect("a search lane panicked")).collect()
         });
         let elapsed = begun.elapsed();
+        let (outcomes, rigs): (Vec<_>, Vec<_>) =
+            results.into_iter().map(|(lane, seed, result, rig)| ((lane, seed, result), rig)).unzip();
+        stop_all(rigs);
         let mut found = None;
-        let mut rigs = Vec::new();
-        for (lane, seed, result, rig) in results {
-            rigs.push(rig);
+        for (lane, seed, result) in outcomes {
             match result {
                 Ok(()) => {}
                 Err(TestError::Fail(reason, case)) if found.is_none() => {
@@ -180,12 +183,10 @@ impl Search {
                 }
                 Err(TestError::Fail(..)) => {}
                 Err(TestError::Abort(reason)) => {
-                    rt.block_on(futures_util::future::join_all(rigs.into_iter().map(CaseRig::stop)));
                     anyhow::bail!("the search aborted in lane {lane}: {}", reason.message())
                 }
             }
         }
-        rt.block_on(futures_util::future::join_all(rigs.into_iter().map(CaseRig::stop)));
         let first = shared.first_failure.load(Ordering::Relaxed);
         Ok(SearchReport {
             strategy: self.strategy,

@@ -413,7 +413,7 @@ pub fn recovery(h: &History, b: &Bounds) -> Verdict {
                     // SUBSCRIBE was confirmed on the live connection: the wake-up path works.
                     Some("notified" | "after_subscribe") => {}
                     // A poll that beat the hint in flight says nothing of the hint.
-                    Some(_) if s.rescued().is_none() && s.obtained == Some("polled") => {}
+                    Some("polled") if s.rescued().is_none() => {}
                     Some(via) => invalid.push(format!(
                         "{}: {via}, not notified, {:.0} ms after the heal: recovered to polling only",
                         s.id,
