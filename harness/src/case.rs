@@ -26,6 +26,7 @@ use crate::infra::{admin, Persistence, RedisSpec};
 use crate::nemesis::{Fault, Target};
 use crate::reference::{Config, Mutation};
 use crate::scenario::{self, Rig};
+use crate::strategy::Strategy;
 
 /// After the last step healed, answered waits keep waiting this long, in ms: a reconnect
 /// (backoff at most [`RECONNECT_MS_MAX`]), a health check and a poll tick fit in it, so a
@@ -280,12 +281,12 @@ impl CaseRig {
         Ok(CaseRig { base_prefix: rig.prefix.clone(), rig, base_cfg, cases: 0 })
     }
 
-    /// Runs `case` for `strategy` (`hybrid`, `pubsub-only`, `polling-only`), the hybrid
-    /// optionally with a deliberately broken variant, and judges it.
+    /// Runs `case` for `strategy`, the hybrid optionally with a deliberately broken variant,
+    /// and judges it.
     pub async fn run(
         &mut self,
         case: &Case,
-        strategy: &str,
+        strategy: &Strategy,
         mutation: Option<Mutation>,
     ) -> anyhow::Result<CaseOutcome> {
         anyhow::ensure!(
@@ -312,9 +313,9 @@ impl CaseRig {
 
     /// The liveness bounds a case of `strategy` is judged by: a scenario's, derived from
     /// the case's configuration (fallback on).
-    pub fn bounds(&self, strategy: &str) -> Bounds {
-        let sc = scenario::Scenario::new("case", "a generated case", [Validity::Valid; 3]);
-        scenario::bounds(&self.base_cfg, &sc, scenario::design(strategy))
+    pub fn bounds(&self, strategy: &Strategy) -> Bounds {
+        let sc = scenario::Scenario::new("case", "a generated case");
+        scenario::bounds(&self.base_cfg, &sc, strategy.design())
     }
 
     pub async fn stop(self) {
@@ -322,7 +323,7 @@ impl CaseRig {
     }
 }
 
-async fn run_case(rig: &mut Rig, case: &Case, strategy: &str, bounds: &Bounds) -> anyhow::Result<History> {
+async fn run_case(rig: &mut Rig, case: &Case, strategy: &Strategy, bounds: &Bounds) -> anyhow::Result<History> {
     let cfg = rig.cfg.clone();
     let ids: Vec<String> = (0..case.requests.len()).map(|i| format!("r{i}")).collect();
     let task = "s".to_string();
@@ -331,7 +332,7 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str, bounds: &Bounds) -
     channels.push(cfg.keys.stream_channel(&task));
     let rec = scenario::recorder();
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
-    let s = scenario::connect(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?;
+    let s = strategy.connect_feedback(&rig.cmd_url, &rig.sub_url, &cfg).await?;
     // The detection check reads the implementation's own reconnect counter.
     let sampler = scenario::spawn_reconnect_sampler(&rec, &s);
     // Created before the workload: a PublishLost step tells the responders through it.
@@ -339,7 +340,7 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str, bounds: &Bounds) -
     let responder = scenario::Responder::new(&nemesis, &rig.redis.url(), &cfg);
     let stream = match case.chunks {
         0 => None,
-        _ => Some(scenario::connect_stream(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?),
+        _ => Some(strategy.connect_stream(&rig.cmd_url, &rig.sub_url, &cfg).await?),
     };
     let start = Instant::now();
     let at = move |ms: u64| tokio::time::Instant::from_std(start + Duration::from_millis(ms));
@@ -458,7 +459,7 @@ async fn run_case(rig: &mut Rig, case: &Case, strategy: &str, bounds: &Bounds) -
 
     // A worker resuming from its checkpoint after everything healed asks for every answered
     // request once more.
-    let worker = scenario::connect(strategy, &rig.cmd_url, &rig.sub_url, cfg.clone()).await?;
+    let worker = strategy.connect_feedback(&rig.cmd_url, &rig.sub_url, &cfg).await?;
     let resume_timeout = Duration::from_millis(POLL_INTERVAL_MS * 2 + 500);
     let answered = case.requests.iter().zip(&ids).filter(|(r, _)| r.respond_at_ms.is_some()).map(|(_, id)| id.as_str());
     let answered = answered.chain(probe);

@@ -2,7 +2,7 @@
 //! protocol of `harness/PROTOCOL.md` on its stdin and stdout (Maelstrom's idea), judged by
 //! the same scenarios and checkers as the built-in strategies.
 //!
-//! - [`ExternalSpec`] / [`register`]: `--implementation NAME=COMMAND`, described by the
+//! - [`ExternalSpec`] / [`describe`]: `--implementation NAME=COMMAND`, described by the
 //!   program itself (`hello`: its design and which built-in's expectations it holds itself
 //!   to, if any).
 //! - [`Worker`]: one process = one worker, behind [`FeedbackStrategy`]. Requests carry a
@@ -19,12 +19,12 @@
 //! A protocol line is at most [`PROTOCOL_LINE_MAX_BYTES`]: a longer one is not buffered, it
 //! is a problem and the program is treated as ended.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,6 @@ use crate::reference::stream::{Chunk, FollowEnd};
 use crate::reference::{
     Config, Error, FeedbackStrategy, Fields, ImplStats, PublishOutcome, Result, StreamStrategy, Via, WaitOutcome,
 };
-use crate::scenario::Design;
 
 /// An answer may come this long after the operation's own timeout (or, for one without a
 /// timeout, after it was sent), in ms, before the program is reported hung.
@@ -96,50 +95,19 @@ pub struct ExternalSpec {
 }
 
 impl ExternalSpec {
-    pub fn design(&self) -> Design {
-        Design { notifies: self.hello.notifies, polls: self.hello.polls }
-    }
-
     pub fn stderr_path(&self) -> PathBuf {
         self.log_dir.join(format!("{}.stderr", self.name))
     }
 }
 
-fn registry() -> &'static Mutex<BTreeMap<String, ExternalSpec>> {
-    static R: OnceLock<Mutex<BTreeMap<String, ExternalSpec>>> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-/// Makes `spec` a strategy the scenarios can run, under its name.
-pub fn register(spec: ExternalSpec) {
-    registry().lock().expect("registry lock").insert(spec.name.clone(), spec);
-}
-
-/// The registered implementation called `name`, if any.
-pub fn lookup(name: &str) -> Option<ExternalSpec> {
-    registry().lock().expect("registry lock").get(name).cloned()
-}
-
-/// ` --implementation 'NAME=COMMAND'`, shell-quoted, for a reproduce command naming a
-/// registered implementation; empty for any other strategy.
-pub fn reproduce_arg(strategy: &str) -> String {
-    match lookup(strategy) {
-        Some(spec) => format!(" --implementation '{}={}'", spec.name, spec.command.replace('\'', "'\\''")),
-        None => String::new(),
-    }
-}
-
-/// Parses `NAME=COMMAND`; the name must not clash with a built-in strategy.
+/// Parses `NAME=COMMAND` (whether the name clashes with a built-in strategy is
+/// [`crate::strategy::parse_implementation`]'s to say).
 pub fn parse_arg(arg: &str) -> std::result::Result<(String, String), String> {
     let (name, command) =
         arg.split_once('=').ok_or_else(|| format!("--implementation {arg:?}: expected NAME=COMMAND"))?;
     let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid {
         return Err(format!("--implementation {arg:?}: NAME must be letters, digits, - or _"));
-    }
-    let builtin = crate::scenario::STRATEGIES.contains(&name) || crate::scenario::VARIANTS.contains(&name);
-    if builtin {
-        return Err(format!("--implementation {name}: the name of a built-in strategy; choose another"));
     }
     if command.trim().is_empty() {
         return Err(format!("--implementation {name}: the command is empty"));
@@ -178,14 +146,6 @@ pub async fn describe(name: &str, command: &str, log_dir: &Path) -> anyhow::Resu
             "--implementation {name}: its hello answer {value} is not {{name, notifies, polls, expect}}: {e}"
         )
     })?;
-    if let Some(e) = &hello.expect {
-        if !crate::scenario::STRATEGIES.contains(&e.as_str()) {
-            anyhow::bail!(
-                "--implementation {name}: it expects the verdicts of {e:?}; valid: {}",
-                crate::scenario::STRATEGIES.join(", ")
-            );
-        }
-    }
     if !hello.notifies && !hello.polls {
         anyhow::bail!("--implementation {name}: its hello says it neither notifies nor polls");
     }
@@ -947,19 +907,8 @@ mod tests {
             ("mine".to_string(), "python3 x.py --a=b".to_string())
         );
         assert!(parse_arg("mine").unwrap_err().contains("NAME=COMMAND"));
-        assert!(parse_arg("polling-only=x").unwrap_err().contains("built-in"));
         assert!(parse_arg("a b=x").unwrap_err().contains("letters"));
         assert!(parse_arg("mine= ").unwrap_err().contains("empty"));
-        register(ExternalSpec {
-            name: "quoted".into(),
-            command: "sh -c 'echo hi'".into(),
-            log_dir: PathBuf::from("/tmp"),
-            hello: Hello { notifies: true, polls: false, ..Hello::default() },
-            answer_grace_ms: ANSWER_GRACE_MS,
-        });
-        assert_eq!(reproduce_arg("quoted"), " --implementation 'quoted=sh -c '\\''echo hi'\\'''");
-        assert_eq!(reproduce_arg("hybrid"), "");
-        assert_eq!(lookup("quoted").unwrap().design(), Design { notifies: true, polls: false });
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::infra::sentinel::{Host, SentinelSpec, SentinelTopology};
 use crate::reference::feedback::Hybrid;
 use crate::reference::{Config, Durability, FeedbackStrategy};
 use crate::scenario::{recorder, respond_recorded, spawn_wait, Outcome};
+use crate::strategy::{BuiltIn, Expectations};
 
 /// One response every this many ms.
 pub const WRITE_INTERVAL_MS: u64 = 20;
@@ -42,10 +43,6 @@ const CONVERGE_POLL_MS: u64 = 500;
 const RESUME_WAIT_MS: u64 = 1_000;
 /// The durability option: replicas to wait for, and for how long, in ms.
 const DURABLE_WAIT: Durability = Durability { replicas: 1, timeout_ms: 500 };
-
-/// The strategies the sentinel scenarios run: the hybrid as deployed, and with the
-/// durability option.
-pub const STRATEGIES: [&str; 2] = ["hybrid", "hybrid-durable"];
 
 /// What happens to the target host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -101,10 +98,9 @@ pub struct FailoverScenario {
     pub about: &'static str,
     pub fault: FailoverFault,
     pub target: Target,
-    /// Expected verdict per strategy, in [`STRATEGIES`] order.
-    pub expected: [Validity; 2],
-    /// Why, per strategy: the cause of an expected loss, or what the expectation rests on.
-    pub why: [&'static str; 2],
+    /// Expected verdict per strategy, with why: the cause of an expected loss, or what the
+    /// expectation rests on.
+    pub expected: Expectations,
 }
 
 /// Why the durable hybrid is expected valid: measured, not proven.
@@ -113,55 +109,56 @@ const DURABLE_MEASURED: &str = "measured, not proven: WAIT 1 acknowledges a resp
 /// The scenarios of `--topology sentinel`.
 pub fn catalogue() -> Vec<FailoverScenario> {
     use Validity::{Invalid, Valid};
-    let sc = |name, about, fault, target, expected, why| FailoverScenario { name, about, fault, target, expected, why };
+    // Per scenario: what the hybrid as deployed is expected to get, and why; the durable
+    // hybrid is held to no loss everywhere.
+    let sc = |name, about, fault, target, (verdict, why): (Validity, &'static str)| {
+        let mut expected = Expectations::default();
+        expected.set(BuiltIn::Hybrid, verdict, why);
+        expected.set(BuiltIn::HybridDurable, Valid, DURABLE_MEASURED);
+        FailoverScenario { name, about, fault, target, expected }
+    };
     vec![
         sc(
             "failover-partition",
             "the primary is cut from the Sentinels and the replica, not from clients: the replica is promoted while the old primary goes on acknowledging",
             FailoverFault::Partition,
             Target::Primary,
-            [Invalid, Valid],
-            ["caused by the configuration: asynchronous replication; the old primary acknowledges writes until its demotion after the heal discards them", DURABLE_MEASURED],
+            (Invalid, "caused by the configuration: asynchronous replication; the old primary acknowledges writes until its demotion after the heal discards them"),
         ),
         sc(
             "failover-kill",
             "the primary is SIGKILLed and started again (empty) at the heal; the replica is promoted meanwhile",
             FailoverFault::Kill,
             Target::Primary,
-            [Valid, Valid],
-            ["measured: a write acknowledged in the instant before the kill and not yet replicated would be lost; none was in our runs", DURABLE_MEASURED],
+            (Valid, "measured: a write acknowledged in the instant before the kill and not yet replicated would be lost; none was in our runs"),
         ),
         sc(
             "failover-pause",
             "the primary is paused for the window: the replica is promoted, the old primary wakes up and is demoted",
             FailoverFault::Pause,
             Target::Primary,
-            [Valid, Valid],
-            ["a paused primary acknowledges nothing", DURABLE_MEASURED],
+            (Valid, "a paused primary acknowledges nothing"),
         ),
         sc(
             "client-cut",
             "clients lose the primary while the Sentinels and the replica still see it: no failover, writes fail until the heal",
             FailoverFault::ClientCut,
             Target::Primary,
-            [Valid, Valid],
-            ["no failover: nothing acknowledged is taken back", DURABLE_MEASURED],
+            (Valid, "no failover: nothing acknowledged is taken back"),
         ),
         sc(
             "replica-partition",
             "the replica is cut off: the durable hybrid's writes are refused or left unreplicated, never acknowledged",
             FailoverFault::Partition,
             Target::Replica,
-            [Valid, Valid],
-            ["the primary keeps every write", DURABLE_MEASURED],
+            (Valid, "the primary keeps every write"),
         ),
         sc(
             "sentinel-kill",
             "one Sentinel of three is SIGKILLed: the quorum stands, nothing fails over",
             FailoverFault::Kill,
             Target::Sentinel,
-            [Valid, Valid],
-            ["no failover: nothing acknowledged is taken back", DURABLE_MEASURED],
+            (Valid, "no failover: nothing acknowledged is taken back"),
         ),
     ]
 }
@@ -219,12 +216,15 @@ pub struct FailoverRun {
     pub converged_after_heal_ms: Option<u64>,
 }
 
-/// Runs `scenario` for `strategy` (one of [`STRATEGIES`]) on a fresh topology.
-pub async fn run(scenario: &FailoverScenario, strategy: &str) -> anyhow::Result<(FailoverRun, Outcome)> {
-    let idx = STRATEGIES.iter().position(|s| *s == strategy).ok_or_else(|| {
-        anyhow::anyhow!("unknown strategy {strategy:?} for the sentinel topology; valid: {}", STRATEGIES.join(", "))
-    })?;
-    let durable = idx == 1;
+/// Runs `scenario` for `strategy` (one of [`BuiltIn::SENTINEL`]) on a fresh topology.
+pub async fn run(scenario: &FailoverScenario, strategy: BuiltIn) -> anyhow::Result<(FailoverRun, Outcome)> {
+    anyhow::ensure!(
+        BuiltIn::SENTINEL.contains(&strategy),
+        "unknown strategy {:?} for the sentinel topology; valid: {}",
+        strategy.name(),
+        BuiltIn::names(&BuiltIn::SENTINEL)
+    );
+    let durable = strategy == BuiltIn::HybridDurable;
     let mut spec = SentinelSpec::default();
     if durable {
         spec.config = vec![("min-replicas-to-write".into(), "1".into()), ("min-replicas-max-lag".into(), "2".into())];
@@ -339,10 +339,10 @@ pub async fn run(scenario: &FailoverScenario, strategy: &str) -> anyhow::Result<
     let verdict = checks.iter().fold(Validity::Valid, |acc, c| acc.and(c.validity));
     let outcome = Outcome {
         scenario: scenario.name.into(),
-        strategy: strategy.into(),
+        strategy: strategy.name().into(),
         verdict,
-        expected_verdict: scenario.expected[idx],
-        expectation: scenario.why[idx].into(),
+        expected_verdict: scenario.expected.of(strategy).0,
+        expectation: scenario.expected.of(strategy).1.into(),
         checks,
         bounds: None,
         mutation: None,
@@ -523,9 +523,11 @@ mod tests {
     #[test]
     fn the_catalogue_expects_loss_only_where_the_configuration_causes_it() {
         for sc in catalogue() {
-            assert_eq!(sc.expected[1], Validity::Valid, "{}: the durable hybrid is held to no loss", sc.name);
-            if sc.expected[0] != Validity::Valid {
-                assert!(sc.why[0].starts_with("caused by the configuration"), "{}", sc.name);
+            let durable = sc.expected.of(BuiltIn::HybridDurable).0;
+            assert_eq!(durable, Validity::Valid, "{}: the durable hybrid is held to no loss", sc.name);
+            let (verdict, why) = sc.expected.of(BuiltIn::Hybrid);
+            if verdict != Validity::Valid {
+                assert!(why.starts_with("caused by the configuration"), "{}", sc.name);
             }
         }
     }

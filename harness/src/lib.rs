@@ -9,13 +9,19 @@
 //! - [`infra`]: the real things under test's feet. A `redis-server` process the harness owns
 //!   (start, graceful restart, crash, freeze/thaw on the same address and data dir) or a Redis
 //!   it was only lent by URL (read and written under a per-run key prefix, never disturbed).
-//!   Both sit behind the [`infra::RedisNode`] provider trait so a container provider can be
-//!   added without touching callers.
+//!   Both, and the container and Sentinel providers, sit behind the [`infra::RedisNode`]
+//!   provider trait, so callers never name the provider they run on.
 //! - [`toxiproxy`]: network faults. [`toxiproxy::server`] is an embedded server speaking the
 //!   Toxiproxy 2.x REST API (runs in-process or as `hybrid-chaos toxiproxy`);
 //!   [`toxiproxy::client`] is the only path the harness uses to inject faults, so pointing
 //!   `TOXIPROXY_URL` at a real Toxiproxy switches every fault over unchanged.
 //!   [`toxiproxy::model`] holds the JSON shapes and typed toxics both sides share.
+//! - [`strategy`]: which implementation a run judges, as a value: a built-in
+//!   ([`strategy::BuiltIn`]) or an external program ([`external`]), the set a run may judge
+//!   ([`strategy::Strategies`]) and the verdict a scenario expects of each
+//!   ([`strategy::Expectations`]). No process-global registry: a run is given its set.
+//! - [`external`]: an implementation written outside the project, driven over the line
+//!   protocol (`PROTOCOL.md`); [`external::serve`] serves the built-ins over the same protocol.
 //! - [`reference`]: the implementation under test. The hybrid pattern (feedback with resume,
 //!   chunk streaming, fan-out, robust subscriber and publisher) and the pub/sub-only and
 //!   polling-only baselines behind one [`reference::FeedbackStrategy`] interface. It knows
@@ -29,7 +35,7 @@
 //! - [`nemesis`]: faults through the infra provider and the Toxiproxy client, aimed at the
 //!   command connection, the subscriber connection, or both.
 //! - [`scenario`]: the runner: workload + faults + checkers composed for one scenario and
-//!   strategy, with the verdict each strategy is expected to get (canaries for the
+//!   [`strategy::Strategy`], with the verdict each strategy is expected to get (canaries for the
 //!   baselines) and the liveness bounds derived from the configuration. The catalogue of
 //!   scenarios is the suite's (`scenarios/`).
 //! - [`report`]: `report.json` (fixed field names), `report.md`, a self-contained
@@ -38,11 +44,13 @@
 //!   so a report says how much of a latency is the proxy's.
 //! - [`compare`]: two runs' `report.json` compared (verdict, loss and latency changes), for
 //!   validating a design change against a baseline run.
-//! - [`smoke`]: a short end-to-end exercise of the above, what `./ci/chaos` runs until the
-//!   scenario suites exist.
+//! - [`case`]: one generated case (workload + fault schedule) run and judged; the property
+//!   tests and `hybrid-chaos case` drive it.
+//! - [`failover`]: the Sentinel failover scenarios (a primary lost, a replica promoted).
+//! - [`smoke`]: a short end-to-end exercise of the foundation (`hybrid-chaos smoke`).
 //!
-//! Workload, fault and checker stay apart: `workload/` and `nemesis/` (the scenario suites)
-//! come next, beside `reference/` and `checker`.
+//! Workload, fault and checker stay apart: the workload drives a [`strategy::Strategy`] and
+//! records a history, [`nemesis`] only injects, and the checkers read the history alone.
 
 pub mod case;
 pub mod checker;
@@ -57,6 +65,7 @@ pub mod reference;
 pub mod report;
 pub mod scenario;
 pub mod smoke;
+pub mod strategy;
 pub mod toxiproxy;
 
 /// Quantile `q` in [0, 1] of `samples` (sorted in place), nearest rank: a value that was

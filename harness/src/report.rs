@@ -120,6 +120,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_overhead: Option<crate::overhead::ProxyOverhead>,
     pub scenarios: Vec<Row>,
+    /// The programs run over the process protocol (`--implementation`), name to command,
+    /// so a row's reproduce command names them too. Empty: none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub implementations: BTreeMap<String, String>,
     /// The sentinel topology's loss table: per scenario and replication, what was
     /// acknowledged and what a failover took back. Empty on a standalone run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -490,7 +494,9 @@ pub fn reproduce(r: &Report, x: &Row) -> String {
     if r.provider != "process" && !r.provider.is_empty() {
         c.push_str(&format!(" --provider {}", r.provider));
     }
-    c.push_str(&crate::external::reproduce_arg(&x.strategy));
+    if let Some(command) = r.implementations.get(&x.strategy) {
+        c.push_str(&crate::strategy::implementation_arg(&x.strategy, command));
+    }
     c
 }
 

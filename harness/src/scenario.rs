@@ -30,10 +30,9 @@ use crate::checker::{self, Bounds, CleanupLimits, Validity, Verdict};
 use crate::history::{Event, History, Kind, Op, Reading};
 use crate::infra::{admin, Persistence, Provider, RedisNode, RedisSpec};
 use crate::nemesis::{Fault, Nemesis};
-use crate::reference::baselines::{PollingOnly, PollingOnlyStream, PubSubOnly, PubSubOnlyStream};
-use crate::reference::feedback::Hybrid;
-use crate::reference::stream::{FollowEnd, HybridStream};
+use crate::reference::stream::FollowEnd;
 use crate::reference::{Config, FeedbackStrategy, ImplStats, Mutation, PublishOutcome, StreamStrategy, WaitOutcome};
+use crate::strategy::{BuiltIn, Design, Expectations, Strategy};
 use crate::toxiproxy::server::ServerOptions;
 use crate::toxiproxy::FaultProxy;
 
@@ -52,29 +51,6 @@ pub const WINDOW_CHURN_WAIT_MS: u64 = 60;
 /// Between two window churn waits' starts, in ms: with a 150 ms round trip on the subscriber,
 /// every SUBSCRIBE/UNSUBSCRIBE the hub sends finds the next change already queued.
 pub const WINDOW_CHURN_GAP_MS: u64 = 20;
-
-/// The strategies every scenario runs.
-pub const STRATEGIES: [&str; 3] = ["hybrid", "pubsub-only", "polling-only"];
-
-/// Design variants of the hybrid, run only when asked for (`--strategy NAME`), with the
-/// hybrid's expectations, so `compare` can show what a variant buys and whether it stays safe:
-/// `hybrid-payload`'s hint carries the committed response (no second read after the wake).
-pub const VARIANTS: [&str; 1] = ["hybrid-payload"];
-
-/// The strategy whose expectations a strategy is held to (a variant: the hybrid's).
-/// An implementation registered with `--implementation` is held to the built-in strategy its
-/// `hello` names, or to none (then itself: not a strategy with expectations, so its verdicts
-/// are findings).
-pub fn expectation_of(strategy: &str) -> &str {
-    if VARIANTS.contains(&strategy) {
-        return "hybrid";
-    }
-    if let Some(spec) = crate::external::lookup(strategy) {
-        let declared = spec.hello.expect.as_deref();
-        return STRATEGIES.iter().copied().find(|s| Some(*s) == declared).unwrap_or(strategy);
-    }
-    strategy
-}
 
 /// The expectation of an implementation that declared none: whatever it gets is a finding.
 pub const NO_EXPECTATION: &str = "no expectation declared: this verdict is a finding, not a mismatch";
@@ -130,27 +106,6 @@ pub const RACE_JITTER_MS: u64 = 20;
 pub const TWIN_CANCEL_LEAD_MS: u64 = 40;
 /// How often the reconnect sampler reads the implementation's counter, in ms.
 const SAMPLE_EVERY_MS: u64 = 10;
-
-/// What a strategy's design claims, which decides the liveness checks it is held to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Design {
-    /// Woken by Pub/Sub notifications.
-    pub notifies: bool,
-    /// Polls storage.
-    pub polls: bool,
-}
-
-/// The design of a built-in strategy.
-pub fn design(strategy: &str) -> Design {
-    if let Some(spec) = crate::external::lookup(strategy) {
-        return spec.design();
-    }
-    match strategy {
-        "pubsub-only" => Design { notifies: true, polls: false },
-        "polling-only" => Design { notifies: false, polls: true },
-        _ => Design { notifies: true, polls: true },
-    }
-}
 
 /// Where a feedback scenario puts its responses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,32 +200,38 @@ pub struct Scenario {
     pub race: Option<Race>,
     /// The fan-out workload (seed `004_*`) instead of feedback.
     pub fanout: bool,
-    /// Strategies this scenario applies to; empty: all.
-    pub applies_to: &'static [&'static str],
-    /// Expected verdict per strategy, in [`STRATEGIES`] order.
-    pub expected: [Validity; 3],
-    /// Why a non-valid expectation holds.
-    pub why: &'static str,
+    /// Built-in strategies this scenario applies to; empty: all.
+    pub applies_to: &'static [BuiltIn],
+    /// Expected verdict per built-in strategy (valid unless set), and why.
+    pub expected: Expectations,
 }
 
 impl Scenario {
-    /// Whether `strategy` runs in this scenario. The feedback variants run where the hybrid
-    /// does, in feedback scenarios (streams already carry data in their messages).
-    pub fn applies(&self, strategy: &str) -> bool {
-        if VARIANTS.contains(&strategy) {
-            return !self.stream && !self.fanout && self.applies("hybrid");
+    /// Whether `strategy` runs in this scenario. A built-in runs where it applies (and on a
+    /// standalone Redis); a variant where the strategy it is held to does, in feedback
+    /// scenarios (streams already carry data in their messages). An implementation the
+    /// harness did not write runs where the hybrid does, streams only if it says it speaks
+    /// them, never the fan-out (not in the protocol).
+    pub fn applies(&self, strategy: &Strategy) -> bool {
+        let applies_to = |b: BuiltIn| self.applies_to.is_empty() || self.applies_to.contains(&b);
+        match strategy {
+            Strategy::BuiltIn(b) if !b.standalone() => false,
+            Strategy::BuiltIn(b) if b.held_to() != *b => !self.stream && !self.fanout && applies_to(b.held_to()),
+            Strategy::BuiltIn(b) => applies_to(*b),
+            Strategy::External(_) => {
+                (!self.stream || strategy.streams()) && !self.fanout && applies_to(BuiltIn::Hybrid)
+            }
         }
-        // An implementation the harness did not write: where the hybrid runs, streams only
-        // if it says it speaks them; never the fan-out (not in the protocol).
-        if let Some(spec) = crate::external::lookup(strategy) {
-            return (!self.stream || spec.hello.streams) && !self.fanout && self.applies("hybrid");
-        }
-        self.applies_to.is_empty() || self.applies_to.contains(&strategy)
+    }
+
+    /// The verdict `strategy` is expected to get here, and why (see [`Strategy::held_to`]).
+    pub fn expectation(&self, strategy: &Strategy) -> Option<(Validity, &'static str)> {
+        strategy.held_to().map(|b| self.expected.of(b))
     }
 
     /// A feedback scenario with live waiters, no fault and no persistence; the builder
     /// methods below change what differs.
-    pub fn new(name: &'static str, about: &'static str, expected: [Validity; 3]) -> Scenario {
+    pub fn new(name: &'static str, about: &'static str) -> Scenario {
         Scenario {
             name,
             about,
@@ -291,8 +252,7 @@ impl Scenario {
             race: None,
             fanout: false,
             applies_to: &[],
-            expected,
-            why: "",
+            expected: Expectations::default(),
         }
     }
     pub fn persistence(mut self, p: Persistence) -> Self {
@@ -342,17 +302,18 @@ impl Scenario {
         self.stream = true;
         self
     }
-    pub fn fanout(mut self, applies_to: &'static [&'static str]) -> Self {
+    pub fn fanout(mut self, applies_to: &'static [BuiltIn]) -> Self {
         self.fanout = true;
         self.applies_to = applies_to;
         self
     }
-    pub fn why(mut self, why: &'static str) -> Self {
-        self.why = why;
+    /// `strategy` is expected to get `verdict` here, because `why` (every other: valid).
+    pub fn expect(mut self, strategy: BuiltIn, verdict: Validity, why: &'static str) -> Self {
+        self.expected.set(strategy, verdict, why);
         self
     }
-    /// Only these strategies run it.
-    pub fn applies_to(mut self, strategies: &'static [&'static str]) -> Self {
+    /// Only these strategies run it (and the variants held to them).
+    pub fn applies_to(mut self, strategies: &'static [BuiltIn]) -> Self {
         self.applies_to = strategies;
         self
     }
@@ -510,24 +471,6 @@ pub struct Outcome {
     pub history: History,
 }
 
-pub(crate) async fn connect(
-    strategy: &str,
-    cmd_url: &str,
-    sub_url: &str,
-    cfg: Config,
-) -> anyhow::Result<Arc<dyn FeedbackStrategy>> {
-    if let Some(spec) = crate::external::lookup(strategy) {
-        return Ok(Arc::new(crate::external::Worker::start(&spec, "feedback", cmd_url, sub_url, &cfg).await?));
-    }
-    Ok(match strategy {
-        "hybrid" => Arc::new(Hybrid::connect(cmd_url, sub_url, cfg).await?),
-        "hybrid-payload" => Arc::new(Hybrid::payload_variant(cmd_url, sub_url, cfg).await?),
-        "pubsub-only" => Arc::new(PubSubOnly::connect(cmd_url, sub_url, cfg).await?),
-        "polling-only" => Arc::new(PollingOnly::connect(cmd_url, cfg).await?),
-        other => anyhow::bail!("unknown strategy {other:?}; valid: {}, {}", STRATEGIES.join(", "), VARIANTS.join(", ")),
-    })
-}
-
 async fn observe(url: &str, prefix: &str, channels: &[String], waiters: u64) -> anyhow::Result<Reading> {
     let refs: Vec<&str> = channels.iter().map(String::as_str).collect();
     let subscriptions = admin::pubsub_numsub(url, &refs).await?.iter().map(|(_, n)| n).sum();
@@ -563,7 +506,7 @@ pub(crate) fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> 
             Op::Wait {
                 id: id.into(),
                 token: fields.get("token").cloned(),
-                via: Some(via_name(*via)),
+                via: Some(via.name()),
                 resume,
                 timeout_ms: None,
             },
@@ -585,11 +528,6 @@ pub(crate) fn wait_op(id: &str, outcome: Option<&WaitOutcome>, resume: bool) -> 
             Some("error".into()),
         ),
     }
-}
-
-/// The history's name for a [`crate::reference::Via`] (`after_subscribe`, `notified`...).
-pub(crate) fn via_name(via: crate::reference::Via) -> String {
-    serde_json::to_value(via).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// One run's infrastructure: its own Redis, the fault proxy, two proxies in front of it.
@@ -762,7 +700,7 @@ pub(crate) fn recorder() -> Arc<Recorder> {
     Arc::new(Recorder { start: Instant::now(), events: Mutex::new(Vec::new()), next_process: AtomicU32::new(0) })
 }
 
-pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
+pub async fn run(scenario: &Scenario, strategy: &Strategy, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
     let ran = if scenario.stream {
         run_stream(scenario, strategy, seed, budget).await
     } else if scenario.fanout {
@@ -773,14 +711,14 @@ pub async fn run(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget)
     match ran {
         // A program the harness did not write that stops a run (it never starts its
         // waiters, its init fails) is a finding about the program; the run goes on.
-        Err(e) if crate::external::lookup(strategy).is_some() => Ok(stopped(scenario, strategy, &e)),
+        Err(e) if strategy.is_external() => Ok(stopped(scenario, strategy, &e)),
         r => r,
     }
 }
 
 /// The outcome of a run an external implementation stopped: invalid, with the reason as the
 /// `protocol` check's evidence.
-fn stopped(scenario: &Scenario, strategy: &str, e: &anyhow::Error) -> Outcome {
+fn stopped(scenario: &Scenario, strategy: &Strategy, e: &anyhow::Error) -> Outcome {
     let history = History {
         events: vec![Event {
             time_us: 0,
@@ -793,12 +731,12 @@ fn stopped(scenario: &Scenario, strategy: &str, e: &anyhow::Error) -> Outcome {
     judge(scenario, strategy, history, None)
 }
 
-async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
+async fn run_feedback(scenario: &Scenario, strategy: &Strategy, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
     let mut rig = Rig::start(scenario, seed, budget).await?;
     let (cmd_url, sub_url, cfg) = (rig.cmd_url.clone(), rig.sub_url.clone(), rig.cfg.clone());
-    let d = design(strategy);
+    let d = strategy.design();
     let mut b = bounds(&cfg, scenario, d);
-    if crate::external::lookup(strategy).is_some() {
+    if strategy.is_external() {
         // Over the process protocol, the wait's answer crosses a pipe and JSON before the
         // harness records it, and waits that end together are answered one by one.
         b.wake_ms += PROTOCOL_WAKE_SLACK_MS;
@@ -826,7 +764,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
     let recovery = Duration::from_millis(b.recovery_ms as u64);
 
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
-    let s = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
+    let s = strategy.connect_feedback(&cmd_url, &sub_url, &cfg).await?;
     let sampler = spawn_reconnect_sampler(&rec, &s);
 
     // Churn: waits that time out or are cancelled, to see whether they leave anything behind.
@@ -1067,7 +1005,7 @@ async fn run_feedback(scenario: &Scenario, strategy: &str, seed: u64, budget: Bu
 
     // Phase 2: final reads by a fresh worker after everything healed.
     let resume = !scenario.live_waiters;
-    let worker = connect(strategy, &cmd_url, &sub_url, cfg.clone()).await?;
+    let worker = strategy.connect_feedback(&cmd_url, &sub_url, &cfg).await?;
     let final_timeout = Duration::from_millis(budget.poll_interval_ms * 2 + 500);
     let finals = ids
         .iter()
@@ -1139,37 +1077,20 @@ pub(crate) fn spawn_reconnect_sampler(
     })
 }
 
-pub(crate) async fn connect_stream(
-    strategy: &str,
-    cmd_url: &str,
-    sub_url: &str,
-    cfg: Config,
-) -> anyhow::Result<Arc<dyn StreamStrategy>> {
-    if let Some(spec) = crate::external::lookup(strategy) {
-        return Ok(Arc::new(crate::external::Worker::start(&spec, "stream", cmd_url, sub_url, &cfg).await?));
-    }
-    Ok(match strategy {
-        "hybrid" => Arc::new(HybridStream::connect(cmd_url, sub_url, cfg).await?),
-        "pubsub-only" => Arc::new(PubSubOnlyStream::connect(cmd_url, sub_url, cfg).await?),
-        "polling-only" => Arc::new(PollingOnlyStream::connect(cmd_url, cfg).await?),
-        other => anyhow::bail!("unknown strategy {other:?}; valid: {}", STRATEGIES.join(", ")),
-    })
-}
-
 /// The streaming workload: one producer across three fault windows (before, during, after
 /// the faults), a consumer following from the start, and a late joiner starting from index
 /// 0 after the heal.
-async fn run_stream(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
+async fn run_stream(scenario: &Scenario, strategy: &Strategy, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
     let mut rig = Rig::start(scenario, seed, budget).await?;
     let task = format!("{}-task", scenario.name);
     let channels = vec![rig.cfg.keys.stream_channel(&task)];
     let rec = recorder();
     let base = rig.observe(&rec, "baseline", &channels, 0, 0).await?;
-    let s = connect_stream(strategy, &rig.cmd_url, &rig.sub_url, rig.cfg.clone()).await?;
+    let s = strategy.connect_stream(&rig.cmd_url, &rig.sub_url, &rig.cfg).await?;
     // The late joiner is another process (a new client), with a subscriber of its own that is
     // connected before any fault but has never subscribed this stream.
-    let joiner = connect_stream(strategy, &rig.cmd_url, &rig.sub_url, rig.cfg.clone()).await?;
-    let b = bounds(&rig.cfg, scenario, design(strategy));
+    let joiner = strategy.connect_stream(&rig.cmd_url, &rig.sub_url, &rig.cfg).await?;
+    let b = bounds(&rig.cfg, scenario, strategy.design());
     let chunks = (budget.ids * 2) as u64;
     let window = Duration::from_millis(budget.fault_window_ms);
     let shape = scenario.stream_shape;
@@ -1477,7 +1398,7 @@ pub(crate) fn spawn_follower(
         rec.record(p, Kind::Invoke, op.clone(), None);
         let deliveries = rec.clone();
         let mut on_chunk = |c: &crate::reference::stream::Chunk, via: crate::reference::Via| {
-            let d = Op::Deliver { task: task.clone(), consumer, index: c.chunk_index, via: Some(via_name(via)) };
+            let d = Op::Deliver { task: task.clone(), consumer, index: c.chunk_index, via: Some(via.name()) };
             deliveries.record(p + DELIVERY_PROCESS_OFFSET, Kind::Ok, d, None);
         };
         let (kind, note) = match s.follow(&task, from, timeout, &mut on_chunk).await {
@@ -1528,7 +1449,7 @@ const FANOUT_CONTROL_WAIT_MS: u64 = 5_000;
 
 /// The fan-out workload (seed `004_*`): a burst of ticks to a bounded consumer whose worker
 /// is slow, a stale tick, a RESET with fresh low sequences, then SHUTDOWN.
-async fn run_fanout(scenario: &Scenario, strategy: &str, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
+async fn run_fanout(scenario: &Scenario, strategy: &Strategy, seed: u64, budget: Budget) -> anyhow::Result<Outcome> {
     use crate::history::FanoutCounters;
     use crate::reference::fanout::{Event as FanoutEvent, FanoutConsumer, FanoutPublisher};
     use crate::reference::hub::{Control, Hub};
@@ -1692,7 +1613,7 @@ async fn publish_tick(publisher: &crate::reference::fanout::FanoutPublisher, cha
 fn finish(
     rec: Arc<Recorder>,
     scenario: &Scenario,
-    strategy: &str,
+    strategy: &Strategy,
     bounds: Option<Bounds>,
     mutation: Option<Mutation>,
 ) -> anyhow::Result<Outcome> {
@@ -1702,11 +1623,13 @@ fn finish(
     Ok(out)
 }
 
-/// Runs the checkers over a history and compares with the scenario's expectation. Pure:
-/// recorded histories (`fixtures/`) are judged the same way as live ones. `bounds` (from
-/// [`bounds`]) switches on the liveness checks of feedback runs; which apply depends on what
-/// the strategy's design claims ([`Bounds::notifies`], [`Bounds::polls`]).
-pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Option<&Bounds>) -> Outcome {
+/// Runs the checkers over a history and compares with the scenario's expectation. Pure, and
+/// of its arguments alone: recorded histories (`fixtures/`) are judged the same way as live
+/// ones. `bounds` (from [`bounds`]) switches on the liveness checks of feedback runs; which
+/// apply depends on what the strategy's design claims ([`Bounds::notifies`],
+/// [`Bounds::polls`]). The strategy says whether it ran over the process protocol and whose
+/// expectations it is held to.
+pub fn judge(scenario: &Scenario, strategy: &Strategy, history: History, bounds: Option<&Bounds>) -> Outcome {
     let mut checks = if scenario.fanout {
         vec![checker::fanout(&history), checker::cleanup(&history, CleanupLimits::default())]
     } else if scenario.stream {
@@ -1715,7 +1638,7 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
         feedback_checks(&history, bounds)
     };
     checks.push(checker::exercised(&history));
-    let external = crate::external::lookup(strategy).is_some();
+    let external = strategy.is_external();
     // A built-in strategy has no protocol to break, so it reports no problem; one that does
     // is a finding all the same (cargo-mutants' `problems` returning one went unnoticed).
     let reported = history.events.iter().any(|e| matches!(e.op, Op::Problem { .. }));
@@ -1728,17 +1651,15 @@ pub fn judge(scenario: &Scenario, strategy: &str, history: History, bounds: Opti
     // Latency quantiles are reported, not judged: the bounds are the wakeup, fallback and
     // recovery checks'.
     let verdict = checks.iter().filter(|c| c.checker != "latency").fold(Validity::Valid, |acc, c| acc.and(c.validity));
-    let idx = STRATEGIES.iter().position(|s| *s == expectation_of(strategy));
     // An implementation with no declared expectation: what it gets is a finding.
-    let (expected_verdict, expectation) = match idx.map(|i| scenario.expected[i]) {
-        None if external => (verdict, NO_EXPECTATION.to_string()),
-        None => (Validity::Unknown, String::new()),
-        Some(Validity::Valid) => (Validity::Valid, String::new()),
-        Some(v) => (v, scenario.why.to_string()),
+    let (expected_verdict, expectation) = match scenario.expectation(strategy) {
+        None => (verdict, NO_EXPECTATION.to_string()),
+        Some((Validity::Valid, _)) => (Validity::Valid, String::new()),
+        Some((v, why)) => (v, why.to_string()),
     };
     Outcome {
         scenario: scenario.name.into(),
-        strategy: strategy.into(),
+        strategy: strategy.name().into(),
         verdict,
         expected_verdict,
         expectation,
@@ -1802,15 +1723,16 @@ mod tests {
     /// that reports none gets no protocol check at all.
     #[test]
     fn a_problem_a_built_in_strategy_reports_is_a_finding() {
-        let sc = Scenario::new("clean", "no fault", [Validity::Valid; 3]);
+        let sc = Scenario::new("clean", "no fault");
+        let hybrid = Strategy::from(BuiltIn::Hybrid);
         let problem =
             Event { time_us: 5, process: 1, kind: Kind::Info, op: Op::Problem { what: "xyzzy".into() }, note: None };
-        let out = judge(&sc, "hybrid", History { events: vec![problem] }, None);
+        let out = judge(&sc, &hybrid, History { events: vec![problem] }, None);
         let protocol = out.checks.iter().find(|c| c.checker == "protocol").expect("a protocol check");
         assert_eq!(protocol.validity, Validity::Invalid);
         assert!(protocol.evidence[0].contains("xyzzy"), "{:?}", protocol.evidence);
         assert_eq!(out.verdict, Validity::Invalid);
-        let quiet = judge(&sc, "hybrid", History { events: vec![] }, None);
+        let quiet = judge(&sc, &hybrid, History { events: vec![] }, None);
         assert!(quiet.checks.iter().all(|c| c.checker != "protocol"));
     }
 }

@@ -1,5 +1,5 @@
-//! A short end-to-end exercise of the foundation: what `./ci/chaos` runs until the scenario
-//! suites exist. It starts a real `redis-server` (AOF always), puts a fault proxy in front of
+//! A short end-to-end exercise of the foundation (`hybrid-chaos smoke`), a first check that a
+//! machine can run the harness at all. It starts a real `redis-server` (AOF always), puts a fault proxy in front of
 //! it, injects a latency toxic and a crash, and reports what it measured. Every step is a
 //! check: a step whose effect is not observed fails the smoke run.
 

@@ -39,7 +39,6 @@ async fn a_wait_is_not_followed_by_a_stats_round_trip() {
     let stub = dir.path().join("stub.py");
     std::fs::write(&stub, STATS_NEVER_ANSWERED).unwrap();
     let spec = describe("silent-stats", &format!("python3 {}", stub.display()), dir.path()).await.unwrap();
-    harness::external::register(spec.clone());
     let url = "redis://127.0.0.1:1/";
     let worker = Worker::start(&spec, "feedback", url, url, &Config::default()).await.unwrap();
     for i in 0..3 {
@@ -98,7 +97,6 @@ async fn a_wait_is_timed_from_its_arrival_not_from_its_thread_start() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python");
     let command = format!("python3 {} {}", stub.display(), examples.display());
     let spec = describe("slow-start", &command, dir.path()).await.unwrap();
-    harness::external::register(spec.clone());
     let url = "redis://127.0.0.1:1/";
     let worker = Worker::start(&spec, "feedback", url, url, &Config::default()).await.unwrap();
     let sent = Instant::now();

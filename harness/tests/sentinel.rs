@@ -7,6 +7,7 @@
 
 use harness::checker::Validity;
 use harness::failover::{catalogue, run};
+use harness::strategy::BuiltIn;
 
 fn docker_expected() -> bool {
     std::env::var("HC_DOCKER").as_deref() == Ok("1")
@@ -20,7 +21,7 @@ async fn a_partitioned_primary_loses_acknowledged_responses_unless_writes_wait_f
         return;
     }
     let sc = catalogue().into_iter().find(|s| s.name == "failover-partition").expect("in the catalogue");
-    let (row, outcome) = run(&sc, "hybrid").await.unwrap();
+    let (row, outcome) = run(&sc, BuiltIn::Hybrid).await.unwrap();
     assert!(row.converged, "{row:?}");
     assert!(row.failover_ms.is_some(), "the Sentinels never failed over: {row:?}");
     assert!(row.loss.lost > 0, "the harness saw no loss on asynchronous replication: {row:?}");
@@ -29,7 +30,7 @@ async fn a_partitioned_primary_loses_acknowledged_responses_unless_writes_wait_f
     assert_eq!(outcome.verdict, outcome.expected_verdict);
     assert!(row.acknowledged_after_heal > 0, "the responder never found the new primary: {row:?}");
     // With one replica, what WAIT 1 confirmed is on the server that gets promoted.
-    let (row, outcome) = run(&sc, "hybrid-durable").await.unwrap();
+    let (row, outcome) = run(&sc, BuiltIn::HybridDurable).await.unwrap();
     assert!(row.converged, "{row:?}");
     assert!(row.loss.acknowledged > 0, "nothing was acknowledged: {row:?}");
     assert_eq!(row.loss.lost, 0, "{row:?}");

@@ -1,5 +1,6 @@
 //! The suite: the scenario catalogue ([`catalogue`]), the `hybrid-chaos` command line
-//! (`src/main.rs`), the mutation kill matrix ([`mutants`]) and cargo-mutants' measure of
+//! (`src/bin/hybrid-chaos/`: argument parsing and dispatch only; the work is in
+//! [`suite`], [`kill_matrix`] and [`replay`]), the mutation kill matrix ([`mutants`]) and cargo-mutants' measure of
 //! it ([`generated`]), and property tests over fault
 //! schedules: proptest generates a workload and a schedule of
 //! faults from the nemesis catalogue ([`gen`]), each case runs on a real `redis-server`
@@ -13,9 +14,12 @@
 pub mod catalogue;
 pub mod gen;
 pub mod generated;
+pub mod kill_matrix;
 pub mod mutants;
+pub mod replay;
 pub mod run_dir;
 pub mod search;
+pub mod suite;
 
 pub use catalogue::catalogue;
 

@@ -3,8 +3,7 @@
 //! it. A mutant is *killed* when some check finds it invalid; one that survives means the
 //! harness would let that bug be merged (`hybrid-chaos mutants` exits 1).
 //!
-//! Running is the command line's business (it owns the runtime and the progress output);
-//! this module turns outcomes into the matrix and renders `mutants.md` / `mutants.json`, as
+//! Running is [`crate::kill_matrix`]'s; this module turns outcomes into the matrix and renders `mutants.md` / `mutants.json`, as
 //! pure functions.
 
 use std::collections::BTreeSet;

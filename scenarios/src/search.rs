@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use harness::case::{Case, CaseRig};
 use harness::reference::Mutation;
+use harness::strategy::{BuiltIn, Strategy};
 use proptest::test_runner::{
     Config, FailurePersistence, FileFailurePersistence, PersistedSeed, RngSeed, TestCaseError, TestError, TestRunner,
 };
@@ -40,8 +41,8 @@ pub const LANES_DEFAULT: usize = 10;
 /// What to search.
 #[derive(Clone, Debug)]
 pub struct Search {
-    /// `hybrid`, `pubsub-only` or `polling-only`.
-    pub strategy: &'static str,
+    /// One of [`BuiltIn::SUITE`].
+    pub strategy: BuiltIn,
     /// A deliberately broken variant of the hybrid.
     pub mutation: Option<Mutation>,
     pub workload: Workload,
@@ -88,7 +89,7 @@ pub fn lane_cases(cases: u32, lanes: usize, lane: usize) -> u32 {
 /// What a search did.
 #[derive(Clone, Debug)]
 pub struct SearchReport {
-    pub strategy: &'static str,
+    pub strategy: BuiltIn,
     pub mutation: Option<Mutation>,
     pub seed: u64,
     /// Case runs in all (generated, replayed and shrink runs).
@@ -105,7 +106,7 @@ pub struct SearchReport {
 impl Search {
     /// A search of `strategy` with `PROPTEST_CASES` cases (default `default_cases`), the
     /// seed from `PROPTEST_RNG_SEED` or a fresh one.
-    pub fn new(strategy: &'static str, workload: Workload, default_cases: u32) -> Search {
+    pub fn new(strategy: BuiltIn, workload: Workload, default_cases: u32) -> Search {
         let env_u32 = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
         let seed = std::env::var("PROPTEST_RNG_SEED")
             .ok()
@@ -241,7 +242,7 @@ impl Search {
             let n = shared.runs.fetch_add(1, Ordering::Relaxed) + 1;
             let mut rig = rig.lock().expect("rig lock");
             let outcome = rt
-                .block_on(rig.run(&case, self.strategy, self.mutation))
+                .block_on(rig.run(&case, &Strategy::from(self.strategy), self.mutation))
                 .map_err(|e| TestCaseError::fail(format!("infrastructure: {e:#}")))?;
             let failing = match self.checks {
                 Some(names) => outcome.failures_of(names),
@@ -314,8 +315,8 @@ impl FailurePersistence for Persistence {
 impl fmt::Display for SearchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.mutation {
-            Some(m) => format!("{} with mutation {}", self.strategy, m.name()),
-            None => self.strategy.to_string(),
+            Some(m) => format!("{} with mutation {}", self.strategy.name(), m.name()),
+            None => self.strategy.name().to_string(),
         };
         let per_minute = self.runs as f64 * 60.0 / self.elapsed.as_secs_f64().max(1e-3);
         write!(
@@ -338,7 +339,7 @@ impl fmt::Display for SearchReport {
                 writeln!(
                     f,
                     "the case as JSON (run it again: hybrid-chaos case FILE --strategy {}):\n{json}",
-                    self.strategy
+                    self.strategy.name()
                 )?;
             }
         }

@@ -8,21 +8,23 @@
 use harness::checker::Validity;
 use harness::reference::Mutation;
 use harness::scenario::{run, Budget};
+use harness::strategy::BuiltIn;
 use scenarios::catalogue;
 
 /// Runs `scenario` for the hybrid with `m` and without it: the mutant must fail `check`, the
 /// reference must pass.
 async fn killed_by(m: Mutation, scenario: &str, check: &str) {
-    killed_in(m, "hybrid", scenario, check).await
+    killed_in(m, BuiltIn::Hybrid, scenario, check).await
 }
 
 /// [`killed_by`] for a strategy of the hybrid's family (a design variant).
-async fn killed_in(m: Mutation, strategy: &str, scenario: &str, check: &str) {
+async fn killed_in(m: Mutation, strategy: BuiltIn, scenario: &str, check: &str) {
+    let strategy = strategy.into();
     let sc = catalogue().into_iter().find(|s| s.name == scenario).expect("scenario exists");
-    let reference = run(&sc, strategy, 7, Budget::new(true)).await.unwrap();
+    let reference = run(&sc, &strategy, 7, Budget::new(true)).await.unwrap();
     let failing: Vec<_> = reference.checks.iter().filter(|c| c.validity != Validity::Valid).collect();
     assert_eq!(reference.verdict, Validity::Valid, "the reference fails {scenario}: {failing:#?}");
-    let mutant = run(&sc, strategy, 7, Budget::new(true).with_mutation(Some(m))).await.unwrap();
+    let mutant = run(&sc, &strategy, 7, Budget::new(true).with_mutation(Some(m))).await.unwrap();
     let verdict = mutant.checks.iter().find(|c| c.checker == check).unwrap_or_else(|| panic!("no {check} check"));
     assert_eq!(verdict.validity, Validity::Invalid, "{} survived {scenario} / {check}: {:#?}", m.name(), mutant.checks);
 }
@@ -74,7 +76,7 @@ async fn a_stream_consumer_ignoring_resync_stalls_on_the_tail() {
 
 #[tokio::test]
 async fn a_payload_hint_published_before_the_store_is_a_phantom_read() {
-    killed_in(Mutation::PublishBeforeStore, "hybrid-payload", "store-refused", "phantom").await;
+    killed_in(Mutation::PublishBeforeStore, BuiltIn::HybridPayload, "store-refused", "phantom").await;
 }
 
 #[tokio::test]

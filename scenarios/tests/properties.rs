@@ -20,7 +20,7 @@ const CASES_DEFAULT: u32 = 16;
 
 #[test]
 fn hybrid_survives_generated_fault_schedules() {
-    let mut search = Search::new("hybrid", Workload::Free, CASES_DEFAULT);
+    let mut search = Search::new(harness::strategy::BuiltIn::Hybrid, Workload::Free, CASES_DEFAULT);
     match std::env::var("HC_MUTATION") {
         Ok(name) => {
             let valid: Vec<&str> = Mutation::ALL.iter().map(|m| m.name()).collect();
@@ -45,7 +45,7 @@ fn hybrid_survives_generated_fault_schedules() {
 fn failing_seeds_are_persisted_and_replayed_first() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path: &'static str = Box::leak(dir.path().join("hybrid.txt").to_string_lossy().into_owned().into_boxed_str());
-    let mut search = Search::new("hybrid", Workload::Free, 4);
+    let mut search = Search::new(harness::strategy::BuiltIn::Hybrid, Workload::Free, 4);
     search.mutation = Some(Mutation::NoTtl);
     search.regressions = Some(path);
     search.shrink_runs_max = 0;

@@ -30,6 +30,11 @@ fn redact_times(s: &str) -> String {
     out
 }
 
+/// The fixture's strategies are built-ins.
+fn strategy_of(name: &str) -> harness::strategy::Strategy {
+    harness::strategy::BuiltIn::parse(name).expect("a built-in strategy in the fixture").into()
+}
+
 fn report() -> Report {
     let mut runs: Vec<((String, String), Vec<Event>)> = Vec::new();
     let mut index: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -50,7 +55,7 @@ fn report() -> Report {
         .into_iter()
         .map(|((scenario, strategy), events)| {
             let sc = catalogue().into_iter().find(|s| s.name == scenario).expect("fixture scenario is catalogued");
-            let mut r = row(&judge(&sc, &strategy, History { events }, None));
+            let mut r = row(&judge(&sc, &strategy_of(&strategy), History { events }, None));
             r.latency_ms = LatencyMs::default();
             r.recovery_ms = None;
             r.redis_commands_per_message = 0.0;
@@ -77,6 +82,7 @@ fn report() -> Report {
             added_ms: harness::overhead::Quantiles { p50: 0.03, p99: 0.06 },
         }),
         scenarios,
+        implementations: BTreeMap::new(),
         failover: vec![],
     }
 }
@@ -167,6 +173,7 @@ fn a_sentinel_report_carries_the_loss_table() {
         summary: Summary::of(&[]),
         proxy_overhead: None,
         scenarios: vec![],
+        implementations: BTreeMap::new(),
         failover: vec![run("failover-partition", "async", 1_216, 798), run("failover-partition", "durable", 161, 0)],
     };
     insta::assert_snapshot!(markdown(&r));

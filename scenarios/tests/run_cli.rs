@@ -128,6 +128,7 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_bad_input(&[
         (&["run", "--scenario", "nope"], &[], "valid: clean, latency"),
         (&["run", "--strategy", "carrier-pigeon"], &[], "valid: hybrid, pubsub-only, polling-only"),
+        (&["run", "--strategy", "hybrid-durable"], &[], "runs on the sentinel topology (--topology sentinel)"),
         (&["run", "--scenario", "clean", "--out", file.to_str().unwrap()], &[], "cannot write to"),
         (
             &["run", "--quick", "--scenario", "clean", "--out", out.path().to_str().unwrap()],

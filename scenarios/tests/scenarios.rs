@@ -2,13 +2,14 @@
 //! verdict the catalogue expects, including the canaries (baselines that must break).
 
 use harness::checker::Validity;
-use harness::scenario::{run, Budget, STRATEGIES};
+use harness::scenario::{run, Budget};
+use harness::strategy::{BuiltIn, Strategy};
 use scenarios::catalogue;
 
 async fn check(name: &str) {
     let scenario = catalogue().into_iter().find(|s| s.name == name).expect("scenario exists");
-    for strategy in STRATEGIES.into_iter().filter(|s| scenario.applies(s)) {
-        let out = run(&scenario, strategy, 7, Budget::new(true)).await.unwrap();
+    for strategy in BuiltIn::SUITE.map(Strategy::from).into_iter().filter(|s| scenario.applies(s)) {
+        let out = run(&scenario, &strategy, 7, Budget::new(true)).await.unwrap();
         let evidence: Vec<_> = out.checks.iter().filter(|c| c.validity != Validity::Valid).collect();
         assert_eq!(out.verdict, out.expected_verdict, "{name}/{strategy}: {evidence:#?}");
     }
@@ -24,15 +25,15 @@ async fn subscriber_blackhole() {
     check("subscriber-blackhole").await;
     // The stale (half-open) subscription must be detected, not just outlived by polling.
     assert!(
-        settled_reconnects("subscriber-blackhole", "hybrid").await > 0,
+        settled_reconnects("subscriber-blackhole", BuiltIn::Hybrid).await > 0,
         "the blackholed subscriber was never replaced"
     );
 }
 
 /// Subscriber reconnections the implementation reported while the run settled.
-async fn settled_reconnects(name: &str, strategy: &str) -> u64 {
+async fn settled_reconnects(name: &str, strategy: BuiltIn) -> u64 {
     let scenario = catalogue().into_iter().find(|s| s.name == name).unwrap();
-    let out = run(&scenario, strategy, 7, Budget::new(true)).await.unwrap();
+    let out = run(&scenario, &strategy.into(), 7, Budget::new(true)).await.unwrap();
     out.history
         .events
         .iter()
@@ -105,7 +106,10 @@ async fn waiter_churn_cleanup() {
 async fn slow_subscriber_cut_off() {
     check("slow-subscriber-cut-off").await;
     // The mechanism, not just the verdict: the server cut pub/sub-only's subscriber off.
-    assert!(settled_reconnects("slow-subscriber-cut-off", "pubsub-only").await > 0, "the subscriber was never cut off");
+    assert!(
+        settled_reconnects("slow-subscriber-cut-off", BuiltIn::PubSubOnly).await > 0,
+        "the subscriber was never cut off"
+    );
 }
 
 #[tokio::test]

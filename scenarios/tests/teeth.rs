@@ -14,6 +14,7 @@
 //! the seed that replays it.
 
 use harness::reference::Mutation;
+use harness::strategy::BuiltIn;
 use scenarios::gen::Workload;
 use scenarios::search::DEFAULT_CASES;
 use scenarios::{Search, SearchReport};
@@ -22,7 +23,7 @@ use scenarios::{Search, SearchReport};
 const TEETH_SHRINK_RUNS_MAX: u32 = 16;
 
 fn search(
-    strategy: &'static str,
+    strategy: BuiltIn,
     mutation: Option<Mutation>,
     workload: Workload,
     checks: Option<&'static [&'static str]>,
@@ -61,7 +62,7 @@ fn assert_found(report: &SearchReport, checker: &str, steps_max: usize) {
 #[test]
 fn pubsub_only_loses_responses_to_a_fault_shrunk_to_two_steps() {
     // Only loss of live waiters: pub/sub-only fails every resume anyway, faults or not.
-    let report = search("pubsub-only", None, Workload::WaitersFirst, Some(&["lost"]));
+    let report = search(BuiltIn::PubSubOnly, None, Workload::WaitersFirst, Some(&["lost"]));
     assert_found(&report, "lost", 2);
     let found = report.found.as_ref().expect("checked above");
     assert!(!found.case.schedule.is_empty(), "waiters came first, so a fault must be needed:\n{report}");
@@ -69,26 +70,26 @@ fn pubsub_only_loses_responses_to_a_fault_shrunk_to_two_steps() {
 
 #[test]
 fn polling_only_breaks_the_wake_latency_bound() {
-    let report = search("polling-only", None, Workload::WaitersFirst, Some(&["latency"]));
+    let report = search(BuiltIn::PollingOnly, None, Workload::WaitersFirst, Some(&["latency"]));
     assert_found(&report, "latency", 2);
 }
 
 #[test]
 fn hybrid_never_unsubscribing_fails_on_cleanup() {
-    let report = search("hybrid", Some(Mutation::NeverUnsubscribe), Workload::Free, Some(&["cleanup"]));
+    let report = search(BuiltIn::Hybrid, Some(Mutation::NeverUnsubscribe), Workload::Free, Some(&["cleanup"]));
     assert_found(&report, "cleanup", usize::MAX);
     assert!(report.found.as_ref().is_some_and(|f| f.reason.contains("subscriptions")), "{report}");
 }
 
 #[test]
 fn hybrid_storing_without_ttl_fails_on_cleanup() {
-    let report = search("hybrid", Some(Mutation::NoTtl), Workload::Free, Some(&["cleanup"]));
+    let report = search(BuiltIn::Hybrid, Some(Mutation::NoTtl), Workload::Free, Some(&["cleanup"]));
     assert_found(&report, "cleanup", usize::MAX);
     assert!(report.found.as_ref().is_some_and(|f| f.reason.contains("without a TTL")), "{report}");
 }
 
 #[test]
 fn hybrid_publishing_before_storing_fails_the_wake_bound() {
-    let report = search("hybrid", Some(Mutation::PublishBeforeStore), Workload::WaitersFirst, Some(&["wakeup"]));
+    let report = search(BuiltIn::Hybrid, Some(Mutation::PublishBeforeStore), Workload::WaitersFirst, Some(&["wakeup"]));
     assert_found(&report, "wakeup", usize::MAX);
 }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::config_from_init;
 use crate::reference::stream::{Chunk, FollowEnd};
 use crate::reference::{FeedbackStrategy, Fields, ImplStats, PublishOutcome, StreamStrategy, WaitOutcome};
-use crate::scenario::{design, expectation_of, STRATEGIES, VARIANTS};
+use crate::strategy::BuiltIn;
 
 /// A string field of a request; absent: empty.
 fn text(v: &Value, k: &str) -> String {
@@ -78,9 +78,7 @@ pub fn respond_answer(req: u64, o: PublishOutcome) -> String {
 
 fn wait_answer(req: u64, r: crate::reference::Result<WaitOutcome>) -> String {
     match r {
-        Ok(WaitOutcome::Obtained { fields, via }) => {
-            ok(req, json!({ "fields": fields, "via": crate::scenario::via_name(via) }))
-        }
+        Ok(WaitOutcome::Obtained { fields, via }) => ok(req, json!({ "fields": fields, "via": via.name() })),
         Ok(WaitOutcome::TimedOut) => json!({ "req": req, "outcome": "timeout" }).to_string(),
         Ok(WaitOutcome::Shutdown) => outcome(req, "info", "shutdown"),
         Err(e) => outcome(req, "info", e.to_string()),
@@ -121,10 +119,7 @@ fn follow_answer(req: u64, r: crate::reference::Result<FollowEnd>) -> String {
 }
 
 /// Serves `strategy` on stdin/stdout until `shutdown` or until stdin closes.
-pub async fn serve(strategy: &str) -> anyhow::Result<()> {
-    if !STRATEGIES.contains(&strategy) && !VARIANTS.contains(&strategy) {
-        anyhow::bail!("unknown strategy {strategy:?}; valid: {}, {}", STRATEGIES.join(", "), VARIANTS.join(", "));
-    }
+pub async fn serve(strategy: BuiltIn) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(async move {
         let mut out = tokio::io::stdout();
@@ -154,13 +149,11 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
         let s = implementation.clone();
         match (op, s) {
             ("hello", _) => {
-                let d = design(strategy);
-                let expect = expectation_of(strategy);
-                // The design variants are feedback-only; the strategies also stream.
-                let streams = STRATEGIES.contains(&strategy);
+                let d = strategy.design();
+                let (name, expect, streams) = (strategy.name(), strategy.held_to().name(), strategy.streams());
                 let _ = tx.send(ok(
                     req,
-                    json!({ "name": strategy, "notifies": d.notifies, "polls": d.polls, "expect": expect, "streams": streams }),
+                    json!({ "name": name, "notifies": d.notifies, "polls": d.polls, "expect": expect, "streams": streams }),
                 ));
             }
             ("init", _) => {
@@ -168,10 +161,8 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                 let (cmd, sub) = (text(&v, "redis_url"), text(&v, "subscriber_url"));
                 let sub = if sub.is_empty() { cmd.clone() } else { sub };
                 let connected = match v.get("workload").and_then(Value::as_str) {
-                    Some("stream") => {
-                        crate::scenario::connect_stream(strategy, &cmd, &sub, cfg).await.map(Serving::Stream)
-                    }
-                    _ => crate::scenario::connect(strategy, &cmd, &sub, cfg).await.map(Serving::Feedback),
+                    Some("stream") => strategy.connect_stream(&cmd, &sub, cfg).await.map(Serving::Stream),
+                    _ => strategy.connect_feedback(&cmd, &sub, cfg).await.map(Serving::Feedback),
                 };
                 match connected {
                     Ok(s) => {
@@ -225,7 +216,7 @@ pub async fn serve(strategy: &str) -> anyhow::Result<()> {
                                 "index": c.chunk_index,
                                 "content": c.content,
                                 "final": c.chunk_type == "final",
-                                "via": crate::scenario::via_name(via),
+                                "via": via.name(),
                             })
                             .to_string(),
                         );

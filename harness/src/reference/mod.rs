@@ -430,6 +430,13 @@ pub enum Via {
     Deadline,
 }
 
+impl Via {
+    /// Its name in histories and on the process protocol (`after_subscribe`, `notified`...).
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    }
+}
+
 /// Result of a wait.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WaitOutcome {
