@@ -254,6 +254,23 @@ pub fn judge(history: History, bounds: &Bounds) -> CaseOutcome {
     CaseOutcome { checks, history }
 }
 
+/// What a case's strategies run with: a fault window of a generated case is a second or
+/// less, so every detection and recovery is faster than a scenario's. The only place a
+/// case's timing is chosen.
+fn case_config() -> Config {
+    Config {
+        poll_interval_ms: POLL_INTERVAL_MS,
+        health_check_interval_ms: 200,
+        health_check_timeout_ms: 200,
+        reconnect_delay_ms_max: RECONNECT_MS_MAX,
+        command_timeout_ms: 500,
+        connect_timeout_ms: 500,
+        breaker_reset_ms: 500,
+        response_ttl_s: 600,
+        ..Config::default()
+    }
+}
+
 /// A Redis (AOF always: a crash must not take acknowledged writes) and two proxies, reused
 /// by every case of a search. Cases never share keys: each runs under its own prefix.
 pub struct CaseRig {
@@ -266,18 +283,9 @@ pub struct CaseRig {
 impl CaseRig {
     pub async fn start(seed: u64) -> anyhow::Result<CaseRig> {
         let spec = RedisSpec::default().persistence(Persistence::AofAlways);
-        let mut rig = Rig::start_with("case", spec, seed, POLL_INTERVAL_MS, crate::infra::Provider::Process).await?;
+        let mut rig = Rig::start_with("case", spec, seed, case_config(), crate::infra::Provider::Process).await?;
         rig.quiesce_wait_ms = SETTLE_WAIT_MS;
-        let base_cfg = Config {
-            health_check_interval_ms: 200,
-            health_check_timeout_ms: 200,
-            reconnect_delay_ms_max: RECONNECT_MS_MAX,
-            command_timeout_ms: 500,
-            connect_timeout_ms: 500,
-            breaker_reset_ms: 500,
-            response_ttl_s: 600,
-            ..rig.cfg.clone()
-        };
+        let base_cfg = rig.cfg.clone();
         Ok(CaseRig { base_prefix: rig.prefix.clone(), rig, base_cfg, cases: 0 })
     }
 

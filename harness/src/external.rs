@@ -594,41 +594,110 @@ pub struct Worker {
 }
 
 /// What `init` tells a program: the workload (`feedback` or `stream`), where Redis is and
-/// the timing it is judged by.
-pub fn init_fields(workload: &str, command_url: &str, subscriber_url: &str, cfg: &Config) -> Value {
-    json!({
-        "workload": workload,
-        "redis_url": command_url,
-        "subscriber_url": subscriber_url,
-        "prefix": cfg.keys.prefix(),
-        "poll_interval_ms": cfg.poll_interval_ms,
-        "health_check_interval_ms": cfg.health_check_interval_ms,
-        "health_check_timeout_ms": cfg.health_check_timeout_ms,
-        "reconnect_delay_ms_max": cfg.reconnect_delay_ms_max,
-        "breaker_reset_ms": cfg.breaker_reset_ms,
-        "command_timeout_ms": cfg.command_timeout_ms,
-        "connect_timeout_ms": cfg.connect_timeout_ms,
-        "response_ttl_s": cfg.response_ttl_s,
-        "stream_ttl_s": cfg.stream_ttl_s,
-    })
+/// the timing it is judged by. The one map of [`Config`] onto the wire: the harness writes
+/// it and `serve-impl` reads it through this struct, and both conversions name every field
+/// of `Config`, so a field added there does not compile until it is put on the wire or said
+/// to be the implementation's own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Init {
+    pub workload: String,
+    pub redis_url: String,
+    pub subscriber_url: String,
+    pub prefix: String,
+    pub poll_interval_ms: u64,
+    pub health_check_interval_ms: u64,
+    pub health_check_timeout_ms: u64,
+    pub reconnect_delay_ms_max: u64,
+    pub breaker_reset_ms: u64,
+    pub command_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub response_ttl_s: u64,
+    pub stream_ttl_s: u64,
 }
 
-/// The reference's configuration from an `init` message (what [`init_fields`] wrote; absent
-/// fields keep the defaults).
-pub fn config_from_init(v: &Value) -> Config {
-    let prefix = v.get("prefix").and_then(Value::as_str).unwrap_or("");
-    let mut cfg = Config::default().with_prefix(prefix);
-    let num = |k: &str, d: u64| v.get(k).and_then(Value::as_u64).unwrap_or(d);
-    cfg.poll_interval_ms = num("poll_interval_ms", cfg.poll_interval_ms);
-    cfg.health_check_interval_ms = num("health_check_interval_ms", cfg.health_check_interval_ms);
-    cfg.health_check_timeout_ms = num("health_check_timeout_ms", cfg.health_check_timeout_ms);
-    cfg.reconnect_delay_ms_max = num("reconnect_delay_ms_max", cfg.reconnect_delay_ms_max);
-    cfg.breaker_reset_ms = num("breaker_reset_ms", cfg.breaker_reset_ms);
-    cfg.command_timeout_ms = num("command_timeout_ms", cfg.command_timeout_ms);
-    cfg.connect_timeout_ms = num("connect_timeout_ms", cfg.connect_timeout_ms);
-    cfg.response_ttl_s = num("response_ttl_s", cfg.response_ttl_s);
-    cfg.stream_ttl_s = num("stream_ttl_s", cfg.stream_ttl_s);
-    cfg
+impl Default for Init {
+    /// Absent fields keep the reference's defaults.
+    fn default() -> Init {
+        Init::new("feedback", "", "", &Config::default())
+    }
+}
+
+impl Init {
+    pub fn new(workload: &str, command_url: &str, subscriber_url: &str, cfg: &Config) -> Init {
+        let Config {
+            keys,
+            poll_interval_ms,
+            health_check_interval_ms,
+            health_check_timeout_ms,
+            reconnect_delay_ms_max,
+            breaker_reset_ms,
+            command_timeout_ms,
+            connect_timeout_ms,
+            response_ttl_s,
+            stream_ttl_s,
+            // The implementation's own: how it batches, backs off, retries, queues and
+            // breaks its circuit is its design, not a bound the checks are derived from.
+            poll_batch_keys_max: _,
+            reconnect_delay_ms_min: _,
+            subscribe_wait_ms_max: _,
+            publish_attempts_max: _,
+            publish_backoff_ms: _,
+            breaker_failures_max: _,
+            queue_len_max: _,
+            // The sentinel topology's (an external program runs standalone only) and the
+            // reference's own broken variants: neither is asked of a program.
+            durability: _,
+            mutation: _,
+        } = cfg;
+        Init {
+            workload: workload.to_string(),
+            redis_url: command_url.to_string(),
+            subscriber_url: subscriber_url.to_string(),
+            prefix: keys.prefix().to_string(),
+            poll_interval_ms: *poll_interval_ms,
+            health_check_interval_ms: *health_check_interval_ms,
+            health_check_timeout_ms: *health_check_timeout_ms,
+            reconnect_delay_ms_max: *reconnect_delay_ms_max,
+            breaker_reset_ms: *breaker_reset_ms,
+            command_timeout_ms: *command_timeout_ms,
+            connect_timeout_ms: *connect_timeout_ms,
+            response_ttl_s: *response_ttl_s,
+            stream_ttl_s: *stream_ttl_s,
+        }
+    }
+
+    /// The reference's configuration for this `init`: what crossed the wire, the rest the
+    /// defaults.
+    pub fn config(&self) -> Config {
+        let d = Config::default();
+        Config {
+            keys: crate::reference::Keys::new(&self.prefix),
+            poll_interval_ms: self.poll_interval_ms,
+            health_check_interval_ms: self.health_check_interval_ms,
+            health_check_timeout_ms: self.health_check_timeout_ms,
+            reconnect_delay_ms_max: self.reconnect_delay_ms_max,
+            breaker_reset_ms: self.breaker_reset_ms,
+            command_timeout_ms: self.command_timeout_ms,
+            connect_timeout_ms: self.connect_timeout_ms,
+            response_ttl_s: self.response_ttl_s,
+            stream_ttl_s: self.stream_ttl_s,
+            poll_batch_keys_max: d.poll_batch_keys_max,
+            reconnect_delay_ms_min: d.reconnect_delay_ms_min,
+            subscribe_wait_ms_max: d.subscribe_wait_ms_max,
+            publish_attempts_max: d.publish_attempts_max,
+            publish_backoff_ms: d.publish_backoff_ms,
+            breaker_failures_max: d.breaker_failures_max,
+            queue_len_max: d.queue_len_max,
+            durability: None,
+            mutation: None,
+        }
+    }
+
+    /// The `init` request's fields, as a JSON object.
+    pub fn fields(&self) -> Value {
+        serde_json::to_value(self).expect("a struct of strings and numbers serializes")
+    }
 }
 
 impl Worker {
@@ -644,7 +713,7 @@ impl Worker {
         let answer = proc
             .request(
                 "init",
-                init_fields(workload, command_url, subscriber_url, cfg),
+                Init::new(workload, command_url, subscriber_url, cfg).fields(),
                 Duration::from_millis(START_TIMEOUT_MS),
             )
             .await;
@@ -913,11 +982,49 @@ mod tests {
 
     #[test]
     fn init_carries_the_configuration_the_reference_is_judged_by() {
-        let cfg = Config { poll_interval_ms: 123, command_timeout_ms: 456, ..Config::default().with_prefix("p:") };
-        let back = config_from_init(&init_fields("feedback", "redis://a/", "redis://b/", &cfg));
+        let cfg = Config {
+            poll_interval_ms: 123,
+            command_timeout_ms: 456,
+            stream_ttl_s: 789,
+            ..Config::default().with_prefix("p:")
+        };
+        let wire = Init::new("feedback", "redis://a/", "redis://b/", &cfg).fields();
+        let init: Init = serde_json::from_value(wire.clone()).unwrap();
+        let back = init.config();
         assert_eq!(back.keys.prefix(), "p:");
-        assert_eq!((back.poll_interval_ms, back.command_timeout_ms), (123, 456));
+        assert_eq!((back.poll_interval_ms, back.command_timeout_ms, back.stream_ttl_s), (123, 456, 789));
         assert_eq!(back.health_check_interval_ms, cfg.health_check_interval_ms);
+        // The field names are the protocol's (PROTOCOL.md): a rename is a protocol change.
+        let keys: Vec<&str> = wire.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "breaker_reset_ms",
+                "command_timeout_ms",
+                "connect_timeout_ms",
+                "health_check_interval_ms",
+                "health_check_timeout_ms",
+                "poll_interval_ms",
+                "prefix",
+                "reconnect_delay_ms_max",
+                "redis_url",
+                "response_ttl_s",
+                "stream_ttl_s",
+                "subscriber_url",
+                "workload"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_init_keeps_the_defaults_for_what_it_omits_and_refuses_a_wrong_type() {
+        let init: Init = serde_json::from_value(json!({"op": "init", "req": 2, "poll_interval_ms": 7})).unwrap();
+        assert_eq!(init.workload, "feedback");
+        let cfg = init.config();
+        assert_eq!(cfg.poll_interval_ms, 7);
+        assert_eq!(cfg.command_timeout_ms, Config::default().command_timeout_ms);
+        let err = serde_json::from_value::<Init>(json!({"poll_interval_ms": "soon"})).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
     }
 
     #[tokio::test]

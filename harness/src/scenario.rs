@@ -58,6 +58,9 @@ pub const NO_EXPECTATION: &str = "no expectation declared: this verdict is a fin
 /// Poll interval when a scenario switches the fallback off, in ms: beyond every deadline of
 /// a run, so only the wake-up path can deliver in time.
 pub const FALLBACK_OFF_POLL_MS: u64 = 60_000;
+/// Connecting to Redis through a proxy may take this long in a scenario, in ms: faster than
+/// the reference's default, because fault windows are seconds.
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// A notification-woken waiter has its response within this long of the ack, in ms
 /// (generous: a busy 2-core CI machine must not flip a verdict; the teeth come from the
 /// regimes, not from a tight number).
@@ -400,6 +403,23 @@ impl Budget {
         self.provider = p;
         self
     }
+
+    /// The configuration a scenario's strategies run with (and are judged by): this budget's
+    /// timings, the poll interval pushed out of reach when the scenario turns the fallback
+    /// off. The only place a scenario's timing is chosen; the rig adds the key prefix.
+    pub fn config(&self, fallback: bool) -> Config {
+        Config {
+            poll_interval_ms: if fallback { self.poll_interval_ms } else { FALLBACK_OFF_POLL_MS },
+            health_check_interval_ms: self.health_check_interval_ms,
+            health_check_timeout_ms: self.health_check_timeout_ms,
+            reconnect_delay_ms_max: self.reconnect_delay_ms_max,
+            breaker_reset_ms: self.breaker_reset_ms,
+            command_timeout_ms: self.command_timeout_ms,
+            connect_timeout_ms: CONNECT_TIMEOUT_MS,
+            mutation: self.mutation,
+            ..Config::default()
+        }
+    }
 }
 
 /// The bounds a run of `scenario` for a strategy of design `d` with configuration `cfg` is
@@ -552,26 +572,16 @@ impl Rig {
         for (name, value) in scenario.redis_config {
             spec = spec.config(name, value);
         }
-        let poll_interval_ms = if scenario.fallback { budget.poll_interval_ms } else { FALLBACK_OFF_POLL_MS };
-        let mut rig = Rig::start_with(scenario.name, spec, seed, poll_interval_ms, budget.provider).await?;
-        rig.cfg = Config {
-            health_check_interval_ms: budget.health_check_interval_ms,
-            health_check_timeout_ms: budget.health_check_timeout_ms,
-            reconnect_delay_ms_max: budget.reconnect_delay_ms_max,
-            breaker_reset_ms: budget.breaker_reset_ms,
-            command_timeout_ms: budget.command_timeout_ms,
-            mutation: budget.mutation,
-            ..rig.cfg
-        };
-        Ok(rig)
+        Rig::start_with(scenario.name, spec, seed, budget.config(scenario.fallback), budget.provider).await
     }
 
-    /// A Redis from `spec`, a fault proxy seeded with `seed`, and the two proxies.
+    /// A Redis from `spec`, a fault proxy seeded with `seed`, and the two proxies; the
+    /// strategies run with `cfg` under the Redis's key prefix.
     pub(crate) async fn start_with(
         name: &str,
         spec: RedisSpec,
         seed: u64,
-        poll_interval_ms: u64,
+        cfg: Config,
         provider: Provider,
     ) -> anyhow::Result<Rig> {
         let redis = provider.start(spec).await?;
@@ -582,16 +592,7 @@ impl Rig {
         let cmd = tp.create_proxy(&format!("{base}-cmd"), "127.0.0.1:0", &redis.addr()).await?;
         let sub = tp.create_proxy(&format!("{base}-sub"), "127.0.0.1:0", &redis.addr()).await?;
         let prefix = redis.key_prefix().to_string();
-        // Faster health checks and reconnects than the defaults: fault windows are seconds.
-        let cfg = Config {
-            poll_interval_ms,
-            health_check_interval_ms: 250,
-            health_check_timeout_ms: 500,
-            reconnect_delay_ms_max: 500,
-            command_timeout_ms: 1_000,
-            connect_timeout_ms: 1_000,
-            ..Config::default().with_prefix(&prefix)
-        };
+        let cfg = cfg.with_prefix(&prefix);
         Ok(Rig {
             cmd_url: format!("redis://{}/", cmd.listen),
             sub_url: format!("redis://{}/", sub.listen),

@@ -14,10 +14,11 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use super::config_from_init;
+use super::Init;
 use crate::reference::stream::{Chunk, FollowEnd};
 use crate::reference::{FeedbackStrategy, Fields, ImplStats, PublishOutcome, StreamStrategy, WaitOutcome};
 use crate::strategy::BuiltIn;
+use serde::Deserialize as _;
 
 /// A string field of a request; absent: empty.
 fn text(v: &Value, k: &str) -> String {
@@ -157,12 +158,19 @@ pub async fn serve(strategy: BuiltIn) -> anyhow::Result<()> {
                 ));
             }
             ("init", _) => {
-                let cfg = config_from_init(&v);
-                let (cmd, sub) = (text(&v, "redis_url"), text(&v, "subscriber_url"));
-                let sub = if sub.is_empty() { cmd.clone() } else { sub };
-                let connected = match v.get("workload").and_then(Value::as_str) {
-                    Some("stream") => strategy.connect_stream(&cmd, &sub, cfg).await.map(Serving::Stream),
-                    _ => strategy.connect_feedback(&cmd, &sub, cfg).await.map(Serving::Feedback),
+                let init = match Init::deserialize(&v) {
+                    Ok(init) => init,
+                    Err(e) => {
+                        let _ = tx.send(outcome(req, "fail", format!("init: {e}")));
+                        continue;
+                    }
+                };
+                let cfg = init.config();
+                let cmd = init.redis_url.as_str();
+                let sub = if init.subscriber_url.is_empty() { cmd } else { init.subscriber_url.as_str() };
+                let connected = match init.workload.as_str() {
+                    "stream" => strategy.connect_stream(cmd, sub, cfg).await.map(Serving::Stream),
+                    _ => strategy.connect_feedback(cmd, sub, cfg).await.map(Serving::Feedback),
                 };
                 match connected {
                     Ok(s) => {
